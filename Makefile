@@ -1,0 +1,29 @@
+# The two commands: `make run` and `make test`. Both create .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+ARGS ?=
+
+.PHONY: run test bench clean
+
+$(BIN)/cem: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.test-extras: $(BIN)/cem
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+run: $(BIN)/cem
+	$(BIN)/cem run $(ARGS)
+
+test: $(VENV)/.test-extras
+	$(BIN)/python -m pytest $(ARGS)
+
+bench: $(BIN)/cem
+	$(BIN)/cem bench $(ARGS)
+
+clean:
+	rm -rf $(VENV) .cem .pytest_cache

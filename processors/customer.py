@@ -1,0 +1,269 @@
+"""Per-customer state: deduplication and enrichment, in event time.
+
+:class:`CustomerState` is what the Faust table holds per ``customer_id``. :func:`apply` folds one
+valid touchpoint into it and returns what happened:
+
+* ``NEW``: first sight of this ``event_id``; the state moved on and an :class:`Enriched` event is out.
+* ``REPLAY``: the same Kafka record seen again after a worker restart (same source offset). The state
+  already holds it, so it is not applied twice, but its outputs are produced again, because the crash
+  may have come before they were written; the sinks make that idempotent.
+* ``DUPLICATE``: a redelivery by a channel system (same ``event_id``, another offset) within the
+  dedupe horizon: dropped and counted.
+
+Everything is keyed on ``occurred_at``, never the wall clock, so replays give identical results.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from processors.touchpoint import Touchpoint
+
+DAY_MS = 24 * 3600 * 1000
+DEFAULT_DEDUPE_HORIZON_MS = DAY_MS
+
+
+class Outcome(str, enum.Enum):
+    NEW = "new"
+    REPLAY = "replay"
+    DUPLICATE = "duplicate"
+
+
+# Which stage a touchpoint type puts the customer in when the event does not say.
+_STAGE_BY_TYPE = {
+    "page_view": "awareness",
+    "search": "consideration",
+    "add_to_cart": "consideration",
+    "purchase": "purchase",
+    "refund": "service",
+    "support_contact": "service",
+    "complaint_opened": "service",
+    "complaint_resolved": "service",
+    "call": "service",
+    "subscription_cancelled": "churned",
+    "account_closed": "churned",
+}
+
+
+@dataclass(slots=True)
+class CustomerState:
+    """Everything the pipeline knows about one customer, as of the latest event time it has seen."""
+
+    customer_id: str
+    first_seen: int = 0
+    last_seen: int = 0
+    events_total: int = 0
+    channel_events: dict[str, int] = field(default_factory=dict)
+    revenue: float = 0.0
+    orders: int = 0
+    refunds: float = 0.0
+    last_purchase_at: int | None = None
+    open_cases: dict[str, int] = field(default_factory=dict)  # case_id -> opened at
+    complaints_opened: int = 0
+    complaints_resolved: int = 0
+    resolve_s_total: float = 0.0
+    last_csat: int | None = None
+    last_nps: int | None = None
+    last_ces: int | None = None
+    journey_stage: str = "awareness"
+    last_session_id: str | None = None
+    last_session_channel: str | None = None
+    channel_switches: int = 0
+    sentiment_n: int = 0
+    sentiment_mean: float = 0.0  # exponentially weighted, see processors.models
+    sentiment_last: float | None = None
+    churn_risk: float | None = None
+    churned_at: int | None = None
+    profile: dict[str, str] = field(default_factory=dict)  # CRM attributes from cem.customers
+    seen: dict[str, list[int]] = field(default_factory=dict)  # event_id -> [occurred_at, source offset]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "CustomerState":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    @property
+    def mean_resolve_s(self) -> float | None:
+        return self.resolve_s_total / self.complaints_resolved if self.complaints_resolved else None
+
+
+@dataclass(slots=True)
+class Enriched:
+    """A touchpoint with the customer's state as of that event: ``cem.EnrichedTouchpoint``."""
+
+    touchpoint: Touchpoint
+    source_partition: int
+    source_offset: int
+    received_at: int
+    journey_stage: str
+    first_seen: int
+    recency_s: float | None
+    events_total: int
+    channel_events: int
+    revenue_to_date: float
+    orders: int
+    open_complaints: int
+    resolve_s: float | None
+    last_csat: int | None
+    last_nps: int | None
+    last_ces: int | None
+    channel_switch: bool
+    sentiment: float | None = None
+    churn_risk: float | None = None
+    model_versions: dict[str, str] = field(default_factory=dict)
+
+    def to_record(self) -> dict[str, Any]:
+        """The ``cem.EnrichedTouchpoint`` Avro record."""
+        record = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "touchpoint"}
+        record["event"] = self.touchpoint.to_record()
+        return record
+
+
+def derive_stage(state: CustomerState, tp: Touchpoint) -> str:
+    """The journey stage for this touchpoint: the event's own, else derived from what it is.
+
+    >>> s = CustomerState("c1", orders=2)
+    >>> derive_stage(s, Touchpoint("e", "c1", 0, "web", "page_view"))
+    'retention'
+    >>> derive_stage(s, Touchpoint("e", "c1", 0, "survey", "survey_response", nps=10))
+    'advocacy'
+    """
+    if tp.journey_stage:
+        return tp.journey_stage
+    if tp.nps is not None and tp.nps >= 9:
+        return "advocacy"
+    stage = _STAGE_BY_TYPE.get(tp.type)
+    if stage is not None:
+        return stage
+    return "retention" if state.orders else state.journey_stage
+
+
+def apply(
+    state: CustomerState,
+    tp: Touchpoint,
+    source_partition: int,
+    source_offset: int,
+    received_at: int,
+    dedupe_horizon_ms: int = DEFAULT_DEDUPE_HORIZON_MS,
+) -> tuple[Outcome, Enriched | None]:
+    """Fold one touchpoint into ``state`` (in place) and say what happened.
+
+    >>> s = CustomerState("c1")
+    >>> tp = Touchpoint("e1", "c1", 60_000, "web", "purchase", amount=20.0)
+    >>> apply(s, tp, 0, 7, 60_000)[0], s.revenue, s.orders
+    (<Outcome.NEW: 'new'>, 20.0, 1)
+    >>> apply(s, tp, 0, 7, 60_000)[0], s.orders      # the same record after a restart
+    (<Outcome.REPLAY: 'replay'>, 1)
+    >>> apply(s, tp, 0, 9, 60_000)[0], s.orders      # redelivered by the channel system
+    (<Outcome.DUPLICATE: 'duplicate'>, 1)
+    """
+    seen = state.seen.get(tp.event_id)
+    if seen is not None:
+        if seen[1] == source_offset:
+            return Outcome.REPLAY, _enriched(state, tp, source_partition, source_offset, received_at, None, None, False)
+        return Outcome.DUPLICATE, None
+
+    previous_last_seen = state.last_seen if state.events_total else None
+    recency_s = None if previous_last_seen is None else max(0, tp.occurred_at - previous_last_seen) / 1000.0
+    resolve_s, switched = _fold(state, tp)
+    state.seen[tp.event_id] = [tp.occurred_at, source_offset]
+    if len(state.seen) > 64 and len(state.seen) % 64 == 0:  # amortised: prune every 64 new ids
+        prune_seen(state, dedupe_horizon_ms)
+    return Outcome.NEW, _enriched(state, tp, source_partition, source_offset, received_at, recency_s, resolve_s, switched)
+
+
+def prune_seen(state: CustomerState, horizon_ms: int) -> None:
+    """Forget event ids older than the horizon, measured back from the customer's latest event time."""
+    cutoff = state.last_seen - horizon_ms
+    state.seen = {eid: v for eid, v in state.seen.items() if v[0] >= cutoff}
+
+
+def _fold(state: CustomerState, tp: Touchpoint) -> tuple[float | None, bool]:
+    """Move the state on by one touchpoint; returns (complaint resolve time, channel switch)."""
+    t = tp.occurred_at
+    if state.events_total == 0:
+        state.first_seen = state.last_seen = t
+    else:
+        state.first_seen = min(state.first_seen, t)
+        state.last_seen = max(state.last_seen, t)
+    state.events_total += 1
+    state.channel_events[tp.channel] = state.channel_events.get(tp.channel, 0) + 1
+
+    if tp.type == "purchase":
+        state.revenue += tp.amount or 0.0
+        state.orders += 1
+        state.last_purchase_at = t if state.last_purchase_at is None else max(state.last_purchase_at, t)
+    elif tp.type == "refund":
+        state.revenue -= tp.amount or 0.0
+        state.refunds += tp.amount or 0.0
+    elif tp.type in ("subscription_cancelled", "account_closed"):
+        state.churned_at = t if state.churned_at is None else min(state.churned_at, t)
+
+    resolve_s = _fold_complaint(state, tp)
+    for score in ("csat", "nps", "ces"):
+        value = getattr(tp, score)
+        if value is not None:
+            setattr(state, f"last_{score}", value)
+    state.journey_stage = derive_stage(state, tp)
+    return resolve_s, _fold_session(state, tp)
+
+
+def _fold_complaint(state: CustomerState, tp: Touchpoint) -> float | None:
+    case = tp.case_id or tp.event_id
+    if tp.type == "complaint_opened":
+        state.complaints_opened += 1
+        state.open_cases[case] = tp.occurred_at
+    elif tp.type == "complaint_resolved":
+        state.complaints_resolved += 1
+        opened = state.open_cases.pop(case, None)
+        if opened is not None:
+            resolve_s = max(0, tp.occurred_at - opened) / 1000.0
+            state.resolve_s_total += resolve_s
+            return resolve_s
+    return None
+
+
+def _fold_session(state: CustomerState, tp: Touchpoint) -> bool:
+    if tp.session_id is None:
+        return False
+    switched = tp.session_id == state.last_session_id and tp.channel != state.last_session_channel
+    state.channel_switches += switched
+    state.last_session_id, state.last_session_channel = tp.session_id, tp.channel
+    return switched
+
+
+def _enriched(
+    state: CustomerState,
+    tp: Touchpoint,
+    partition: int,
+    offset: int,
+    received_at: int,
+    recency_s: float | None,
+    resolve_s: float | None,
+    switched: bool,
+) -> Enriched:
+    return Enriched(
+        touchpoint=tp,
+        source_partition=partition,
+        source_offset=offset,
+        received_at=received_at,
+        journey_stage=tp.journey_stage or state.journey_stage,
+        first_seen=state.first_seen,
+        recency_s=recency_s,
+        events_total=state.events_total,
+        channel_events=state.channel_events.get(tp.channel, 0),
+        revenue_to_date=state.revenue,
+        orders=state.orders,
+        open_complaints=len(state.open_cases),
+        resolve_s=resolve_s,
+        last_csat=state.last_csat,
+        last_nps=state.last_nps,
+        last_ces=state.last_ces,
+        channel_switch=switched,
+        churn_risk=state.churn_risk,
+    )

@@ -1,0 +1,21 @@
+"""Avro schemas (``*.avsc``) and the wire codecs: the one source of truth for field names."""
+
+from schemas.codec import (
+    CONFLUENT_MAGIC,
+    SINGLE_OBJECT_MAGIC,
+    AvroCodec,
+    DecodeError,
+    SchemaRegistry,
+    fingerprint,
+    load_schema,
+)
+
+__all__ = [
+    "AvroCodec",
+    "CONFLUENT_MAGIC",
+    "DecodeError",
+    "SINGLE_OBJECT_MAGIC",
+    "SchemaRegistry",
+    "fingerprint",
+    "load_schema",
+]

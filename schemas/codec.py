@@ -1,0 +1,176 @@
+"""Wire codecs for touchpoints: Avro single-object, Confluent framing, and JSON.
+
+One record = one Kafka value. :class:`AvroCodec` decodes any of the three forms into a plain dict
+with the fields of ``cem.TouchpointEvent`` (Avro already type-checked it; JSON is checked by
+``processors.validate``), or raises :class:`DecodeError` with a dead-letter reason.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import fastavro
+from fastavro.schema import fingerprint as _fingerprint
+from fastavro.schema import to_parsing_canonical_form
+
+from schemas.contract import SCHEMA_DIR, Reason, schema_json
+
+SINGLE_OBJECT_MAGIC = b"\xc3\x01"  # Avro spec: single-object encoding marker
+CONFLUENT_MAGIC = b"\x00"  # Confluent wire format: magic byte + 4-byte big-endian schema id
+
+
+class DecodeError(ValueError):
+    """A record that cannot be decoded; ``reason`` is its dead-letter reason."""
+
+    def __init__(self, reason: Reason, detail: str):
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def load_schema(name: str, named: dict | None = None) -> dict:
+    """Parse ``schemas/<name>.avsc`` with fastavro (``named`` collects named types across files)."""
+    named = {} if named is None else named
+    if name == "enriched" and "cem.TouchpointEvent" not in named:
+        load_schema("touchpoint", named)
+    return fastavro.parse_schema(schema_json(name), named_schemas=named)
+
+
+def fingerprint(schema: Any) -> bytes:
+    """CRC-64-AVRO fingerprint of a schema's parsing canonical form, little-endian, as the spec says.
+
+    >>> len(fingerprint(load_schema("touchpoint")))
+    8
+    """
+    hex_ = _fingerprint(to_parsing_canonical_form(schema), "CRC-64-AVRO")
+    return struct.pack("<Q", int(hex_, 16))
+
+
+@dataclass
+class SchemaRegistry:
+    """Known writer schemas, by single-object fingerprint and by Confluent schema id.
+
+    The reader schema is always the current ``cem.TouchpointEvent``; writers may use any registered
+    version, so adding an optional field with a default on the writer side never breaks the reader.
+    """
+
+    reader: dict = field(default_factory=lambda: load_schema("touchpoint"))
+    by_fingerprint: dict[bytes, dict] = field(default_factory=dict)
+    by_confluent_id: dict[int, dict] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.register(self.reader)
+
+    def register(self, schema: Mapping | dict, confluent_id: int | None = None) -> bytes:
+        parsed = fastavro.parse_schema(dict(schema)) if "__fastavro_parsed" not in schema else schema
+        fp = fingerprint(parsed)
+        self.by_fingerprint[fp] = parsed
+        if confluent_id is not None:
+            self.by_confluent_id[confluent_id] = parsed
+        return fp
+
+    @classmethod
+    def from_config(cls, schema_files: Iterable[Path] = (), confluent_ids: Mapping[int, Path] | None = None) -> "SchemaRegistry":
+        """A registry with the current schema, extra writer schema files, and Confluent id mappings.
+
+        ``confluent_ids`` defaults to ``{1: schemas/touchpoint.avsc}``.
+        """
+        registry = cls()
+        for path in schema_files:
+            registry.register(json.loads(Path(path).read_text()))
+        ids = confluent_ids if confluent_ids is not None else {1: SCHEMA_DIR / "touchpoint.avsc"}
+        for schema_id, path in ids.items():
+            registry.register(json.loads(Path(path).read_text()), confluent_id=schema_id)
+        return registry
+
+
+class AvroCodec:
+    """Encode and decode touchpoints in the three accepted wire forms.
+
+    >>> codec = AvroCodec()
+    >>> event = {"event_id": "e1", "customer_id": "c1", "occurred_at": 1767225600000,
+    ...          "channel": "web", "type": "page_view"}
+    >>> for fmt in ("avro", "confluent", "json"):
+    ...     decoded = codec.decode(codec.encode(event, fmt))
+    ...     assert decoded["event_id"] == "e1" and decoded["channel"] == "web", fmt
+    >>> codec.decode(b"\\xc3\\x01" + b"\\x00" * 8 + b"x")
+    Traceback (most recent call last):
+    ...
+    schemas.codec.DecodeError: unknown_schema: no writer schema with fingerprint 0000000000000000
+    """
+
+    def __init__(self, registry: SchemaRegistry | None = None):
+        self.registry = registry or SchemaRegistry.from_config()
+        self._reader = self.registry.reader
+        self._reader_fp = fingerprint(self._reader)
+        self._confluent_id = next(iter(self.registry.by_confluent_id), 1)
+
+    # -- encoding (generator, `cem publish`, tests) --------------------------------------------
+    def encode(self, event: Mapping[str, Any], fmt: str = "avro") -> bytes:
+        """``fmt``: ``avro`` (single-object), ``confluent`` or ``json``."""
+        if fmt == "json":
+            return json.dumps(event, separators=(",", ":"), default=str).encode()
+        body = io.BytesIO()
+        fastavro.schemaless_writer(body, self._reader, _avro_ready(event))
+        if fmt == "avro":
+            return SINGLE_OBJECT_MAGIC + self._reader_fp + body.getvalue()
+        if fmt == "confluent":
+            return CONFLUENT_MAGIC + struct.pack(">I", self._confluent_id) + body.getvalue()
+        raise ValueError(f"unknown format {fmt!r}: use avro, confluent or json")
+
+    # -- decoding (the worker's first step) -----------------------------------------------------
+    def decode(self, payload: bytes) -> dict:
+        """Decode one Kafka value into a dict of touchpoint fields, or raise :class:`DecodeError`."""
+        if payload[:2] == SINGLE_OBJECT_MAGIC:
+            fp = payload[2:10]
+            writer = self.registry.by_fingerprint.get(fp)
+            if writer is None:
+                raise DecodeError(Reason.UNKNOWN_SCHEMA, f"no writer schema with fingerprint {fp.hex()}")
+            return self._read_avro(payload[10:], writer)
+        if payload[:1] == CONFLUENT_MAGIC and len(payload) >= 5:
+            (schema_id,) = struct.unpack(">I", payload[1:5])
+            writer = self.registry.by_confluent_id.get(schema_id)
+            if writer is None:
+                raise DecodeError(Reason.UNKNOWN_SCHEMA, f"no writer schema mapped to Confluent id {schema_id}")
+            return self._read_avro(payload[5:], writer)
+        return _read_json(payload)
+
+    def _read_avro(self, body: bytes, writer: dict) -> dict:
+        try:
+            record = fastavro.schemaless_reader(io.BytesIO(body), writer, self._reader)
+        except fastavro.read.SchemaResolutionError as exc:
+            reason = Reason.UNKNOWN_ENUM if "enum" in str(exc).lower() or "symbol" in str(exc).lower() else Reason.WRONG_TYPE
+            raise DecodeError(reason, str(exc)[:300]) from None
+        except Exception as exc:  # truncated or corrupt Avro body
+            raise DecodeError(Reason.UNDECODABLE, f"invalid Avro body: {type(exc).__name__}: {exc}"[:300]) from None
+        ts = record["occurred_at"]
+        record["occurred_at"] = int(ts.timestamp() * 1000) if hasattr(ts, "timestamp") else ts
+        return record
+
+
+def _read_json(payload: bytes) -> dict:
+    try:
+        obj = json.loads(payload)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise DecodeError(Reason.UNDECODABLE, f"neither Avro nor a JSON object: {exc}"[:300]) from None
+    if not isinstance(obj, dict):
+        raise DecodeError(Reason.UNDECODABLE, f"JSON value is a {type(obj).__name__}, not an object")
+    return obj
+
+
+def _avro_ready(event: Mapping[str, Any]) -> dict:
+    """Fill optional fields with their defaults so fastavro can write a partial dict."""
+    record = {name: None for name in _OPTIONAL}
+    record["attributes"] = {}
+    record.update(event)
+    if record.get("attributes") is None:
+        record["attributes"] = {}
+    return record
+
+
+_OPTIONAL = [f["name"] for f in schema_json("touchpoint")["fields"] if "default" in f]
