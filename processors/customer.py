@@ -47,6 +47,9 @@ _STAGE_BY_TYPE = {
 }
 
 
+_BROWSING = frozenset({"awareness", "consideration"})  # once a customer has ordered, browsing is retention
+
+
 @dataclass(slots=True)
 class CustomerState:
     """Everything the pipeline knows about one customer, as of the latest event time it has seen."""
@@ -138,7 +141,7 @@ def derive_stage(state: CustomerState, tp: Touchpoint) -> str:
     if tp.nps is not None and tp.nps >= 9:
         return "advocacy"
     stage = _STAGE_BY_TYPE.get(tp.type)
-    if stage is not None:
+    if stage is not None and (stage not in _BROWSING or not state.orders):
         return stage
     return "retention" if state.orders else state.journey_stage
 

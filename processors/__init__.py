@@ -1,0 +1,1 @@
+"""Domain logic as plain, typed, synchronous functions and classes: no Kafka, Faust or ClickHouse here."""

@@ -1,0 +1,1 @@
+"""Output sinks (ClickHouse, Kafka): one small protocol -- write a batch, flush, close."""
