@@ -16,7 +16,7 @@ Everything is keyed on ``occurred_at``, never the wall clock, so replays give id
 from __future__ import annotations
 
 import enum
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from processors.touchpoint import Touchpoint
@@ -83,16 +83,19 @@ class CustomerState:
     seen: dict[str, list[int]] = field(default_factory=dict)  # event_id -> [occurred_at, source offset]
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # Shallow on purpose: dataclasses.asdict deep-copies, which costs more than the JSON encoding.
+        return {name: getattr(self, name) for name in _STATE_FIELDS}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "CustomerState":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return cls(**{k: v for k, v in data.items() if k in _STATE_FIELDS})
 
     @property
     def mean_resolve_s(self) -> float | None:
         return self.resolve_s_total / self.complaints_resolved if self.complaints_resolved else None
+
+
+_STATE_FIELDS = tuple(f.name for f in fields(CustomerState))
 
 
 @dataclass(slots=True)

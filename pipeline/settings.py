@@ -1,0 +1,86 @@
+"""All settings in one place: environment variables ``CEM_*``, overridden by CLI flags.
+
+>>> s = Settings.from_env({"CEM_KAFKA_BOOTSTRAP": "kafka:9092", "CEM_PARTITIONS": "12"})
+>>> s.kafka_bootstrap, s.partitions, s.dedupe_horizon_s
+('kafka:9092', 12, 86400.0)
+>>> s.replace(partitions=2).partitions
+2
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Kafka
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    app_id: str = "cem"
+    partitions: int = 4  # of cem.touchpoints; the state table is co-partitioned
+    # ClickHouse: chdb://<abs dir> (embedded) or http(s)://host:8123 (server)
+    clickhouse_url: str = "chdb://./.cem/clickhouse"
+    clickhouse_user: str = "default"
+    clickhouse_password: str = ""
+    clickhouse_database: str = "cem"
+    # Batching: ClickHouse wants thousands of rows per insert, about one insert per second.
+    sink_flush_rows: int = 20_000
+    sink_flush_interval_s: float = 1.0
+    take_max: int = 1000  # touchpoints per Faust batch
+    take_within_s: float = 0.05
+    # Stream semantics (event time)
+    dedupe_horizon_s: float = 24 * 3600.0
+    # Schemas: extra writer schemas (comma-separated .avsc paths) and Confluent id mapping "1=path,2=path"
+    schema_files: str = ""
+    confluent_ids: str = ""
+    # Observability
+    metrics_port: int = 9108
+    web_port: int = 6066
+    data_dir: str = "./.cem"
+    log_level: str = "warn"
+    # Faust group timing: short in tests (Faust joins a group in ~rebalance_timeout/2)
+    session_timeout_s: float = 10.0
+    rebalance_timeout_s: float = 10.0
+    heartbeat_interval_s: float = 1.0
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        """Read ``CEM_<FIELD>`` variables (upper-case field names)."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = env.get(f"CEM_{f.name.upper()}")
+            if raw is None or f.name == "extra":
+                continue
+            values[f.name] = _coerce(f.type, raw)
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> "Settings":
+        """A copy with CLI overrides applied (``None`` values are ignored)."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def to_env(self) -> dict[str, str]:
+        """The ``CEM_*`` variables that reproduce these settings in a child process."""
+        return {f"CEM_{f.name.upper()}": str(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "extra"}
+
+    @property
+    def embedded_clickhouse(self) -> bool:
+        return self.clickhouse_url.startswith("chdb://")
+
+    def clickhouse_path(self) -> Path:
+        """The chDB data directory for an embedded URL."""
+        return Path(self.clickhouse_url.removeprefix("chdb://")).resolve()
+
+
+def _coerce(type_name: Any, raw: str) -> Any:
+    kind = str(type_name)
+    if kind == "int":
+        return int(raw)
+    if kind == "float":
+        return float(raw)
+    return raw

@@ -1,0 +1,321 @@
+"""The Faust app: topics, the customer-state table, the touchpoint agent, and their sinks.
+
+Thin wiring only. Per batch of input records the agent calls :class:`processors.ingest.Ingestor`,
+then writes the results to the Kafka sink (enriched events, dead letters, the state changelog) and
+the ClickHouse sink. Input records are acked only after both sinks have flushed, so an offset is
+committed only once everything it produced is durable: at-least-once, made exact by the sinks.
+
+Why batches and a hand-written changelog: Faust's per-event table writes go through its producer
+buffer one record at a time (~190 µs each here); Faust tables can only be set from per-event
+iteration. We keep the table as Faust's recoverable store (its ``data`` and its changelog topic,
+which Faust replays on start), and write the changelog ourselves once per customer per batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import Counter as Tally
+from collections import deque
+from typing import Any, Iterable
+
+import faust
+
+from pipeline.metrics import KafkaObserver, Metrics
+from pipeline.settings import Settings
+from processors.customer import CustomerState
+from processors.ingest import Ingestor, Kind, Result, SourceRecord
+from schemas.codec import AvroCodec, RecordEncoder, SchemaRegistry
+from schemas.contract import (
+    HEADER_DETAIL,
+    HEADER_REASON,
+    HEADER_SOURCE_OFFSET,
+    HEADER_SOURCE_PARTITION,
+    HEADER_SOURCE_TOPIC,
+    HEADER_STAGE,
+    TOPIC_DLQ,
+    TOPIC_ENRICHED,
+    TOPIC_TOUCHPOINTS,
+)
+from sinks.clickhouse import ClickHouseSink, TableRow, connect
+from sinks.clickhouse_rows import COLUMNS, customer_state_row, dead_letter_row, enriched_row
+from sinks.kafka import KafkaRecord, KafkaSink
+
+log = logging.getLogger("cem.worker")
+
+STATE_TABLE = "customer_state"
+
+
+class CustomerStates:
+    """The customer-state table seen as ``customer_id -> CustomerState``.
+
+    Values recovered by Faust from the changelog are dicts; they become objects on first use.
+    """
+
+    def __init__(self, table: Any):
+        self._table = table
+
+    @property
+    def changelog_topic(self) -> str:
+        return self._table.changelog_topic.get_topic_name()
+
+    def get(self, customer_id: str) -> CustomerState:
+        data = self._table.data
+        key = customer_id.encode()
+        state = data.get(key)
+        if state is None:
+            state = CustomerState(customer_id)
+            data[key] = state
+        elif isinstance(state, dict):
+            state = CustomerState.from_dict(state)
+            data[key] = state
+        return state
+
+    def changelog(self, partition: int, state: CustomerState) -> KafkaRecord:
+        value = json.dumps(state.to_dict(), separators=(",", ":")).encode()
+        return KafkaRecord(self.changelog_topic, state.customer_id.encode(), value, partition)
+
+
+class TouchpointWorker:
+    """Per-batch processing and the flush/ack protocol; owns the sinks."""
+
+    def __init__(self, settings: Settings, metrics: Metrics, states: CustomerStates):
+        self.settings = settings
+        self.metrics = metrics
+        self.states = states
+        registry = SchemaRegistry.from_config(_paths(settings.schema_files), _confluent_ids(settings.confluent_ids))
+        self.ingestor = Ingestor(AvroCodec(registry), int(settings.dedupe_horizon_s * 1000))
+        self.enriched_encoder = RecordEncoder("enriched")
+        self.kafka = KafkaSink(settings.kafka_bootstrap, KafkaObserver(metrics), client_id=f"{settings.app_id}-sink")
+        client = connect(settings.clickhouse_url, settings.clickhouse_user, settings.clickhouse_password)
+        self.clickhouse = ClickHouseSink(
+            client, settings.clickhouse_database, COLUMNS, metrics,
+            settings.sink_flush_rows, settings.sink_flush_interval_s,
+        )
+        self._pending: list[tuple[list[Any], float]] = []  # (events, received wall time) awaiting ack
+        self._lock = asyncio.Lock()
+        self.latencies: deque[float] = deque(maxlen=20_000)  # receipt -> committed, seconds (for /status, bench)
+        self.started = False
+
+    async def start(self) -> None:
+        await self.kafka.start()
+        await self.clickhouse.start()
+        self.started = True
+
+    async def process(self, events: list[Any]) -> None:
+        """Handle one batch of Faust events (the agent's body)."""
+        received = time.time()
+        outputs: list[KafkaRecord] = []
+        rows: list[TableRow] = []
+        changed: dict[str, tuple[int, CustomerState]] = {}
+        tallies = _Tallies()
+        for event in events:
+            message = event.message
+            record = SourceRecord(
+                message.topic, message.partition, message.offset,
+                int(message.timestamp * 1000), message.key, message.value,
+            )
+            result = self.ingestor.handle(record, self.states.get)
+            tallies.add(result)
+            self._route(result, outputs, rows, changed)
+        for partition, state in changed.values():
+            outputs.append(self.states.changelog(partition, state))
+            rows.append(customer_state_row(state))
+        await self.kafka.write(outputs)
+        await self.clickhouse.write(rows)
+        tallies.publish(self.metrics)
+        enriched_at = time.time()
+        self.metrics.latency.labels("enriched").observe(enriched_at - received)
+        self.metrics.last_batch.set(enriched_at)
+        self._pending.append((events, received))
+        if self.clickhouse.due():
+            await self.flush()
+
+    def _route(self, result: Result, outputs: list[KafkaRecord], rows: list[TableRow], changed: dict) -> None:
+        if result.kind is Kind.DUPLICATE:
+            return
+        if result.kind is Kind.DEAD_LETTER:
+            dead = result.dead_letter
+            source = dead.source
+            outputs.append(KafkaRecord(TOPIC_DLQ, source.key, source.value, None, _dlq_headers(dead), source.timestamp_ms))
+            rows.append(dead_letter_row(dead))
+            return
+        enriched = result.enriched
+        outputs.append(KafkaRecord(
+            TOPIC_ENRICHED, enriched.touchpoint.customer_id.encode(),
+            self.enriched_encoder.encode(enriched.to_record()), enriched.source_partition,
+        ))
+        rows.append(enriched_row(enriched, TOPIC_TOUCHPOINTS))
+        if result.kind is Kind.PROCESSED:
+            changed[enriched.touchpoint.customer_id] = (enriched.source_partition, result.state)
+
+    async def flush(self) -> None:
+        """Make all outputs durable, then ack their inputs (so Faust may commit the offsets)."""
+        async with self._lock:
+            pending, self._pending = self._pending, []
+            await self.kafka.flush()
+            await self.clickhouse.flush()
+            committed = time.time()
+            observe = self.metrics.latency.labels("committed").observe
+            for events, received in pending:
+                latency = committed - received
+                for event in events:
+                    event.ack()
+                    observe(latency)
+                self.latencies.extend([latency] * len(events))
+
+    async def flush_if_due(self) -> None:
+        if self._pending and self.clickhouse.due():
+            await self.flush()
+
+    async def close(self) -> None:
+        if self.started:
+            await self.flush()
+            await self.kafka.close()
+            self.started = False
+
+
+class _Tallies:
+    """Per-batch counts, published to Prometheus once per batch."""
+
+    def __init__(self) -> None:
+        self.received: Tally = Tally()
+        self.by_kind: dict[Kind, Tally] = {kind: Tally() for kind in Kind}
+        self.dead: Tally = Tally()
+        self.nps: Tally = Tally()
+        self.csat: Tally = Tally()
+        self.revenue: Tally = Tally()
+
+    def add(self, result: Result) -> None:
+        channel = result.channel
+        self.received[channel] += 1
+        self.by_kind[result.kind][channel] += 1
+        if result.kind is Kind.DEAD_LETTER:
+            self.dead[(result.dead_letter.reason.value, result.dead_letter.stage.value)] += 1
+        elif result.kind is Kind.PROCESSED:
+            tp = result.enriched.touchpoint
+            if tp.nps is not None:
+                self.nps[(channel, "promoter" if tp.nps >= 9 else "detractor" if tp.nps <= 6 else "passive")] += 1
+            if tp.csat is not None:
+                self.csat[(channel, "true" if tp.csat >= 4 else "false")] += 1
+            if tp.amount and tp.type in ("purchase", "refund"):
+                self.revenue[channel] += tp.amount if tp.type == "purchase" else -tp.amount
+
+    def publish(self, m: Metrics) -> None:
+        m.count(m.received, self.received)
+        m.count(m.processed, self.by_kind[Kind.PROCESSED])
+        m.count(m.replayed, self.by_kind[Kind.REPLAYED])
+        m.count(m.deduplicated, self.by_kind[Kind.DUPLICATE])
+        m.count(m.dead_lettered, self.dead)
+        m.count(m.nps, self.nps)
+        m.count(m.csat, self.csat)
+        for channel, amount in self.revenue.items():
+            if amount > 0:  # Prometheus counters only go up; net refunds show in ClickHouse
+                m.revenue.labels(channel).inc(amount)
+
+
+def _dlq_headers(dead: Any) -> list[tuple[str, bytes]]:
+    source = dead.source
+    return [
+        (HEADER_REASON, dead.reason.value.encode()),
+        (HEADER_STAGE, dead.stage.value.encode()),
+        (HEADER_DETAIL, dead.detail.encode()[:1000]),
+        (HEADER_SOURCE_TOPIC, source.topic.encode()),
+        (HEADER_SOURCE_PARTITION, str(source.partition).encode()),
+        (HEADER_SOURCE_OFFSET, str(source.offset).encode()),
+    ]
+
+
+def _paths(spec: str) -> list[str]:
+    return [p for p in (s.strip() for s in spec.split(",")) if p]
+
+
+def _confluent_ids(spec: str) -> dict[int, str] | None:
+    """``"1=a.avsc,2=b.avsc"`` -> {1: 'a.avsc', 2: 'b.avsc'}; empty -> the default mapping."""
+    pairs = _paths(spec)
+    if not pairs:
+        return None
+    return {int(k): v for k, v in (p.split("=", 1) for p in pairs)}
+
+
+def create_app(settings: Settings, metrics: Metrics | None = None) -> tuple[faust.App, TouchpointWorker]:
+    """The Faust app and its worker runtime, wired together."""
+    metrics = metrics or Metrics()
+    app = faust.App(
+        settings.app_id,
+        broker=f"kafka://{settings.kafka_bootstrap}",
+        store="memory://",
+        topic_partitions=settings.partitions,
+        web_enabled=False,
+        producer_acks=-1,
+        producer_linger=0.005,
+        broker_commit_every=10_000,
+        broker_commit_interval=1.0,
+        broker_max_poll_records=2000,
+        stream_buffer_maxsize=8192,
+        stream_wait_empty=False,
+        broker_session_timeout=settings.session_timeout_s,
+        broker_rebalance_timeout=settings.rebalance_timeout_s,
+        broker_heartbeat_interval=settings.heartbeat_interval_s,
+        table_cleanup_interval=3600.0,
+        consumer_auto_offset_reset="earliest",
+    )
+    touchpoints = app.topic(
+        TOPIC_TOUCHPOINTS, key_type=bytes, value_type=bytes,
+        key_serializer="raw", value_serializer="raw", partitions=settings.partitions,
+    )
+    # bytes keys use the raw codec; values use the app default (json): CustomerState.to_dict()
+    table = app.Table(STATE_TABLE, partitions=settings.partitions, key_type=bytes)
+    worker = TouchpointWorker(settings, metrics, CustomerStates(table))
+
+    @app.agent(touchpoints, name="touchpoints")
+    async def process_touchpoints(stream: faust.StreamT) -> None:
+        if not worker.started:
+            await worker.start()
+        async for events in stream.noack_take(settings.take_max, settings.take_within_s):
+            await worker.process(list(events))
+
+    @app.timer(interval=max(0.1, settings.sink_flush_interval_s / 4))
+    async def flush_sinks() -> None:
+        if worker.started:
+            await worker.flush_if_due()
+
+    @app.timer(interval=2.0)
+    async def measure_lag() -> None:
+        await _update_lag(app, metrics)
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(sender: Any, assigned: Iterable[Any], **_: Any) -> None:
+        metrics.rebalances.inc()
+        if worker.started:
+            await worker.clickhouse.load_high_water()
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(sender: Any, revoked: Iterable[Any], **_: Any) -> None:
+        if worker.started:  # the next owner reads our high-water marks: write everything first
+            await worker.flush()
+
+    @app.on_before_shutdown.connect
+    async def on_shutdown(sender: Any, **_: Any) -> None:
+        await worker.close()
+        try:
+            await app.consumer.commit()
+        except Exception as exc:  # the group may already be gone; replays are idempotent
+            log.info("final commit skipped: %s", exc)
+
+    return app, worker
+
+
+async def _update_lag(app: faust.App, metrics: Metrics) -> None:
+    try:
+        consumer = app.consumer
+        for tp in consumer.assignment():
+            if tp.topic != TOPIC_TOUCHPOINTS:
+                continue
+            position = await consumer.position(tp)
+            if position is not None:
+                metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, consumer.highwater(tp) - position))
+    except Exception as exc:  # lag is best-effort observability; never stop the worker for it
+        log.debug("lag update failed: %s", exc)

@@ -1,0 +1,116 @@
+"""The per-record ingest step: decode -> validate -> dedupe -> enrich, as one pure function.
+
+:class:`Ingestor` knows nothing about Kafka clients or Faust; it takes a :class:`SourceRecord` (the
+bytes and coordinates of one input record) and a state lookup, and returns a :class:`Result` that
+says which outputs to write. Every record ends in exactly one of: processed, replayed, duplicate,
+dead-lettered, so ``in = processed + dead-lettered + deduplicated`` holds by construction.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Callable
+
+from processors.customer import DEFAULT_DEDUPE_HORIZON_MS, CustomerState, Enriched, Outcome, apply
+from processors.touchpoint import Rejected, validate
+from schemas.codec import AvroCodec, DecodeError
+from schemas.contract import MAX_RECORD_BYTES, Reason, Stage
+
+
+@dataclass(slots=True)
+class SourceRecord:
+    """One input record as it came off Kafka."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    """A record that cannot be processed: the original bytes, unchanged, and why."""
+
+    source: SourceRecord
+    reason: Reason
+    stage: Stage
+    detail: str
+
+
+class Kind(str, enum.Enum):
+    PROCESSED = "processed"
+    REPLAYED = "replayed"  # re-processed after a restart: outputs again, state untouched
+    DUPLICATE = "duplicate"
+    DEAD_LETTER = "dead_letter"
+
+
+@dataclass(slots=True)
+class Result:
+    kind: Kind
+    channel: str  # "unknown" for records that never decoded that far
+    enriched: Enriched | None = None
+    dead_letter: DeadLetter | None = None
+    state: CustomerState | None = None
+
+
+class Ingestor:
+    """Turns input records into results; holds the codec and the dedupe horizon.
+
+    >>> from schemas.codec import AvroCodec
+    >>> ingest = Ingestor(AvroCodec())
+    >>> states = {}
+    >>> lookup = lambda cid: states.setdefault(cid, CustomerState(cid))
+    >>> value = b'{"event_id":"e1","customer_id":"c1","occurred_at":1767225600000,"channel":"web","type":"login"}'
+    >>> ingest.handle(SourceRecord("cem.touchpoints", 0, 0, 1767225600000, b"c1", value), lookup).kind
+    <Kind.PROCESSED: 'processed'>
+    >>> ingest.handle(SourceRecord("cem.touchpoints", 0, 1, 1767225600000, b"c1", value), lookup).kind
+    <Kind.DUPLICATE: 'duplicate'>
+    >>> r = ingest.handle(SourceRecord("cem.touchpoints", 0, 2, 1767225600000, b"c1", b"\\x01garbage"), lookup)
+    >>> r.kind, r.dead_letter.reason.value
+    (<Kind.DEAD_LETTER: 'dead_letter'>, 'undecodable')
+    """
+
+    def __init__(self, codec: AvroCodec, dedupe_horizon_ms: int = DEFAULT_DEDUPE_HORIZON_MS):
+        self.codec = codec
+        self.dedupe_horizon_ms = dedupe_horizon_ms
+
+    def handle(self, record: SourceRecord, state_for: Callable[[str], CustomerState]) -> Result:
+        value = record.value
+        if value is None or not value:
+            return _dead(record, Reason.UNDECODABLE, Stage.DECODE, "empty record value")
+        if len(value) > MAX_RECORD_BYTES:
+            return _dead(record, Reason.OVERSIZE, Stage.DECODE, f"{len(value)} bytes > {MAX_RECORD_BYTES}")
+        try:
+            decoded = self.codec.decode(value)
+        except DecodeError as exc:
+            return _dead(record, exc.reason, Stage.DECODE, exc.detail)
+        try:
+            touchpoint = validate(decoded, reference_ms=record.timestamp_ms)
+        except Rejected as exc:
+            return _dead(record, exc.reason, Stage.VALIDATE, exc.detail, _channel_of(decoded))
+        if record.key != touchpoint.customer_id.encode():
+            # State is partitioned by the key: a record keyed otherwise would split a customer's state.
+            return _dead(
+                record, Reason.KEY_MISMATCH, Stage.VALIDATE,
+                "Kafka key must be the customer_id (UTF-8)", touchpoint.channel,
+            )
+        state = state_for(touchpoint.customer_id)
+        outcome, enriched = apply(
+            state, touchpoint, record.partition, record.offset, record.timestamp_ms, self.dedupe_horizon_ms
+        )
+        if outcome is Outcome.DUPLICATE:
+            return Result(Kind.DUPLICATE, touchpoint.channel, state=state)
+        kind = Kind.PROCESSED if outcome is Outcome.NEW else Kind.REPLAYED
+        return Result(kind, touchpoint.channel, enriched=enriched, state=state)
+
+
+def _channel_of(decoded: dict) -> str:
+    channel = decoded.get("channel")
+    return channel if isinstance(channel, str) and len(channel) <= 32 else "unknown"
+
+
+def _dead(record: SourceRecord, reason: Reason, stage: Stage, detail: str, channel: str = "unknown") -> Result:
+    return Result(Kind.DEAD_LETTER, channel, dead_letter=DeadLetter(record, reason, stage, detail))

@@ -1,0 +1,125 @@
+"""Kafka output sink: enriched events, dead letters, table changelogs, alerts.
+
+Uses aiokafka's batch API (``create_batch`` / ``send_batch``): appending to a batch costs a few
+microseconds where ``send()`` per record costs ~100 µs through Faust's producer (measured on this
+machine: 2,600 -> 5,000 events/s for the whole worker). ``flush`` awaits broker acks, so a caller
+that acks its input only after ``flush`` gets at-least-once delivery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import DefaultPartitioner
+
+from sinks.base import NullObserver, SinkObserver
+
+Headers = Sequence[tuple[str, bytes]]
+
+
+@dataclass(slots=True)
+class KafkaRecord:
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    partition: int | None = None  # None: the default (murmur2) partitioner on the key
+    headers: Headers = ()
+    timestamp_ms: int | None = None
+
+
+class KafkaSink:
+    """Buffers records per (topic, partition) in producer batches; ``flush`` sends and awaits acks."""
+
+    def __init__(self, bootstrap: str, observer: SinkObserver | None = None, client_id: str = "cem-sink"):
+        self._bootstrap = bootstrap
+        self._client_id = client_id
+        self._producer: AIOKafkaProducer | None = None  # created in start(): it needs the running loop
+        self._observer = observer or NullObserver()
+        self._partitioner = DefaultPartitioner()
+        self._partitions: dict[str, list[int]] = {}
+        self._batches: dict[tuple[str, int], object] = {}
+        self._counts: dict[tuple[str, int], int] = {}
+        self._in_flight: list[tuple[str, int, asyncio.Future]] = []
+        self._started = False
+        self._tracked: set[str] = set()
+
+    async def start(self) -> None:
+        if not self._started:
+            # Idempotent producers are refused by some Kafka-protocol brokers (Tansu); at-least-once
+            # plus idempotent sinks downstream does not need them.
+            self._producer = AIOKafkaProducer(
+                bootstrap_servers=self._bootstrap,
+                client_id=self._client_id,
+                acks="all",
+                enable_idempotence=False,
+                linger_ms=5,
+                max_batch_size=1 << 20,
+                max_request_size=4 << 20,
+            )
+            await self._producer.start()
+            self._started = True
+
+    async def write(self, rows: Iterable[KafkaRecord]) -> None:
+        for record in rows:
+            partition = record.partition
+            if partition is None:
+                partition = await self._partition_for(record.topic, record.key)
+            slot = (record.topic, partition)
+            batch = self._batches.get(slot)
+            if batch is None:
+                batch = self._batches[slot] = self._producer.create_batch()
+            if batch.append(key=record.key, value=record.value, timestamp=record.timestamp_ms, headers=list(record.headers)) is None:
+                await self._send(slot)  # batch full: ship it, then start a new one
+                batch = self._batches[slot] = self._producer.create_batch()
+                if batch.append(key=record.key, value=record.value, timestamp=record.timestamp_ms, headers=list(record.headers)) is None:
+                    raise ValueError(f"record for {record.topic} is larger than the producer's max batch size")
+            self._counts[slot] = self._counts.get(slot, 0) + 1
+
+    async def flush(self) -> None:
+        for slot in list(self._batches):
+            await self._send(slot)
+        in_flight, self._in_flight = self._in_flight, []
+        started = time.perf_counter()
+        results = await asyncio.gather(*(fut for _, _, fut in in_flight), return_exceptions=True)
+        seconds = time.perf_counter() - started
+        error: BaseException | None = None
+        for (topic, count, _), result in zip(in_flight, results):
+            failed = result if isinstance(result, BaseException) else None
+            self._observer.on_write(topic, count, seconds, failed)
+            error = error or failed
+        if error is not None:
+            raise error
+
+    async def close(self) -> None:
+        if self._started:
+            try:
+                await self.flush()
+            finally:
+                await self._producer.stop()
+                self._started = False
+
+    async def _send(self, slot: tuple[str, int]) -> None:
+        batch = self._batches.pop(slot, None)
+        count = self._counts.pop(slot, 0)
+        if batch is None or not count:
+            return
+        topic, partition = slot
+        if topic not in self._tracked:
+            # aiokafka fetches metadata for *all* topics until one is tracked, then only for tracked
+            # ones, dropping the rest from its view: batches for an untracked topic then wait
+            # forever for a leader. Track every topic we write to.
+            await self._producer.client.add_topic(topic)
+            self._tracked.add(topic)
+        future = await self._producer.send_batch(batch, topic, partition=partition)
+        self._in_flight.append((f"{topic}[{partition}]", count, future))
+
+    async def _partition_for(self, topic: str, key: bytes | None) -> int:
+        partitions = self._partitions.get(topic)
+        if partitions is None:
+            found = await self._producer.partitions_for(topic)
+            partitions = self._partitions[topic] = sorted(found)
+        return self._partitioner(key, partitions, partitions)
