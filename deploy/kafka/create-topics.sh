@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Creates the CEM topics; idempotent. Run by the compose `kafka-init` service, and usable against any
+# existing cluster (e.g. before deploying deploy/k8s):
+#
+#   KAFKA_BOOTSTRAP=broker:9092 CEM_TOPIC_REPLICATION_FACTOR=3 deploy/kafka/create-topics.sh
+#
+# Environment:
+#   KAFKA_BOOTSTRAP               bootstrap servers (default kafka:9092)
+#   CEM_TOPIC_PARTITIONS          partitions of every topic (default 12 = the most workers that get work);
+#                                 must equal the workers' CEM_PARTITIONS
+#   CEM_TOPIC_REPLICATION_FACTOR  default 1 (single broker); use 3 in production
+#   KAFKA_TOPICS_BIN              kafka-topics.sh (default /opt/kafka/bin/kafka-topics.sh)
+#   KAFKA_COMMAND_CONFIG          optional client properties file (TLS / SASL)
+set -euo pipefail
+
+BOOTSTRAP="${KAFKA_BOOTSTRAP:-kafka:9092}"
+PARTITIONS="${CEM_TOPIC_PARTITIONS:-12}"
+RF="${CEM_TOPIC_REPLICATION_FACTOR:-1}"
+KAFKA_TOPICS="${KAFKA_TOPICS_BIN:-/opt/kafka/bin/kafka-topics.sh}"
+
+common=(--bootstrap-server "$BOOTSTRAP")
+if [[ -n "${KAFKA_COMMAND_CONFIG:-}" ]]; then
+  common+=(--command-config "$KAFKA_COMMAND_CONFIG")
+fi
+
+# With replicas to spare, acknowledged writes must survive the loss of one broker.
+durability=()
+if (( RF >= 3 )); then
+  durability=(min.insync.replicas=2)
+fi
+
+DAY_MS=86400000
+
+# create NAME CONFIG...   (every topic gets $PARTITIONS partitions)
+create() {
+  local name=$1
+  shift
+  local args=()
+  local config
+  for config in "$@" ${durability[@]+"${durability[@]}"}; do
+    args+=(--config "$config")
+  done
+  echo "topic ${name}: ${PARTITIONS} partitions, replication ${RF}, ${*:-defaults}"
+  "$KAFKA_TOPICS" "${common[@]}" --create --if-not-exists --topic "$name" \
+    --partitions "$PARTITIONS" --replication-factor "$RF" ${args[@]+"${args[@]}"}
+}
+
+# Input, keyed by customer_id.
+create cem.touchpoints          cleanup.policy=delete "retention.ms=$((7 * DAY_MS))"
+# Undecodable / invalid records with the reason; kept longer so they can be replayed after a fix.
+create cem.touchpoints.dlq      cleanup.policy=delete "retention.ms=$((14 * DAY_MS))"
+create cem.touchpoints.enriched cleanup.policy=delete "retention.ms=$((3 * DAY_MS))"
+create cem.alerts               cleanup.policy=delete "retention.ms=$((7 * DAY_MS))"
+# Latest value per key: CRM profiles by customer_id, model snapshots, the Faust state-table changelog
+# (Faust app id `cem`, table `customer_state`; co-partitioned with cem.touchpoints).
+create cem.customers                  cleanup.policy=compact
+create cem.models                     cleanup.policy=compact
+create cem-customer_state-changelog   cleanup.policy=compact
+
+# --if-not-exists leaves an existing topic alone: make sure the co-partitioned ones really match, since a
+# state table whose changelog has a different partition count silently loses state on rebalance.
+for topic in cem.touchpoints cem-customer_state-changelog; do
+  described=$("$KAFKA_TOPICS" "${common[@]}" --describe --topic "$topic")
+  actual=$(grep -o 'PartitionCount: *[0-9]*' <<<"$described" | head -n1 | grep -o '[0-9]*$' || true)
+  if [[ "$actual" != "$PARTITIONS" ]]; then
+    echo "error: topic $topic has ${actual:-unknown} partitions, expected $PARTITIONS (CEM_TOPIC_PARTITIONS)" >&2
+    exit 1
+  fi
+done
+echo "cem topics ready"

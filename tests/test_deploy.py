@@ -1,0 +1,1409 @@
+"""Static checks of the deployment artefacts: docker-compose.yml, deploy/Dockerfile, Kafka topics, ClickHouse
+users and init SQL, Prometheus config and rules, Grafana provisioning and dashboards, Kubernetes manifests.
+
+Fast, no network, no Docker. Tools used when present: ``promtool`` (required when ``CI`` is set: .ci/run
+installs it), ``kubectl`` (optional, for ``kubectl kustomize``), chDB (installed with the project).
+
+Helpers meant for reuse (e.g. running every dashboard query against a live Prometheus or chDB):
+``grafana_queries()`` -> [(kind, expr)] with kind "promql" or "sql"; ``substitute_macros(sql)`` expands the
+grafana-clickhouse-datasource macros; ``substitute_promql_vars(expr)`` expands Grafana's PromQL variables;
+``promql_metric_names(expr)`` lists the metric names an expression reads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+import tomllib
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+PROM_DIR = DEPLOY / "prometheus"
+PROM_CONFIG = PROM_DIR / "prometheus.yml"
+RULES_FILE = PROM_DIR / "rules" / "cem.rules.yml"
+RUNBOOK = DEPLOY / "runbook.md"
+GRAFANA = DEPLOY / "grafana"
+DASHBOARDS = {
+    "pipeline-health.json": "Pipeline health",
+    "customer-experience.json": "Customer experience",
+}
+K8S = DEPLOY / "k8s"
+CLICKHOUSE = DEPLOY / "clickhouse"
+ENV_EXAMPLE = DEPLOY / "cem.env.example"
+CREATE_TOPICS = DEPLOY / "kafka" / "create-topics.sh"
+
+# ---------------------------------------------------------------------------------------------------------
+# Contracts shared with the worker
+# ---------------------------------------------------------------------------------------------------------
+
+COUNTERS = {
+    "cem_touchpoints_received", "cem_touchpoints_processed", "cem_touchpoints_dead_lettered",
+    "cem_touchpoints_deduplicated", "cem_nps_responses", "cem_csat_responses", "cem_revenue",
+    "cem_clickhouse_insert_rows", "cem_clickhouse_insert_batches", "cem_clickhouse_insert_errors",
+    "cem_kafka_produced", "cem_kafka_produce_errors", "cem_consumer_rebalances", "cem_alerts", "cem_model_drift",
+}
+HISTOGRAMS = {
+    "cem_processing_latency_seconds", "cem_clickhouse_insert_duration_seconds", "cem_alert_latency_seconds",
+    "cem_sentiment_score", "cem_churn_risk",
+}
+GAUGES = {"cem_consumer_lag", "cem_model_quality", "cem_worker_last_batch_timestamp_seconds"}
+
+
+def sample_names(counters=COUNTERS, histograms=HISTOGRAMS, gauges=GAUGES) -> set[str]:
+    """The series names Prometheus stores for these metric families."""
+    names = {f"{c}_total" for c in counters} | set(gauges)
+    for h in histograms:
+        names |= {f"{h}_bucket", f"{h}_sum", f"{h}_count"}
+    return names
+
+
+EXPOSED = sample_names()
+BUILTIN_SERIES = {"up"}
+
+PARTITIONS = 12
+TOPICS = {  # name -> compacted
+    "cem.touchpoints": False,
+    "cem.touchpoints.dlq": False,
+    "cem.touchpoints.enriched": False,
+    "cem.alerts": False,
+    "cem.customers": True,
+    "cem.models": True,
+    "cem-customer_state-changelog": True,
+}
+CLICKHOUSE_TABLES = {
+    "touchpoints_enriched", "kpi_minute_agg", "kpi_minute", "customer_state", "dead_letters", "sink_offsets",
+    "model_metrics", "alerts",
+}
+WORKER_ENV = {  # the worker's documented settings, with the compose values that wire it to the stack
+    "CEM_KAFKA_BOOTSTRAP", "CEM_CLICKHOUSE_URL", "CEM_CLICKHOUSE_USER", "CEM_CLICKHOUSE_PASSWORD",
+    "CEM_CLICKHOUSE_DATABASE", "CEM_PARTITIONS", "CEM_METRICS_PORT", "CEM_WEB_PORT",
+}
+METRICS_PORT = 9108
+STATUS_PORT = 6066
+
+IN_CI = bool(os.environ.get("CI"))
+
+
+def require_tool(name: str) -> str:
+    """Path of a required CLI tool; a missing one skips locally but fails in CI (CI=true)."""
+    path = shutil.which(name)
+    if path:
+        return path
+    if IN_CI:
+        pytest.fail(f"{name} is not installed, and CI is set: .ci/run must install it")
+    pytest.skip(f"{name} not installed (apt-get install prometheus); required when CI is set")
+
+
+def optional_tool(name: str) -> str:
+    path = shutil.which(name)
+    if not path:
+        pytest.skip(f"{name} not installed")
+    return path
+
+
+def load_yaml(path: Path):
+    with open(path) as f:
+        return yaml.safe_load(f)
+
+
+def load_yaml_all(path: Path) -> list:
+    with open(path) as f:
+        return [d for d in yaml.safe_load_all(f) if d is not None]
+
+
+def project_version() -> str:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    out = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        assert sep, f"{path.name}: not KEY=VALUE: {line!r}"
+        out[key.strip()] = value.strip()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# docker-compose.yml
+# ---------------------------------------------------------------------------------------------------------
+
+_DURATION = {"type": "string", "pattern": r"^(\d+(\.\d+)?(us|ms|s|m|h))+$"}
+_STR_OR_LIST = {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
+_SCALAR = {"type": ["string", "number", "boolean", "null"]}
+_EXT = {"^x-": {}}
+
+# A vendored, deliberately small subset of the Compose Specification schema: the keys this project uses and
+# their shapes, with unknown keys rejected (a misspelt `healtcheck` must fail, not be ignored).
+COMPOSE_SCHEMA = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "required": ["services"],
+    "properties": {
+        "name": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]*$"},
+        "services": {"type": "object", "minProperties": 1, "additionalProperties": {"$ref": "#/$defs/service"}},
+        "volumes": {"type": "object", "additionalProperties": {"type": ["object", "null"]}},
+        "networks": {"type": "object", "additionalProperties": {"type": ["object", "null"]}},
+        "secrets": {"type": "object", "additionalProperties": {
+            "type": "object", "properties": {"file": {"type": "string"}, "environment": {"type": "string"}},
+            "additionalProperties": False, "minProperties": 1}},
+        "configs": {"type": "object"},
+    },
+    "patternProperties": _EXT,
+    "additionalProperties": False,
+    "$defs": {
+        "service": {
+            "type": "object",
+            "anyOf": [{"required": ["image"]}, {"required": ["build"]}],
+            "properties": {
+                "image": {"type": "string", "minLength": 1},
+                "build": {"oneOf": [{"type": "string"}, {
+                    "type": "object", "required": ["context"],
+                    "properties": {"context": {"type": "string"}, "dockerfile": {"type": "string"},
+                                   "args": {"type": ["object", "array"]}, "target": {"type": "string"}},
+                    "additionalProperties": False}]},
+                "command": _STR_OR_LIST,
+                "entrypoint": _STR_OR_LIST,
+                "environment": {"oneOf": [
+                    {"type": "object", "additionalProperties": _SCALAR},
+                    {"type": "array", "items": {"type": "string"}}]},
+                "env_file": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"oneOf": [
+                    {"type": "string"},
+                    {"type": "object", "required": ["path"], "properties": {
+                        "path": {"type": "string"}, "required": {"type": "boolean"}}, "additionalProperties": False}]}}]},
+                "ports": {"type": "array", "items": {"type": ["string", "number", "object"]}},
+                "expose": {"type": "array", "items": {"type": ["string", "number"]}},
+                "volumes": {"type": "array", "items": {"type": ["string", "object"]}},
+                "secrets": {"type": "array", "items": {"type": ["string", "object"]}},
+                "depends_on": {"oneOf": [
+                    {"type": "array", "items": {"type": "string"}},
+                    {"type": "object", "additionalProperties": {
+                        "type": "object",
+                        "properties": {"condition": {"enum": ["service_started", "service_healthy",
+                                                              "service_completed_successfully"]},
+                                       "restart": {"type": "boolean"}, "required": {"type": "boolean"}},
+                        "required": ["condition"],
+                        "additionalProperties": False}}]},
+                "healthcheck": {
+                    "type": "object",
+                    "properties": {
+                        "test": {"oneOf": [{"type": "string"}, {"type": "array", "minItems": 1,
+                                                                 "items": {"type": "string"}}]},
+                        "interval": _DURATION, "timeout": _DURATION, "start_period": _DURATION,
+                        "start_interval": _DURATION, "retries": {"type": "integer", "minimum": 1},
+                        "disable": {"type": "boolean"}},
+                    "additionalProperties": False},
+                "restart": {"enum": ["no", "always", "on-failure", "unless-stopped"]},
+                "deploy": {"type": "object", "properties": {
+                    "replicas": {"type": "integer", "minimum": 0},
+                    "resources": {"type": "object", "properties": {
+                        "limits": {"type": "object"}, "reservations": {"type": "object"}},
+                        "additionalProperties": False},
+                    "restart_policy": {"type": "object"}, "update_config": {"type": "object"}},
+                    "additionalProperties": False},
+                "profiles": {"type": "array", "items": {"type": "string"}},
+                "hostname": {"type": "string"},
+                "container_name": {"type": "string"},
+                "stop_grace_period": _DURATION,
+                "ulimits": {"type": "object"},
+                "logging": {"type": "object", "properties": {"driver": {"type": "string"}, "options": {"type": "object"}},
+                            "additionalProperties": False},
+                "networks": {"type": ["array", "object"]},
+                "labels": {"type": ["array", "object"]},
+                "user": {"type": "string"},
+                "working_dir": {"type": "string"},
+                "init": {"type": "boolean"},
+                "read_only": {"type": "boolean"},
+                "tmpfs": _STR_OR_LIST,
+                "pull_policy": {"enum": ["always", "never", "missing", "build", "if_not_present"]},
+            },
+            "patternProperties": _EXT,
+            "additionalProperties": False,
+        }
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return load_yaml(COMPOSE_FILE)
+
+
+def services(compose: dict) -> dict:
+    return compose["services"]
+
+
+def env_of(service: dict) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.partition("=")[::2] for item in env)
+    return {k: ("" if v is None else str(v)) for k, v in env.items()}
+
+
+def is_long_running(service: dict) -> bool:
+    return str(service.get("restart", "no")) != "no"
+
+
+def parse_duration_s(text: str) -> float:
+    units = {"us": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
+    return sum(float(n) * units[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)(us|ms|s|m|h)", text))
+
+
+def test_compose_matches_schema(compose):
+    import jsonschema
+
+    jsonschema.Draft202012Validator.check_schema(COMPOSE_SCHEMA)
+    errors = sorted(jsonschema.Draft202012Validator(COMPOSE_SCHEMA).iter_errors(compose), key=lambda e: list(e.path))
+    assert not errors, "\n".join(f"{'/'.join(map(str, e.path))}: {e.message}" for e in errors)
+
+
+def test_compose_has_the_stack(compose):
+    svc = services(compose)
+    assert {"kafka", "kafka-init", "clickhouse", "worker", "generator", "prometheus", "grafana"} <= set(svc)
+    assert svc["kafka"]["image"].startswith("apache/kafka:")
+    assert svc["clickhouse"]["image"].startswith("clickhouse/clickhouse-server:")
+    assert svc["prometheus"]["image"].startswith("prom/prometheus:")
+    assert svc["grafana"]["image"].startswith("grafana/grafana:")
+
+
+def image_is_pinned(image: str) -> bool:
+    if "@sha256:" in image:
+        return True
+    last = image.rsplit("/", 1)[-1]
+    if ":" not in last:
+        return False
+    tag = last.split(":", 1)[1]
+    return tag != "latest" and not tag.startswith("latest-") and bool(re.match(r"^v?\d+(\.\d+)+", tag))
+
+
+def test_every_image_is_pinned_to_a_version(compose):
+    for name, service in services(compose).items():
+        if "image" in service:
+            assert image_is_pinned(service["image"]), f"{name}: image {service['image']!r} is not pinned to a version"
+        else:
+            pytest.fail(f"{name}: builds without an image name; give it a pinned `image:`")
+    assert image_is_pinned("apache/kafka:3.9.1") and not image_is_pinned("grafana/grafana:latest")
+    assert not image_is_pinned("grafana/grafana") and not image_is_pinned("registry:5000/cem")
+
+
+def test_long_running_services_have_healthchecks(compose):
+    for name, service in services(compose).items():
+        if not is_long_running(service):
+            continue
+        check = service.get("healthcheck")
+        assert check and not check.get("disable"), f"{name}: long-running service without a health check"
+        test = check["test"]
+        if isinstance(test, list):
+            assert test[0] in ("CMD", "CMD-SHELL") and len(test) > 1, f"{name}: healthcheck test {test!r}"
+        for key in ("interval", "timeout"):
+            assert key in check, f"{name}: healthcheck without {key}"
+
+
+def test_one_shot_services_do_not_restart(compose):
+    init = services(compose)["kafka-init"]
+    assert str(init.get("restart")) == "no"
+    assert "healthcheck" not in init
+
+
+def test_depends_on_targets_exist_with_sound_conditions(compose):
+    svc = services(compose)
+    for name, service in svc.items():
+        deps = service.get("depends_on") or {}
+        if isinstance(deps, list):
+            deps = {d: {"condition": "service_started"} for d in deps}
+        for target, spec in deps.items():
+            assert target in svc, f"{name} depends on unknown service {target}"
+            assert target != name
+            condition = spec.get("condition", "service_started")
+            if condition == "service_healthy":
+                assert "healthcheck" in svc[target], f"{name} waits for {target} to be healthy; it has no healthcheck"
+            if condition == "service_completed_successfully":
+                assert not is_long_running(svc[target]), f"{name} waits for long-running {target} to exit"
+            # A service in a profile may not be a dependency of a service that always starts.
+            if svc[target].get("profiles"):
+                assert service.get("profiles"), f"{name} depends on {target}, which only starts with a profile"
+    worker = svc["worker"]["depends_on"]
+    assert worker["kafka-init"]["condition"] == "service_completed_successfully"
+    assert worker["clickhouse"]["condition"] == "service_healthy"
+    assert svc["kafka-init"]["depends_on"]["kafka"]["condition"] == "service_healthy"
+
+
+def test_volumes_and_secrets_are_declared_and_bind_mounts_exist(compose):
+    declared_volumes = set(compose.get("volumes") or {})
+    declared_secrets = set(compose.get("secrets") or {})
+    used_volumes = set()
+    for name, service in services(compose).items():
+        for volume in service.get("volumes") or []:
+            source = volume.get("source") if isinstance(volume, dict) else volume.split(":")[0]
+            if source.startswith((".", "/")):
+                assert (ROOT / source).exists(), f"{name}: bind mount source {source} does not exist"
+            else:
+                assert source in declared_volumes, f"{name}: volume {source} not declared at top level"
+                used_volumes.add(source)
+        for secret in service.get("secrets") or []:
+            source = secret if isinstance(secret, str) else secret["source"]
+            assert source in declared_secrets, f"{name}: secret {source} not declared at top level"
+    assert declared_volumes == used_volumes, f"declared but unused volumes: {declared_volumes - used_volumes}"
+
+
+SECRET_KEY = re.compile(r"(?i)(password|passwd|secret|token|api_?key|private_?key|credential)")
+LITERAL_SECRET_LINE = re.compile(
+    r"(?i)\b[\w.-]*(password|passwd|secret|token|api_?key)[\w.-]*\s*[:=]\s*(?![\s\"']*\$\{)[\"']?[^\s\"'#]+")
+
+
+def literal_secret(line: str) -> bool:
+    """A ``KEY: value`` / ``KEY=value`` with a secret-looking key and a value that is not an interpolation."""
+    code = "" if line.lstrip().startswith("#") else line.split(" #", 1)[0]
+    code = re.sub(r"\$\{[^}]*\}", "${}", code)  # ${VAR:?message} interpolations are fine
+    return bool(LITERAL_SECRET_LINE.search(code))
+
+
+def test_no_literal_secrets_in_compose(compose):
+    text = COMPOSE_FILE.read_text()
+    for n, line in enumerate(text.splitlines(), 1):
+        assert not literal_secret(line), f"docker-compose.yml:{n}: literal secret? {line.strip()!r}"
+    for name, service in services(compose).items():
+        for key, value in env_of(service).items():
+            if SECRET_KEY.search(key):
+                assert value == "" or re.fullmatch(r"\$\{[A-Z0-9_]+(:?[-?][^}]*)?\}", value), \
+                    f"{name}: {key} has a literal value; use env_file or secrets"
+    # The detector itself.
+    assert literal_secret("      GF_SECURITY_ADMIN_PASSWORD: hunter2")
+    assert literal_secret("      - CLICKHOUSE_PASSWORD=hunter2")
+    assert literal_secret('      CEM_CLICKHOUSE_PASSWORD: "hunter2"  # comment')
+    assert not literal_secret("      CLICKHOUSE_PASSWORD: ${CLICKHOUSE_PASSWORD:?set it}")
+    assert not literal_secret("    # CLICKHOUSE_PASSWORD=example in a comment")
+
+
+def test_env_files_exist_as_examples_and_are_ignored(compose):
+    ignored = (DEPLOY / ".gitignore").read_text().split()
+    for name, service in services(compose).items():
+        files = service.get("env_file") or []
+        files = [files] if isinstance(files, str) else files
+        for entry in files:
+            path = ROOT / (entry if isinstance(entry, str) else entry["path"])
+            example = path.with_name(path.name + ".example")
+            assert example.is_file(), f"{name}: env file {path} has no committed example {example.name}"
+            if path.parent == DEPLOY:
+                assert path.name in ignored, f"{path.name} holds secrets and must be git-ignored"
+
+
+def test_env_example_holds_placeholders_only():
+    env = read_env_file(ENV_EXAMPLE)
+    secrets = {k: v for k, v in env.items() if SECRET_KEY.search(k)}
+    assert {"CEM_CLICKHOUSE_PASSWORD", "CLICKHOUSE_PASSWORD", "CEM_GRAFANA_CLICKHOUSE_PASSWORD",
+            "GF_SECURITY_ADMIN_PASSWORD"} <= set(secrets)
+    for key, value in secrets.items():
+        assert value.startswith("CHANGE_ME"), f"{key} in cem.env.example must be a CHANGE_ME placeholder"
+        assert "$" not in value
+
+
+def test_env_example_cem_keys_are_worker_settings():
+    settings = pytest.importorskip("pipeline.settings")
+    import dataclasses
+
+    fields = {f"CEM_{f.name.upper()}" for f in dataclasses.fields(settings.Settings)}
+    env = read_env_file(ENV_EXAMPLE)
+    unknown = {k for k in env if k.startswith("CEM_") and k not in fields and k != "CEM_GRAFANA_CLICKHOUSE_PASSWORD"}
+    assert not unknown, f"cem.env.example sets variables the worker does not read: {sorted(unknown)}"
+    assert WORKER_ENV <= fields, f"worker settings missing from pipeline.settings: {WORKER_ENV - fields}"
+
+
+def test_published_ports_bind_to_localhost(compose):
+    for name, service in services(compose).items():
+        for port in service.get("ports") or []:
+            assert isinstance(port, str) and port.startswith("127.0.0.1:"), f"{name}: port {port!r} not bound to 127.0.0.1"
+
+
+def test_kafka_runs_kraft_without_auto_topic_creation(compose):
+    kafka = services(compose)["kafka"]
+    env = env_of(kafka)
+    assert "controller" in env["KAFKA_PROCESS_ROLES"] and "broker" in env["KAFKA_PROCESS_ROLES"]
+    assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"].startswith(f"{env['KAFKA_NODE_ID']}@")
+    assert "PLAINTEXT://kafka:9092" in env["KAFKA_ADVERTISED_LISTENERS"]
+    assert env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+    assert not any("zookeeper" in k.lower() for k in env)
+
+
+def test_worker_service(compose):
+    svc = services(compose)
+    worker = svc["worker"]
+    assert worker["build"] == {"context": ".", "dockerfile": "deploy/Dockerfile"}
+    assert (ROOT / worker["build"]["dockerfile"]).is_file()
+    assert worker["image"] == f"cem:{project_version()}", "worker image tag must follow pyproject's version"
+    assert worker["command"][0] == "worker"
+    assert worker["deploy"]["replicas"] == 2
+    assert "container_name" not in worker and not worker.get("ports"), "replicas cannot share a name or host port"
+    assert parse_duration_s(worker["stop_grace_period"]) >= 30
+    env = env_of(worker)
+    assert WORKER_ENV - {"CEM_CLICKHOUSE_PASSWORD"} <= set(env)
+    assert env["CEM_KAFKA_BOOTSTRAP"] == "kafka:9092"
+    assert env["CEM_CLICKHOUSE_URL"] == "http://clickhouse:8123"
+    assert env["CEM_CLICKHOUSE_USER"] == "cem_writer"
+    assert "CEM_CLICKHOUSE_PASSWORD" not in env, "the password comes from the env file"
+    assert "CEM_CLICKHOUSE_PASSWORD" in read_env_file(ENV_EXAMPLE)
+    assert int(env["CEM_METRICS_PORT"]) == METRICS_PORT and int(env["CEM_WEB_PORT"]) == STATUS_PORT
+    partitions = int(env["CEM_PARTITIONS"])
+    assert partitions == int(env_of(svc["kafka-init"])["CEM_TOPIC_PARTITIONS"]) == PARTITIONS
+    assert worker["deploy"]["replicas"] <= partitions
+    assert f"127.0.0.1:{STATUS_PORT}/status" in " ".join(worker["healthcheck"]["test"])
+
+
+def test_generator_is_optional(compose):
+    gen = services(compose)["generator"]
+    assert gen["profiles"] == ["generator"]
+    assert gen["image"] == services(compose)["worker"]["image"]
+    cmd = gen["command"]
+    assert cmd[0] == "generate" and {"--bootstrap", "--rate", "--customers"} <= set(cmd)
+    assert cmd[cmd.index("--bootstrap") + 1] == "kafka:9092"
+
+
+def test_clickhouse_prometheus_grafana_mounts(compose):
+    svc = services(compose)
+    ch_mounts = dict(v.split(":")[:2] for v in svc["clickhouse"]["volumes"] if v.startswith("./"))
+    assert ch_mounts["./deploy/clickhouse/init.sql"].startswith("/docker-entrypoint-initdb.d/")
+    assert ch_mounts["./deploy/clickhouse/users.d/cem-users.xml"].startswith("/etc/clickhouse-server/users.d/")
+    prom_mounts = dict(v.split(":")[:2] for v in svc["prometheus"]["volumes"] if v.startswith("./"))
+    assert prom_mounts["./deploy/prometheus"] == "/etc/prometheus"
+    assert "--config.file=/etc/prometheus/prometheus.yml" in svc["prometheus"]["command"]
+    graf = svc["grafana"]
+    graf_mounts = dict(v.split(":")[:2] for v in graf["volumes"] if v.startswith("./"))
+    assert graf_mounts["./deploy/grafana/provisioning"] == "/etc/grafana/provisioning"
+    provider = load_yaml(GRAFANA / "provisioning" / "dashboards" / "cem.yml")["providers"][0]
+    assert graf_mounts["./deploy/grafana/dashboards"] == provider["options"]["path"]
+    plugins = env_of(graf)["GF_INSTALL_PLUGINS"]
+    assert re.search(r"grafana-clickhouse-datasource \d+\.\d+\.\d+", plugins), "pin the ClickHouse plugin version"
+    home = env_of(graf)["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home.startswith(provider["options"]["path"]) and Path(home).name in DASHBOARDS
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Dockerfile
+# ---------------------------------------------------------------------------------------------------------
+
+def test_dockerfile():
+    text = (DEPLOY / "Dockerfile").read_text()
+    instructions = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    base = re.search(r"^ARG PYTHON_IMAGE=(\S+)", text, re.M)
+    assert base and base.group(1).startswith("python:3.11-slim")
+    assert all(line.split()[1] == "${PYTHON_IMAGE}" for line in instructions if line.startswith("FROM"))
+    assert 'ENTRYPOINT ["cem"]' in instructions
+    assert any(line.startswith("USER ") and not line.split()[1].startswith(("root", "0")) for line in instructions)
+    expose = next(line for line in instructions if line.startswith("EXPOSE"))
+    assert {str(METRICS_PORT), str(STATUS_PORT)} <= set(expose.split()[1:])
+    assert "pip wheel" in text and "pip install --no-index" in text
+
+
+def test_dockerignore_allows_only_the_package():
+    lines = [l.strip() for l in (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
+             if l.strip() and not l.startswith("#")]
+    assert lines[0] == "*", "allow-list: exclude everything first (.venv, .git, data dirs)"
+    allowed = {l[1:].rstrip("/") for l in lines if l.startswith("!")}
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    assert {"pyproject.toml", *packages} <= allowed
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Kafka topics
+# ---------------------------------------------------------------------------------------------------------
+
+STUB = """#!{python}
+import json, os, sys
+args = sys.argv[1:]
+log = os.environ["STUB_LOG"]
+if "--describe" in args:
+    topic = args[args.index("--topic") + 1]
+    parts = os.environ.get("STUB_DESCRIBE_PARTITIONS")
+    if parts is None:
+        for line in open(log):
+            call = json.loads(line)
+            if "--create" in call and call[call.index("--topic") + 1] == topic:
+                parts = call[call.index("--partitions") + 1]
+    print(f"Topic: {{topic}}\\tTopicId: abc\\tPartitionCount: {{parts}}\\tReplicationFactor: 1\\tConfigs: ")
+    print(f"\\tTopic: {{topic}}\\tPartition: 0\\tLeader: 1\\tReplicas: 1\\tIsr: 1")
+with open(log, "a") as f:
+    f.write(json.dumps(args) + "\\n")
+"""
+
+
+def run_create_topics(tmp_path: Path, **env) -> tuple[subprocess.CompletedProcess, list[list[str]]]:
+    stub = tmp_path / "kafka-topics.sh"
+    stub.write_text(STUB.format(python=sys.executable))
+    stub.chmod(0o755)
+    log = tmp_path / "calls.jsonl"
+    log.touch()
+    full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "KAFKA_TOPICS_BIN": str(stub), "STUB_LOG": str(log), **env}
+    proc = subprocess.run(["bash", str(CREATE_TOPICS)], env=full_env, capture_output=True, text=True, timeout=60)
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    return proc, calls
+
+
+def created_topics(calls: list[list[str]]) -> dict[str, dict]:
+    out = {}
+    for call in calls:
+        if "--create" not in call:
+            continue
+        configs = dict(call[i + 1].split("=", 1) for i, a in enumerate(call) if a == "--config")
+        out[call[call.index("--topic") + 1]] = {
+            "partitions": int(call[call.index("--partitions") + 1]),
+            "rf": int(call[call.index("--replication-factor") + 1]),
+            "bootstrap": call[call.index("--bootstrap-server") + 1],
+            "if_not_exists": "--if-not-exists" in call,
+            "configs": configs,
+        }
+    return out
+
+
+def test_create_topics_script(tmp_path):
+    subprocess.run(["bash", "-n", str(CREATE_TOPICS)], check=True)
+    assert os.access(CREATE_TOPICS, os.X_OK)
+    proc, calls = run_create_topics(tmp_path, KAFKA_BOOTSTRAP="kafka:9092", CEM_TOPIC_PARTITIONS=str(PARTITIONS))
+    assert proc.returncode == 0, proc.stderr
+    topics = created_topics(calls)
+    assert set(topics) == set(TOPICS)
+    for name, compacted in TOPICS.items():
+        t = topics[name]
+        assert t["partitions"] == PARTITIONS and t["rf"] == 1 and t["bootstrap"] == "kafka:9092" and t["if_not_exists"]
+        assert t["configs"]["cleanup.policy"] == ("compact" if compacted else "delete"), name
+        assert "min.insync.replicas" not in t["configs"]
+    assert int(topics["cem.touchpoints.dlq"]["configs"]["retention.ms"]) >= 7 * 86_400_000
+
+
+def test_create_topics_production_replication(tmp_path):
+    proc, calls = run_create_topics(tmp_path, CEM_TOPIC_REPLICATION_FACTOR="3", KAFKA_COMMAND_CONFIG="/etc/client.properties")
+    assert proc.returncode == 0, proc.stderr
+    for t in created_topics(calls).values():
+        assert t["rf"] == 3 and t["configs"]["min.insync.replicas"] == "2"
+    assert all("--command-config" in call for call in calls)
+
+
+def test_create_topics_rejects_mismatched_partitions(tmp_path):
+    proc, _ = run_create_topics(tmp_path, STUB_DESCRIBE_PARTITIONS="4")
+    assert proc.returncode != 0
+    assert "expected 12" in proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------
+# ClickHouse
+# ---------------------------------------------------------------------------------------------------------
+
+def clickhouse_users() -> ET.Element:
+    return ET.parse(CLICKHOUSE / "users.d" / "cem-users.xml").getroot()
+
+
+def test_clickhouse_users_take_passwords_from_env():
+    root = clickhouse_users()
+    assert root.tag == "clickhouse"
+    users = root.find("users")
+    assert {u.tag for u in users} == {"cem_writer", "grafana"}
+    env = read_env_file(ENV_EXAMPLE)
+    for user in users:
+        passwords = [e for e in user if e.tag.startswith("password") or e.tag == "no_password"]
+        assert len(passwords) == 1 and passwords[0].tag == "password", f"{user.tag}: exactly one <password>"
+        pw = passwords[0]
+        assert pw.get("from_env") and not (pw.text or "").strip(), f"{user.tag}: password must come from_env"
+        assert pw.get("from_env") in env, f"{pw.get('from_env')} missing from cem.env.example"
+    assert users.find("cem_writer/password").get("from_env") == "CEM_CLICKHOUSE_PASSWORD"  # what the worker reads
+    grafana_var = users.find("grafana/password").get("from_env")
+    datasource = load_yaml(GRAFANA / "provisioning" / "datasources" / "cem.yml")["datasources"]
+    ch = next(d for d in datasource if d["type"] == "grafana-clickhouse-datasource")
+    assert ch["secureJsonData"]["password"] in (f"${grafana_var}", f"${{{grafana_var}}}")
+    assert ch["jsonData"]["username"] == "grafana"
+
+
+def grants(user: str) -> list[str]:
+    return [" ".join(q.text.split()) for q in clickhouse_users().findall(f"users/{user}/grants/query")]
+
+
+def test_clickhouse_grants_are_least_privilege():
+    writer = grants("cem_writer")
+    assert len(writer) == 1
+    m = re.fullmatch(r"GRANT (.+) ON cem\.\*", writer[0])
+    assert m, writer
+    privileges = {p.strip() for p in m.group(1).split(",")}
+    assert {"INSERT", "SELECT", "CREATE TABLE", "CREATE VIEW", "ALTER"} <= privileges
+    assert privileges <= {"INSERT", "SELECT", "CREATE TABLE", "CREATE VIEW", "ALTER", "CREATE DATABASE"}
+    assert grants("grafana") == ["GRANT SELECT ON cem.*"]
+    root = clickhouse_users()
+    profile = root.find("users/grafana/profile").text
+    assert root.find(f"profiles/{profile}/readonly").text == "1"
+    assert root.find(f"profiles/{profile}/constraints/max_execution_time/changeable_in_readonly") is not None
+    for user in ("cem_writer", "grafana"):
+        assert root.find(f"users/{user}/access_management") is None
+        assert root.find(f"profiles/{root.find(f'users/{user}/profile').text}") is not None
+
+
+def init_sql_statements() -> list[str]:
+    sql = (CLICKHOUSE / "init.sql").read_text()
+    code = "\n".join(line.split("--", 1)[0] for line in sql.splitlines())
+    return [" ".join(stmt.split()) for stmt in code.split(";") if stmt.strip()]
+
+
+def test_clickhouse_init_sql(compose):
+    sql = (CLICKHOUSE / "init.sql").read_text()
+    code = "\n".join(line.split("--", 1)[0] for line in sql.splitlines())
+    assert len(init_sql_statements()) == 2
+    # init.sql reads system.users: the bootstrap admin needs access management (SHOW USERS).
+    assert env_of(services(compose)["clickhouse"])["CLICKHOUSE_DEFAULT_ACCESS_MANAGEMENT"] == "1"
+    assert re.search(r"CREATE DATABASE IF NOT EXISTS cem\s*;", code)
+    assert not re.search(r"(?i)IDENTIFIED|PASSWORD\s*=|BY\s+'", code), "no passwords in init.sql"
+    assert "cem_writer" in code and "grafana" in code, "init.sql checks that the users exist"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# PromQL helpers
+# ---------------------------------------------------------------------------------------------------------
+
+PROMQL_KEYWORDS = {
+    "by", "without", "on", "ignoring", "group_left", "group_right", "offset", "bool", "and", "or", "unless",
+    "atan2", "sum", "min", "max", "avg", "count", "stddev", "stdvar", "topk", "bottomk", "quantile",
+    "count_values", "group", "limitk", "limit_ratio", "inf", "nan", "start", "end",
+}
+
+
+def promql_metric_names(expr: str) -> set[str]:
+    """Metric names read by a PromQL expression (identifiers that are not functions, keywords or labels).
+
+    >>> sorted(promql_metric_names('sum by (le) (rate(a_bucket{x="y"}[5m])) / on () group_left () b:c offset 1h'))
+    ['a_bucket', 'b:c']
+    """
+    s = re.sub(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`', '""', expr)  # string literals
+    s = re.sub(r"\{[^}]*\}", " ", s)  # label matchers
+    s = re.sub(r"\[[^\]]*\]", " ", s)  # ranges and subqueries
+    s = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", s)
+    names = set()
+    for m in re.finditer(r"(?<![\w.:])[A-Za-z_:][\w:]*", s):
+        word = m.group(0)
+        after = s[m.end():].lstrip()
+        if after.startswith("(") or word.lower() in PROMQL_KEYWORDS:
+            continue
+        names.add(word)
+    return names
+
+
+def substitute_promql_vars(expr: str, rate_interval: str = "1m", interval: str = "1m", range_: str = "1h") -> str:
+    """Replace Grafana's built-in PromQL variables with fixed durations."""
+    out = expr
+    for name, value in (("__rate_interval", rate_interval), ("__interval", interval), ("__range", range_)):
+        out = out.replace("${%s}" % name, value).replace(f"${name}", value)
+    return out
+
+
+def rule_file() -> dict:
+    return load_yaml(RULES_FILE)
+
+
+def all_rules() -> list[dict]:
+    return [r for g in rule_file()["groups"] for r in g["rules"]]
+
+
+def recording_rule_names() -> set[str]:
+    return {r["record"] for r in all_rules() if "record" in r}
+
+
+def alerting_rules() -> list[dict]:
+    return [r for r in all_rules() if "alert" in r]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Grafana helpers
+# ---------------------------------------------------------------------------------------------------------
+
+def load_dashboard(name: str) -> dict:
+    return json.loads((GRAFANA / "dashboards" / name).read_text())
+
+
+def iter_panels(panels: list[dict]):
+    for panel in panels:
+        yield panel
+        yield from iter_panels(panel.get("panels") or [])
+
+
+def grafana_targets() -> list[dict]:
+    """Every query of every dashboard: dashboard, panel title, kind ("promql" | "sql"), expr, datasource uid."""
+    out = []
+    for name in DASHBOARDS:
+        dash = load_dashboard(name)
+        for panel in iter_panels(dash["panels"]):
+            for target in panel.get("targets") or []:
+                ds = target.get("datasource") or panel.get("datasource") or {}
+                if ds.get("type") == "prometheus":
+                    kind, expr = "promql", target.get("expr")
+                elif ds.get("type") == "grafana-clickhouse-datasource":
+                    kind, expr = "sql", target.get("rawSql")
+                else:
+                    raise AssertionError(f"{name} / {panel.get('title')}: unknown datasource {ds}")
+                out.append({"dashboard": name, "panel": panel.get("title"), "kind": kind, "expr": expr,
+                            "uid": ds.get("uid"), "target": target})
+    return out
+
+
+def grafana_queries() -> list[tuple[str, str]]:
+    """(kind, expr) for every dashboard query: kind "promql" (Grafana variables left in, see
+    substitute_promql_vars) or "sql" (plugin macros left in, see substitute_macros)."""
+    return [(t["kind"], t["expr"]) for t in grafana_targets()]
+
+
+def _macro_calls(sql: str, name: str):
+    """(start, end, [args]) of each ``$__name(...)`` call, with balanced parentheses."""
+    pattern = re.compile(r"\$__" + re.escape(name) + r"\s*\(")
+    pos = 0
+    while m := pattern.search(sql, pos):
+        depth, i, args, cur = 1, m.end(), [], ""
+        while depth:
+            if i >= len(sql):
+                raise ValueError(f"unbalanced $__{name}( in {sql!r}")
+            ch = sql[i]
+            if ch == "(":
+                depth += 1
+            elif ch == ")":
+                depth -= 1
+                if not depth:
+                    break
+            if ch == "," and depth == 1:
+                args.append(cur.strip())
+                cur = ""
+            else:
+                cur += ch
+            i += 1
+        args.append(cur.strip())
+        yield m.start(), i + 1, [a for a in args if a]
+        pos = i + 1
+
+
+def substitute_macros(sql: str, start: float | None = None, end: float | None = None, interval_s: int = 60) -> str:
+    """Expand the grafana-clickhouse-datasource macros (pkg/macros/macros.go, plugin 4.x) as the plugin does,
+    for a time range [start, end] in epoch seconds (default: the last day) and a query interval.
+
+    >>> substitute_macros("SELECT $__timeInterval(minute) AS t FROM x WHERE $__timeFilter(minute)", 0, 86400)
+    'SELECT toStartOfInterval(toDateTime(minute), INTERVAL 60 second) AS t FROM x WHERE minute >= toDateTime(0) AND minute <= toDateTime(86400)'
+    """
+    end = int(time.time()) if end is None else int(end)
+    start = end - 86400 if start is None else int(start)
+    from_dt, to_dt = f"toDateTime({start})", f"toDateTime({end})"
+    from_ms, to_ms = f"fromUnixTimestamp64Milli({start * 1000})", f"fromUnixTimestamp64Milli({end * 1000})"
+    from_d = "toDate('%s')" % time.strftime("%Y-%m-%d", time.gmtime(start))
+    to_d = "toDate('%s')" % time.strftime("%Y-%m-%d", time.gmtime(end))
+    interval_s = max(int(interval_s), 1)
+    expanders = {
+        "timeFilter_ms": lambda a: f"{a[0]} >= {from_ms} AND {a[0]} <= {to_ms}",
+        "timeFilter": lambda a: f"{a[0]} >= {from_dt} AND {a[0]} <= {to_dt}",
+        "dateTimeFilter": lambda a: f"({a[0]} >= {from_d} AND {a[0]} <= {to_d}) AND ({a[1]} >= {from_dt} AND {a[1]} <= {to_dt})",
+        "dt": lambda a: f"({a[0]} >= {from_d} AND {a[0]} <= {to_d}) AND ({a[1]} >= {from_dt} AND {a[1]} <= {to_dt})",
+        "dateFilter": lambda a: f"{a[0]} >= {from_d} AND {a[0]} <= {to_d}",
+        "timeInterval_ms": lambda a: f"toStartOfInterval(toDateTime64({a[0]}, 3), INTERVAL {interval_s * 1000} millisecond)",
+        "timeInterval": lambda a: f"toStartOfInterval(toDateTime({a[0]}), INTERVAL {interval_s} second)",
+    }
+    for name, expand in expanders.items():  # longest names first: timeFilter_ms before timeFilter
+        while True:
+            calls = list(_macro_calls(sql, name))
+            if not calls:
+                break
+            s, e, args = calls[0]
+            sql = sql[:s] + expand(args) + sql[e:]
+    for name, value in (("fromTime_ms", from_ms), ("toTime_ms", to_ms), ("fromTime", from_dt), ("toTime", to_dt),
+                        ("interval_s", str(interval_s))):
+        sql = re.sub(r"\$__" + name + r"\b", value, sql)
+    return sql
+
+
+def test_substitute_macros():
+    sql = "SELECT $__timeInterval(toDateTime(a, 'UTC')) t FROM x WHERE $__timeFilter_ms(b) AND $__timeFilter(c) " \
+          "AND $__dateFilter(d) AND e BETWEEN $__fromTime AND $__toTime AND $__interval_s > 0 AND $__dt(d, c)"
+    out = substitute_macros(sql, 0, 3600, 30)
+    assert "$" not in out
+    assert "toStartOfInterval(toDateTime(toDateTime(a, 'UTC')), INTERVAL 30 second)" in out
+    assert "b >= fromUnixTimestamp64Milli(0) AND b <= fromUnixTimestamp64Milli(3600000)" in out
+    assert "e BETWEEN toDateTime(0) AND toDateTime(3600)" in out
+    assert "d >= toDate('1970-01-01') AND d <= toDate('1970-01-01')" in out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Prometheus
+# ---------------------------------------------------------------------------------------------------------
+
+def test_promtool_check_config():
+    promtool = require_tool("promtool")
+    proc = subprocess.run([promtool, "check", "config", str(PROM_CONFIG)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_promtool_check_rules():
+    promtool = require_tool("promtool")
+    proc = subprocess.run([promtool, "check", "rules", str(RULES_FILE)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_prometheus_scrapes_the_workers(compose):
+    config = load_yaml(PROM_CONFIG)
+    assert [str((PROM_CONFIG.parent / f).resolve()) for f in config["rule_files"]] == [str(RULES_FILE.resolve())]
+    job = next(j for j in config["scrape_configs"] if j["job_name"] == "cem-worker")
+    assert job.get("metrics_path", "/metrics") == "/metrics"
+    sd = job["dns_sd_configs"][0]
+    assert sd["names"] == ["worker"] and "worker" in services(compose) and sd["port"] == METRICS_PORT
+    # the rules and dashboards select the workers by this job name
+    assert 'job="cem-worker"' in RULES_FILE.read_text()
+
+
+def test_recording_rules_are_unique_and_namespaced():
+    names = [r["record"] for r in all_rules() if "record" in r]
+    assert len(names) == len(set(names))
+    for name in names:
+        assert re.fullmatch(r"cem:[a-z0-9_]+:[a-z0-9_]+", name), f"recording rule {name} is not level:metric:operation"
+
+
+ALERT_SEVERITIES = {"critical", "warning", "info"}
+
+
+def runbook_anchors() -> set[str]:
+    anchors = set()
+    for line in RUNBOOK.read_text().splitlines():
+        if line.startswith("#"):
+            title = line.lstrip("#").strip().lower()
+            anchors.add(re.sub(r"[^a-z0-9 -]", "", title).replace(" ", "-"))
+    return anchors
+
+
+def test_alerts_have_severity_annotations_and_runbook():
+    alerts = alerting_rules()
+    names = [a["alert"] for a in alerts]
+    assert len(names) == len(set(names))
+    anchors = runbook_anchors()
+    for alert in alerts:
+        name = alert["alert"]
+        assert alert.get("labels", {}).get("severity") in ALERT_SEVERITIES, f"{name}: severity label"
+        ann = alert.get("annotations", {})
+        for key in ("summary", "description", "runbook_url"):
+            assert ann.get(key, "").strip(), f"{name}: missing annotation {key}"
+        assert "Hint:" in ann["description"], f"{name}: description should end with a first step (Hint: ...)"
+        path, _, anchor = ann["runbook_url"].partition("#")
+        assert (ROOT / path).resolve() == RUNBOOK.resolve() and anchor in anchors, f"{name}: runbook_url {ann['runbook_url']}"
+
+
+def test_alerts_cover_the_failure_modes():
+    by_name = {a["alert"]: a for a in alerting_rules()}
+    exprs = {name: " ".join(a["expr"].split()) for name, a in by_name.items()}
+    recorded = {r["record"]: " ".join(r["expr"].split()) for r in all_rules() if "record" in r}
+
+    def reads(name: str, metric: str) -> bool:
+        names = promql_metric_names(exprs[name])
+        return metric in names or any(metric in promql_metric_names(recorded.get(n, "")) for n in names)
+
+    assert reads("CemConsumerLagGrowing", "cem_consumer_lag") and "deriv(" in exprs["CemConsumerLagGrowing"]
+    assert reads("CemDeadLetterRateHigh", "cem_touchpoints_dead_lettered_total")
+    assert reads("CemClickHouseInsertErrors", "cem_clickhouse_insert_errors_total")
+    assert "offset" in exprs["CemThroughputDrop"] and reads("CemThroughputDrop", "cem_touchpoints_processed_total")
+    assert reads("CemModelQualityDrop", "cem_model_quality") and reads("CemModelDrift", "cem_model_drift_total")
+    assert exprs["CemWorkerDown"].startswith("up{") and "absent(" in exprs["CemNoHealthyWorkers"]
+    # Multiwindow burn rate on the committed-latency SLO: both a long and a short window per condition.
+    for name, windows in (("CemLatencySLOBurnFast", {"1h", "5m", "6h", "30m"}),
+                          ("CemLatencySLOBurnSlow", {"1d", "2h", "3d", "6h"})):
+        used = set(re.findall(r"cem:latency_slo_errors:ratio_rate(\w+)", exprs[name]))
+        assert used == windows, (name, used)
+    for window in ("5m", "30m", "1h", "2h", "6h", "1d", "3d"):
+        expr = recorded[f"cem:latency_slo_errors:ratio_rate{window}"]
+        assert 'stage="committed"' in expr and 'le=~"5|5.0"' in expr and f"[{window}]" in expr
+
+
+def test_rule_metric_names_are_known():
+    known = EXPOSED | recording_rule_names() | BUILTIN_SERIES
+    for rule in all_rules():
+        unknown = promql_metric_names(rule["expr"]) - known
+        assert not unknown, f"{rule.get('record') or rule.get('alert')}: unknown metrics {sorted(unknown)}"
+
+
+def strip_annotations(rules: dict) -> dict:
+    return {"groups": [{**g, "rules": [{k: v for k, v in r.items() if k != "annotations"} for r in g["rules"]]}
+                       for g in rules["groups"]]}
+
+
+def w(instance: str = "w1:9108") -> str:
+    return f'job="cem-worker",instance="{instance}"'
+
+
+# promtool unit tests of the alerts. Annotations are stripped from the rules under test (promtool compares
+# them verbatim; their templates are checked by `promtool check rules`), labels are compared exactly.
+PROMTOOL_TESTS = [
+    {  # one replica down
+        "interval": "1m",
+        "input_series": [
+            {"series": f"up{{{w('w1:9108')}}}", "values": "1 1 1 0x10"},
+            {"series": f"up{{{w('w2:9108')}}}", "values": "1x13"},
+        ],
+        "alert_rule_test": [
+            {"eval_time": "2m", "alertname": "CemWorkerDown", "exp_alerts": []},
+            {"eval_time": "6m", "alertname": "CemWorkerDown",
+             "exp_alerts": [{"exp_labels": {"severity": "warning", "job": "cem-worker", "instance": "w1:9108"}}]},
+            {"eval_time": "6m", "alertname": "CemNoHealthyWorkers", "exp_alerts": []},
+        ],
+    },
+    {  # every replica down, and no target at all
+        "interval": "1m",
+        "input_series": [{"series": f"up{{{w()}}}", "values": "0x10"}],
+        "alert_rule_test": [
+            {"eval_time": "5m", "alertname": "CemNoHealthyWorkers", "exp_alerts": [{"exp_labels": {"severity": "critical"}}]},
+        ],
+    },
+    {  # 5% dead letters
+        "interval": "1m",
+        "input_series": [
+            {"series": f'cem_touchpoints_received_total{{channel="web",{w()}}}', "values": "0+100x30"},
+            {"series": f'cem_touchpoints_processed_total{{channel="web",{w()}}}', "values": "0+95x30"},
+            {"series": f'cem_touchpoints_dead_lettered_total{{reason="schema",stage="decode",{w()}}}', "values": "0+5x30"},
+        ],
+        "alert_rule_test": [
+            {"eval_time": "20m", "alertname": "CemDeadLetterRateHigh", "exp_alerts": [{"exp_labels": {"severity": "warning"}}]},
+            {"eval_time": "20m", "alertname": "CemDeadLetterRateCritical", "exp_alerts": []},
+            {"eval_time": "20m", "alertname": "CemNothingProcessed", "exp_alerts": []},
+        ],
+    },
+    {  # records arrive, nothing is processed
+        "interval": "1m",
+        "input_series": [
+            {"series": f'cem_touchpoints_received_total{{channel="web",{w()}}}', "values": "0+100x20"},
+            {"series": f'cem_touchpoints_processed_total{{channel="web",{w()}}}', "values": "0x20"},
+        ],
+        "alert_rule_test": [
+            {"eval_time": "15m", "alertname": "CemNothingProcessed", "exp_alerts": [{"exp_labels": {"severity": "critical"}}]},
+        ],
+    },
+    {  # 20% of touchpoints over 5 s: fast burn. Prometheus 2 bucket label "5.0"; the enriched stage is ignored.
+        "interval": "1m",
+        "input_series": [
+            {"series": f'cem_processing_latency_seconds_bucket{{stage="committed",le="5.0",{w()}}}', "values": "0+80x90"},
+            {"series": f'cem_processing_latency_seconds_bucket{{stage="committed",le="+Inf",{w()}}}', "values": "0+100x90"},
+            {"series": f'cem_processing_latency_seconds_count{{stage="committed",{w()}}}', "values": "0+100x90"},
+            {"series": f'cem_processing_latency_seconds_bucket{{stage="enriched",le="5.0",{w()}}}', "values": "0+100x90"},
+            {"series": f'cem_processing_latency_seconds_count{{stage="enriched",{w()}}}', "values": "0+100x90"},
+        ],
+        "alert_rule_test": [
+            {"eval_time": "70m", "alertname": "CemLatencySLOBurnFast",
+             "exp_alerts": [{"exp_labels": {"severity": "critical", "slo": "committed-latency-5s"}}]},
+        ],
+        "promql_expr_test": [
+            {"expr": "round(cem:latency_slo_errors:ratio_rate5m, 0.001)", "eval_time": "70m",
+             "exp_samples": [{"labels": "{}", "value": 0.2}]},
+        ],
+    },
+    {  # same with Prometheus 3's normalised bucket label "5"; and 0.5% slow is within the SLO
+        "interval": "1m",
+        "input_series": [
+            {"series": f'cem_processing_latency_seconds_bucket{{stage="committed",le="5",{w("w1:9108")}}}', "values": "0+80x90"},
+            {"series": f'cem_processing_latency_seconds_count{{stage="committed",{w("w1:9108")}}}', "values": "0+100x90"},
+        ],
+        "alert_rule_test": [
+            {"eval_time": "70m", "alertname": "CemLatencySLOBurnFast",
+             "exp_alerts": [{"exp_labels": {"severity": "critical", "slo": "committed-latency-5s"}}]},
+        ],
+    },
+    {
+        "interval": "1m",
+        "input_series": [
+            {"series": f'cem_processing_latency_seconds_bucket{{stage="committed",le="5.0",{w()}}}', "values": "0+99.5x90"},
+            {"series": f'cem_processing_latency_seconds_count{{stage="committed",{w()}}}', "values": "0+100x90"},
+        ],
+        "alert_rule_test": [
+            {"eval_time": "70m", "alertname": "CemLatencySLOBurnFast", "exp_alerts": []},
+            {"eval_time": "70m", "alertname": "CemLatencySLOBurnSlow", "exp_alerts": []},
+        ],
+    },
+    {  # one table's inserts all fail, another's partly
+        "interval": "1m",
+        "input_series": [
+            {"series": f'cem_clickhouse_insert_errors_total{{table="touchpoints_enriched",{w()}}}', "values": "0+2x20"},
+            {"series": f'cem_clickhouse_insert_batches_total{{table="touchpoints_enriched",{w()}}}', "values": "0x20"},
+            {"series": f'cem_clickhouse_insert_errors_total{{table="dead_letters",{w()}}}', "values": "0+1x20"},
+            {"series": f'cem_clickhouse_insert_batches_total{{table="dead_letters",{w()}}}', "values": "0+10x20"},
+        ],
+        "alert_rule_test": [
+            {"eval_time": "15m", "alertname": "CemClickHouseSinkStuck",
+             "exp_alerts": [{"exp_labels": {"severity": "critical", "table": "touchpoints_enriched"}}]},
+            {"eval_time": "15m", "alertname": "CemClickHouseInsertErrors", "exp_alerts": [
+                {"exp_labels": {"severity": "warning", "table": "dead_letters"}},
+                {"exp_labels": {"severity": "warning", "table": "touchpoints_enriched"}}]},
+        ],
+    },
+    {  # lag grows steadily while processing goes on; a stale gauge on w2 for the same partition is not counted
+        "interval": "1m",
+        "input_series": [
+            {"series": f'cem_consumer_lag{{topic="cem.touchpoints",partition="0",{w("w1:9108")}}}', "values": "0+500x60"},
+            {"series": f'cem_consumer_lag{{topic="cem.touchpoints",partition="0",{w("w2:9108")}}}', "values": "100x60"},
+            {"series": f'cem_touchpoints_processed_total{{channel="web",{w()}}}', "values": "0+600x60"},
+            {"series": f"cem_worker_last_batch_timestamp_seconds{{{w()}}}", "values": "0+60x60"},
+        ],
+        "alert_rule_test": [
+            {"eval_time": "40m", "alertname": "CemConsumerLagGrowing",
+             "exp_alerts": [{"exp_labels": {"severity": "warning", "topic": "cem.touchpoints"}}]},
+            {"eval_time": "40m", "alertname": "CemConsumerLagCritical",
+             "exp_alerts": [{"exp_labels": {"severity": "critical", "topic": "cem.touchpoints"}}]},
+            {"eval_time": "40m", "alertname": "CemWorkerStalled", "exp_alerts": []},
+        ],
+        "promql_expr_test": [
+            {"expr": "cem:consumer_lag:sum", "eval_time": "40m",
+             "exp_samples": [{"labels": 'cem:consumer_lag:sum{topic="cem.touchpoints"}', "value": 20000}]},
+        ],
+    },
+    {  # records wait, no batch for a long time
+        "interval": "1m",
+        "input_series": [
+            {"series": f'cem_consumer_lag{{topic="cem.touchpoints",partition="3",{w()}}}', "values": "100x20"},
+            {"series": f"cem_worker_last_batch_timestamp_seconds{{{w()}}}", "values": "0x20"},
+        ],
+        "alert_rule_test": [
+            {"eval_time": "12m", "alertname": "CemWorkerStalled", "exp_alerts": [{"exp_labels": {"severity": "critical"}}]},
+        ],
+    },
+    {  # throughput falls from 100/s to 10/s
+        "interval": "1m",
+        "input_series": [
+            {"series": f'cem_touchpoints_processed_total{{channel="web",{w()}}}', "values": "0+6000x70 420600+600x40"},
+        ],
+        "alert_rule_test": [
+            {"eval_time": "65m", "alertname": "CemThroughputDrop", "exp_alerts": []},
+            {"eval_time": "100m", "alertname": "CemThroughputDrop", "exp_alerts": [{"exp_labels": {"severity": "warning"}}]},
+        ],
+    },
+    {  # model quality falls, drift repeats
+        "interval": "1m",
+        "input_series": [
+            {"series": f'cem_model_quality{{model="churn",metric="roc_auc",version="1",{w()}}}', "values": "0.85x30 0.70x60"},
+            {"series": f'cem_model_quality{{model="churn",metric="log_loss",version="1",{w()}}}', "values": "0.3x90"},
+            {"series": f'cem_model_drift_total{{model="churn",{w()}}}', "values": "0 0 1 2 3 3 3 3 3 3"},
+        ],
+        "alert_rule_test": [
+            {"eval_time": "80m", "alertname": "CemModelQualityDrop",
+             "exp_alerts": [{"exp_labels": {"severity": "warning", "model": "churn", "metric": "roc_auc"}}]},
+            {"eval_time": "80m", "alertname": "CemModelQualityLow", "exp_alerts": []},
+            {"eval_time": "8m", "alertname": "CemModelDrift",
+             "exp_alerts": [{"exp_labels": {"severity": "warning", "model": "churn"}}]},
+        ],
+    },
+]
+
+
+def test_promtool_unit_tests_of_alerts(tmp_path):
+    promtool = require_tool("promtool")
+    rules = tmp_path / "cem.rules.yml"
+    rules.write_text(yaml.safe_dump(strip_annotations(rule_file()), sort_keys=False))
+    tests = tmp_path / "cem.rules.test.yml"
+    tests.write_text(yaml.safe_dump({"rule_files": [rules.name], "evaluation_interval": "1m", "tests": PROMTOOL_TESTS},
+                                    sort_keys=False))
+    proc = subprocess.run([promtool, "test", "rules", str(tests)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Grafana
+# ---------------------------------------------------------------------------------------------------------
+
+def provisioned_datasources() -> dict[str, dict]:
+    sources = load_yaml(GRAFANA / "provisioning" / "datasources" / "cem.yml")["datasources"]
+    return {d["uid"]: d for d in sources}
+
+
+def test_datasource_provisioning(compose):
+    sources = provisioned_datasources()
+    prom = sources["cem-prometheus"]
+    assert prom["type"] == "prometheus" and prom["url"] == "http://prometheus:9090" and prom["isDefault"]
+    ch = sources["cem-clickhouse"]
+    assert ch["type"] == "grafana-clickhouse-datasource"
+    assert ch["jsonData"]["host"] == "clickhouse" and "clickhouse" in services(compose)
+    assert ch["jsonData"]["protocol"] == "http" and ch["jsonData"]["port"] == 8123
+    assert ch["jsonData"]["defaultDatabase"] == "cem"
+    assert ch["secureJsonData"]["password"].startswith("$"), "password from the environment, not the file"
+    provider = load_yaml(GRAFANA / "provisioning" / "dashboards" / "cem.yml")
+    assert provider["apiVersion"] == 1 and provider["providers"][0]["type"] == "file"
+
+
+@pytest.mark.parametrize("name", sorted(DASHBOARDS))
+def test_dashboard_structure(name):
+    dash = load_dashboard(name)
+    assert dash["title"] == DASHBOARDS[name]
+    assert dash["uid"] and len(dash["uid"]) <= 40
+    assert 36 <= dash["schemaVersion"] <= 41
+    panels = list(iter_panels(dash["panels"]))
+    ids = [p["id"] for p in panels]
+    assert len(ids) == len(set(ids)), f"{name}: duplicate panel ids"
+    sources = provisioned_datasources()
+    cells = set()
+    for panel in panels:
+        title = panel.get("title")
+        assert title, f"{name}: panel {panel['id']} without title"
+        if panel["type"] == "row":
+            continue
+        assert panel.get("datasource", {}).get("uid") in sources, f"{name} / {title}: datasource"
+        targets = panel.get("targets") or []
+        assert targets, f"{name} / {title}: no targets"
+        refs = [t["refId"] for t in targets]
+        assert len(refs) == len(set(refs)), f"{name} / {title}: duplicate refIds"
+        for target in targets:
+            ds = target.get("datasource") or panel["datasource"]
+            assert ds == panel["datasource"], f"{name} / {title}: target datasource differs from the panel's"
+            assert sources[ds["uid"]]["type"] == ds["type"]
+            if ds["type"] == "prometheus":
+                assert target.get("expr", "").strip()
+            else:
+                assert target.get("rawSql", "").strip() and target.get("editorType") == "sql"
+                assert target.get("format") in (0, 1)  # 0 time series, 1 table
+        g = panel["gridPos"]
+        assert g["x"] >= 0 and g["w"] > 0 and g["x"] + g["w"] <= 24 and g["h"] > 0
+        for x in range(g["x"], g["x"] + g["w"]):
+            for y in range(g["y"], g["y"] + g["h"]):
+                assert (x, y) not in cells, f"{name} / {title}: overlaps another panel"
+                cells.add((x, y))
+
+
+def test_dashboards_cover_the_brief():
+    by_dash: dict[str, list[dict]] = {}
+    for t in grafana_targets():
+        by_dash.setdefault(t["dashboard"], []).append(t)
+    health = " ".join(t["expr"] for t in by_dash["pipeline-health.json"])
+    for metric in ("cem_touchpoints_processed_total", "cem_consumer_lag", "cem_processing_latency_seconds_bucket",
+                   "cem_touchpoints_dead_lettered_total", "cem_clickhouse_insert_batches_total",
+                   "cem_clickhouse_insert_errors_total", "cem_consumer_rebalances_total"):
+        assert metric in health, f"Pipeline health lacks {metric}"
+    cx_sql = " ".join(t["expr"] for t in by_dash["customer-experience.json"] if t["kind"] == "sql")
+    cx_prom = " ".join(t["expr"] for t in by_dash["customer-experience.json"] if t["kind"] == "promql")
+    for needle in ("promoters", "csat_satisfied", "ces_sum", "sentiment_sum", "churn_risk", "cem.alerts", "revenue",
+                   "complaints_opened", "complaints_resolved", "cem.kpi_minute", "cem.customer_state"):
+        assert needle in cx_sql, f"Customer experience lacks {needle}"
+    assert "cem_alerts_total" in cx_prom and "cem_churn_risk_bucket" in cx_prom
+
+
+def test_dashboard_promql_metric_names_are_known():
+    known = EXPOSED | recording_rule_names() | BUILTIN_SERIES
+    for t in grafana_targets():
+        if t["kind"] == "promql":
+            unknown = promql_metric_names(substitute_promql_vars(t["expr"])) - known
+            assert not unknown, f"{t['dashboard']} / {t['panel']}: unknown metrics {sorted(unknown)}"
+
+
+def test_dashboard_promql_parses(tmp_path):
+    """Every dashboard PromQL, wrapped as a recording rule, passes `promtool check rules` (a PromQL parse)."""
+    promtool = require_tool("promtool")
+    exprs = [substitute_promql_vars(expr) for kind, expr in grafana_queries() if kind == "promql"]
+    assert exprs and all("$" not in e for e in exprs)
+    rules = {"groups": [{"name": "dashboards", "rules": [
+        {"record": f"dashboard:query_{i}:check", "expr": e} for i, e in enumerate(exprs)]}]}
+    path = tmp_path / "dashboards.rules.yml"
+    path.write_text(yaml.safe_dump(rules, sort_keys=False))
+    proc = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def sql_tables(sql: str) -> set[str]:
+    return set(re.findall(r"\b(?:FROM|JOIN)\s+cem\.(\w+)", sql, re.I))
+
+
+def test_dashboard_sql_is_well_formed():
+    sqls = [expr for kind, expr in grafana_queries() if kind == "sql"]
+    assert sqls
+    for sql in sqls:
+        expanded = substitute_macros(sql)
+        assert "$" not in expanded, f"unexpanded variable in {sql!r}"
+        tables = sql_tables(sql)
+        assert tables and tables <= CLICKHOUSE_TABLES, (tables, sql)
+        assert not re.search(r"(?i)\b(INSERT|ALTER|DROP|TRUNCATE|CREATE|OPTIMIZE)\b", sql), "dashboards only read"
+        if "kpi_minute" in tables or "alerts" in tables or "dead_letters" in tables or "model_metrics" in tables:
+            assert "$__timeFilter(" in sql, f"unbounded scan of an event table: {sql!r}"
+        # UInt64 columns must not be subtracted unsigned (NPS would wrap around to 1.8e19).
+        assert not re.search(r"sum\(promoters\)\s*-\s*sum\(detractors\)", sql)
+
+
+# Tables the worker may not have created yet (columns as documented in the deployment brief).
+FALLBACK_DDL = {
+    "alerts": """CREATE TABLE IF NOT EXISTS cem.alerts (
+        alert_id String, type LowCardinality(String), severity LowCardinality(String), customer_id String,
+        channel LowCardinality(String), occurred_at DateTime64(3, 'UTC'), emitted_at DateTime64(3, 'UTC'),
+        reason String, recommended_action String) ENGINE = MergeTree ORDER BY (emitted_at, alert_id)""",
+    "model_metrics": """CREATE TABLE IF NOT EXISTS cem.model_metrics (
+        minute DateTime('UTC'), model LowCardinality(String), version UInt32, metric LowCardinality(String),
+        value Float64) ENGINE = MergeTree ORDER BY (model, metric, minute)""",
+}
+
+CHDB_SCRIPT = r"""
+import json, sys
+from chdb import session
+job = json.load(sys.stdin)
+s = session.Session()
+for stmt in job["parse"]:
+    try:
+        s.query("SELECT formatQuery({q:String})", "CSV", params={"q": stmt})
+    except Exception as exc:
+        print(json.dumps({"parse_error": str(exc).splitlines()[0][:500], "statement": stmt}))
+        sys.exit(0)
+for i, ddl in enumerate(job["ddl"]):
+    try:
+        s.query(ddl)
+    except Exception as exc:
+        print(json.dumps({"ddl_error": str(exc).splitlines()[0][:500], "statement": ddl[:300]}))
+        sys.exit(0)
+failures = []
+for sql in job["queries"]:
+    try:
+        s.query(sql, "JSONCompact")
+    except Exception as exc:
+        failures.append({"sql": sql, "error": str(exc).splitlines()[0][:500]})
+print(json.dumps({"failures": failures}))
+"""
+
+
+@pytest.mark.integration
+def test_dashboard_sql_runs_on_chdb():
+    """Every dashboard SQL, macros expanded, runs against the worker's own DDL in chDB (empty tables)."""
+    pytest.importorskip("chdb")
+    ddl_module = pytest.importorskip("sinks.clickhouse_ddl")
+    ddl = list(ddl_module.statements("cem")) + list(FALLBACK_DDL.values())
+    queries = [substitute_macros(expr) for kind, expr in grafana_queries() if kind == "sql"]
+    # init.sql and the users' GRANTs (with a grantee, as ClickHouse completes them) must at least parse.
+    parse = [stmt for stmt in init_sql_statements()] + [f"{g} TO someone" for u in ("cem_writer", "grafana") for g in grants(u)]
+    job = {"ddl": ddl, "queries": queries, "parse": parse}
+    proc = subprocess.run([sys.executable, "-c", CHDB_SCRIPT], input=json.dumps(job),
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert "parse_error" not in result, f"deploy/clickhouse SQL does not parse: {result}"
+    assert "ddl_error" not in result, f"the worker's ClickHouse DDL fails in chDB: {result}"
+    assert not result["failures"], "\n\n".join(f"{f['error']}\n{f['sql']}" for f in result["failures"])
+
+
+def test_metric_contract_matches_the_worker():
+    """The names used here are the ones pipeline.metrics registers (when the worker's code is present)."""
+    metrics = pytest.importorskip("pipeline.metrics")
+    registry = metrics.Metrics().registry
+    counters, histograms, gauges = set(), set(), set()
+    for family in registry.collect():
+        {"counter": counters, "histogram": histograms, "gauge": gauges}[family.type].add(family.name)
+    exposed = sample_names(counters, histograms, gauges)
+    missing = EXPOSED - exposed
+    assert not missing, f"metrics used by rules/dashboards but not registered by the worker: {sorted(missing)}"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Kubernetes
+# ---------------------------------------------------------------------------------------------------------
+
+def k8s_docs() -> dict[str, list[dict]]:
+    return {p.name: load_yaml_all(p) for p in sorted(K8S.glob("*.yaml"))}
+
+
+def k8s_by_kind() -> dict[str, dict]:
+    out = {}
+    for docs in k8s_docs().values():
+        for doc in docs:
+            assert doc["kind"] not in out, f"two {doc['kind']} manifests"
+            out[doc["kind"]] = doc
+    return out
+
+
+def test_k8s_manifests_parse_with_expected_kinds():
+    kinds = k8s_by_kind()
+    assert set(kinds) == {"Namespace", "ConfigMap", "Secret", "Deployment", "Service", "PodDisruptionBudget", "Kustomization"}
+    for kind, doc in kinds.items():
+        assert doc.get("apiVersion") and doc.get("metadata", {}).get("name") or kind == "Kustomization", kind
+    assert (K8S / "README.md").is_file()
+
+
+def test_k8s_kustomization():
+    kust = k8s_by_kind()["Kustomization"]
+    resources = kust["resources"]
+    for res in resources:
+        assert (K8S / res).is_file(), res
+    applied = {doc["kind"] for res in resources for doc in load_yaml_all(K8S / res)}
+    assert applied == {"Namespace", "ConfigMap", "Deployment", "Service", "PodDisruptionBudget"}
+    assert not any("secret" in r for r in resources), "the Secret template must never be applied over the real one"
+    assert kust["namespace"] == k8s_by_kind()["Namespace"]["metadata"]["name"]
+    assert kust["images"][0]["newTag"] == project_version()
+
+
+def test_k8s_secret_is_a_placeholder_template():
+    secret = k8s_by_kind()["Secret"]
+    text = next(p for p in K8S.glob("*.yaml") if any(d["kind"] == "Secret" for d in load_yaml_all(p))).read_text()
+    assert "TEMPLATE" in text and "placeholder" in text.lower()
+    assert "data" not in secret, "use stringData placeholders, not base64 data"
+    assert set(secret["stringData"]) == {"CEM_CLICKHOUSE_PASSWORD"}
+    assert all(v == "REPLACE_ME" for v in secret["stringData"].values())
+
+
+def test_k8s_configmap_has_only_non_secret_settings():
+    cm = k8s_by_kind()["ConfigMap"]["data"]
+    assert all(k.startswith("CEM_") for k in cm)
+    assert not any(SECRET_KEY.search(k) for k in cm)
+    assert WORKER_ENV - {"CEM_CLICKHOUSE_PASSWORD"} <= set(cm)
+    assert cm["CEM_METRICS_PORT"] == str(METRICS_PORT) and cm["CEM_WEB_PORT"] == str(STATUS_PORT)
+    assert cm["CEM_CLICKHOUSE_USER"] == "cem_writer" and cm["CEM_PARTITIONS"] == str(PARTITIONS)
+    settings = pytest.importorskip("pipeline.settings")
+    import dataclasses
+
+    fields = {f"CEM_{f.name.upper()}" for f in dataclasses.fields(settings.Settings)}
+    assert set(cm) <= fields, f"unknown settings: {set(cm) - fields}"
+
+
+def port_number(container: dict, port) -> int:
+    if isinstance(port, int):
+        return port
+    return next(p["containerPort"] for p in container["ports"] if p["name"] == port)
+
+
+def test_k8s_deployment():
+    kinds = k8s_by_kind()
+    dep = kinds["Deployment"]
+    spec = dep["spec"]
+    pod = spec["template"]
+    labels = pod["metadata"]["labels"]
+    assert spec["selector"]["matchLabels"].items() <= labels.items()
+    assert 1 <= spec["replicas"] <= int(kinds["ConfigMap"]["data"]["CEM_PARTITIONS"])
+    ann = pod["metadata"]["annotations"]
+    assert ann["prometheus.io/scrape"] == "true" and ann["prometheus.io/port"] == str(METRICS_PORT)
+    assert ann["prometheus.io/path"] == "/metrics"
+    assert pod["spec"]["terminationGracePeriodSeconds"] >= 60
+    assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+    (container,) = pod["spec"]["containers"]
+    assert container["image"].split(":")[0] == kinds["Kustomization"]["images"][0]["name"]
+    assert container["args"] == ["worker"]
+    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+        get = container[probe]["httpGet"]
+        assert get["path"] == "/status" and port_number(container, get["port"]) == STATUS_PORT, probe
+    res = container["resources"]
+    assert {"cpu", "memory"} <= set(res["requests"]) and "memory" in res["limits"]
+    refs = {next(iter(e)): e[next(iter(e))]["name"] for e in container["envFrom"]}
+    assert refs["configMapRef"] == kinds["ConfigMap"]["metadata"]["name"]
+    assert refs["secretRef"] == kinds["Secret"]["metadata"]["name"]
+    assert {p["containerPort"] for p in container["ports"]} == {METRICS_PORT, STATUS_PORT}
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert kinds["ConfigMap"]["data"]["CEM_DATA_DIR"] in mounts, "the data dir must be writable (read-only root FS)"
+
+
+def test_k8s_service_and_pdb_select_the_workers():
+    kinds = k8s_by_kind()
+    labels = kinds["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    svc = kinds["Service"]["spec"]
+    assert svc["selector"].items() <= labels.items()
+    assert [p["port"] for p in svc["ports"]] == [METRICS_PORT], "expose metrics only, not the status/query port"
+    pdb = kinds["PodDisruptionBudget"]["spec"]
+    assert pdb["selector"]["matchLabels"].items() <= labels.items()
+    assert pdb.get("maxUnavailable") == 1 or pdb.get("minAvailable", 0) >= 1
+
+
+def test_k8s_kustomize_renders():
+    kubectl = optional_tool("kubectl")
+    proc = subprocess.run([kubectl, "kustomize", str(K8S)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    docs = [d for d in yaml.safe_load_all(proc.stdout) if d]
+    assert {d["kind"] for d in docs} == {"Namespace", "ConfigMap", "Deployment", "Service", "PodDisruptionBudget"}
+    assert all(d["metadata"].get("namespace") == "cem" for d in docs if d["kind"] != "Namespace")
