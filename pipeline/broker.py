@@ -59,6 +59,7 @@ class EmbeddedBroker:
             [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
              "--storage-engine", "memory://tansu/"],
             stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,  # outlive a terminal Ctrl-C until the supervisor has drained
         )
         deadline = time.monotonic() + timeout_s
         while not port_open("127.0.0.1", self.port):

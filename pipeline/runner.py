@@ -47,10 +47,15 @@ def run_worker(settings: Settings) -> None:
             "totals": metrics.totals(),
             "latency_committed": latency_summary(worker.latencies),
             "pending_rows": worker.clickhouse.pending_rows,
+            "committed_records": worker.committed_records,
+            "first_received": worker.first_received,
+            "last_committed": worker.last_committed,
             "skipped_replayed_rows": worker.clickhouse.skipped_replayed,
         }
 
-    start_status_server(settings.web_port, status, worker.clickhouse.query_with_columns)
+    # /query only for the embedded engine (which nobody else can open); a server has its own SQL door.
+    query = worker.clickhouse.query_with_columns if settings.embedded_clickhouse else _no_query
+    start_status_server(settings.web_port, status, query)
     _write_run_file(settings)
     try:
         import uvloop  # measured: ~20% more events/s through Faust's per-message machinery
@@ -61,6 +66,10 @@ def run_worker(settings: Settings) -> None:
     from faust.worker import Worker
 
     Worker(app, loglevel=FAUST_LOG_LEVELS.get(settings.log_level, "warn"), quiet=True).execute_from_commandline()
+
+
+def _no_query(sql: str) -> tuple[list[str], list[tuple]]:
+    raise PermissionError("/query is only served for the embedded chDB; query the ClickHouse server directly")
 
 
 def _write_run_file(settings: Settings) -> None:

@@ -97,6 +97,9 @@ class TouchpointWorker:
         self._pending: list[tuple[list[Any], float]] = []  # (events, received wall time) awaiting ack
         self._lock = asyncio.Lock()
         self.latencies: deque[float] = deque(maxlen=20_000)  # receipt -> committed, seconds (for /status, bench)
+        self.first_received: float | None = None  # wall clock, for `cem bench`
+        self.last_committed: float | None = None
+        self.committed_records = 0
         self.started = False
 
     async def start(self) -> None:
@@ -107,6 +110,8 @@ class TouchpointWorker:
     async def process(self, events: list[Any]) -> None:
         """Handle one batch of Faust events (the agent's body)."""
         received = time.time()
+        if self.first_received is None:
+            self.first_received = received
         outputs: list[KafkaRecord] = []
         rows: list[TableRow] = []
         changed: dict[str, tuple[int, CustomerState]] = {}
@@ -165,6 +170,9 @@ class TouchpointWorker:
                     event.ack()
                     observe(latency)
                 self.latencies.extend([latency] * len(events))
+                self.committed_records += len(events)
+            if pending:
+                self.last_committed = committed
 
     async def flush_if_due(self) -> None:
         if self._pending and self.clickhouse.due():

@@ -1,0 +1,98 @@
+"""``cem bench``: sustained end-to-end throughput and latency on the embedded stack.
+
+1. Start Tansu and pre-load N generated touchpoints (Avro) on ``cem.touchpoints``.
+2. Measure the raw aiokafka consume rate of that topic (the client's own limit, same run).
+3. Start the worker; throughput = N / (last commit to ClickHouse - first record received), i.e.
+   broker -> worker -> ClickHouse committed, group join excluded; latency = worker receipt ->
+   ClickHouse commit per record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer
+
+from pipeline.broker import EmbeddedBroker, ensure_topics, free_port
+from pipeline.embedded import WorkerProcess, publish
+from pipeline.run import embedded_settings
+from pipeline.settings import Settings
+from schemas.contract import TOPIC_TOUCHPOINTS
+
+
+def run_bench(events: int, customers: int, partitions: int, seed: int, data_dir: str | None) -> dict:
+    from processors.synthetic import JourneyGenerator
+
+    directory = Path(data_dir or tempfile.mkdtemp(prefix="cem-bench-")).resolve()
+    port = free_port()
+    settings = embedded_settings(
+        Settings.from_env().replace(partitions=partitions, metrics_port=free_port(), web_port=free_port(),
+                                    session_timeout_s=6.0, rebalance_timeout_s=4.0),
+        directory, port,
+    )
+    with EmbeddedBroker(port, log_file=directory / "broker.log") as broker:
+        ensure_topics(broker.bootstrap, partitions)
+        touchpoints = list(JourneyGenerator(customers=customers, seed=seed).events(events))
+        _say(f"pre-loading {len(touchpoints)} touchpoints ...")
+        began = time.perf_counter()
+        asyncio.run(publish(broker.bootstrap, touchpoints, "avro", timestamp_from_event=True))
+        produce_s = time.perf_counter() - began
+        _say("measuring the raw aiokafka consume rate ...")
+        consume_per_s = asyncio.run(_raw_consume_rate(broker.bootstrap, len(touchpoints)))
+        _say(f"raw consume: {consume_per_s:,.0f} records/s; starting the worker ...")
+        worker = WorkerProcess(settings, directory / "worker.log").start()
+        try:
+            status = worker.wait_until(
+                lambda st: _progress(st, len(touchpoints)), timeout_s=max(120.0, len(touchpoints) / 500), what="the worker did not finish",
+                interval_s=0.2,
+            )
+        finally:
+            worker.stop()
+    _say("")
+    seconds = status["last_committed"] - status["first_received"]
+    return {
+        "events": len(touchpoints),
+        "customers": customers,
+        "partitions": partitions,
+        "events_per_s": round(len(touchpoints) / seconds, 1),
+        "p50_ms": status["latency_committed"]["p50_ms"],
+        "p99_ms": status["latency_committed"]["p99_ms"],
+        "seconds": round(seconds, 2),
+        "kafka_consume_per_s": round(consume_per_s, 1),
+        "kafka_produce_per_s": round(len(touchpoints) / produce_s, 1),
+        "ratio_to_kafka_consume": round(len(touchpoints) / seconds / consume_per_s, 4),
+        "dead_lettered": int(sum(status["totals"].get("touchpoints_dead_lettered", {}).values())),
+    }
+
+
+def _progress(status: dict, total: int) -> bool:
+    done = status.get("committed_records", 0)
+    print(f"\r  committed {done:>9,} / {total:,}", end="", file=sys.stderr, flush=True)
+    return done >= total
+
+
+async def _raw_consume_rate(bootstrap: str, expected: int) -> float:
+    consumer = AIOKafkaConsumer(
+        TOPIC_TOUCHPOINTS, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
+        enable_auto_commit=False, max_partition_fetch_bytes=8 << 20, fetch_max_bytes=64 << 20,
+    )
+    await consumer.start()
+    try:
+        seen = 0
+        began = None
+        while seen < expected:
+            batches = await consumer.getmany(timeout_ms=1000, max_records=10_000)
+            if began is None and batches:
+                began = time.perf_counter()
+            seen += sum(len(records) for records in batches.values())
+        return seen / (time.perf_counter() - began)
+    finally:
+        await consumer.stop()
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)

@@ -1,0 +1,186 @@
+"""The ``cem`` command: run, worker, generate, publish, query, bench, model, alerts, top."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from pipeline.settings import Settings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.handler(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except CliError as exc:
+        print(f"cem: error: {exc}", file=sys.stderr)
+        return 2
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cem", description=__doc__)
+    sub = parser.add_subparsers(dest="command")
+
+    run = sub.add_parser("run", help="the embedded default: broker + worker + synthetic traffic + chDB")
+    run.add_argument("--data-dir", default=None, help="where chDB keeps its data (default ./.cem)")
+    run.add_argument("--duration", type=float, default=None, help="seconds to run (default: until Ctrl-C)")
+    run.add_argument("--rate", type=float, default=200.0, help="synthetic touchpoints per second (0 = none)")
+    run.add_argument("--customers", type=int, default=2000)
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--broker-port", type=int, default=9092)
+    run.add_argument("--partitions", type=int, default=None)
+    run.set_defaults(handler=_run)
+
+    worker = sub.add_parser("worker", help="the Faust worker (production), configured by CEM_* variables")
+    worker.set_defaults(handler=_worker)
+
+    gen = sub.add_parser("generate", help="synthetic multi-channel journeys, to Kafka or to a JSONL file")
+    gen.add_argument("--events", type=int, default=10_000)
+    gen.add_argument("--customers", type=int, default=1000)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--output", help="JSONL file (ground truth is written beside it as FILE.truth.json)")
+    gen.add_argument("--bootstrap", help="publish to this Kafka instead of a file")
+    gen.add_argument("--rate", type=float, default=0.0, help="events per second when publishing (0 = as fast as possible)")
+    gen.add_argument("--format", choices=("avro", "confluent", "json"), default="avro")
+    gen.set_defaults(handler=_generate)
+
+    pub = sub.add_parser("publish", help="check and publish a JSONL file of touchpoints (for channel systems)")
+    pub.add_argument("file", type=Path)
+    pub.add_argument("--bootstrap", default=None, help="HOST:PORT (default CEM_KAFKA_BOOTSTRAP or 127.0.0.1:9092)")
+    pub.add_argument("--format", choices=("avro", "confluent", "json"), default="avro")
+    pub.add_argument("--skip-bad", action="store_true", help="publish the good lines even if some are bad")
+    pub.set_defaults(handler=_publish)
+
+    query = sub.add_parser("query", help="run SQL against ClickHouse (embedded chDB or a server)")
+    query.add_argument("sql")
+    query.add_argument("--data-dir", default=None)
+    query.add_argument("--clickhouse-url", default=None)
+    query.add_argument("--format", choices=("table", "json"), default="table")
+    query.set_defaults(handler=_query)
+
+    bench = sub.add_parser("bench", help="end-to-end throughput and latency on the embedded stack")
+    bench.add_argument("--events", type=int, default=100_000)
+    bench.add_argument("--customers", type=int, default=10_000)
+    bench.add_argument("--partitions", type=int, default=4)
+    bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--data-dir", default=None, help="default: a fresh temporary directory")
+    bench.set_defaults(handler=_bench)
+
+    _add_optional(sub, "pipeline.model_cli", "add_model_parser")
+    _add_optional(sub, "pipeline.alerts_cli", "add_alerts_parser")
+    _add_optional(sub, "pipeline.top", "add_top_parser")
+    return parser
+
+
+def _add_optional(sub: Any, module: str, function: str) -> None:
+    """Sub-commands that live in their own modules (models, alerts, top)."""
+    try:
+        mod = __import__(module, fromlist=[function])
+    except ImportError:
+        return
+    getattr(mod, function)(sub)
+
+
+def _settings(**overrides: Any) -> Settings:
+    return Settings.from_env().replace(**overrides)
+
+
+# -- handlers -----------------------------------------------------------------------------------
+def _worker(args: argparse.Namespace) -> int:
+    from pipeline.runner import run_worker
+
+    run_worker(_settings())
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from pipeline.run import run_embedded
+
+    settings = _settings(data_dir=args.data_dir, partitions=args.partitions)
+    summary = run_embedded(settings, args.duration, args.rate, args.customers, args.seed, args.broker_port)
+    print(json.dumps(summary))
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from processors.synthetic import JourneyGenerator
+
+    if not args.output and not args.bootstrap:
+        raise CliError("give --output FILE.jsonl or --bootstrap HOST:PORT")
+    generator = JourneyGenerator(customers=args.customers, seed=args.seed)
+    events = list(generator.events(args.events))
+    if args.output:
+        path = Path(args.output)
+        with path.open("w") as out:
+            for event in events:
+                out.write(json.dumps(event, separators=(",", ":")) + "\n")
+        truth = path.with_name(path.name + ".truth.json") if path.suffix != ".jsonl" else path.with_suffix(".truth.json")
+        truth.write_text(json.dumps(generator.ground_truth(), default=str, indent=1))
+        print(json.dumps({"events": len(events), "output": str(path), "ground_truth": str(truth)}))
+    if args.bootstrap:
+        from pipeline.run import publish_at_rate
+
+        sent = asyncio.run(publish_at_rate(args.bootstrap, events, args.rate, args.format))
+        print(json.dumps({"events": sent, "bootstrap": args.bootstrap, "format": args.format}))
+    return 0
+
+
+def _publish(args: argparse.Namespace) -> int:
+    from pipeline.publish import check_file
+    from pipeline.embedded import publish
+
+    if not args.file.exists():
+        raise CliError(f"{args.file}: no such file")
+    good, bad = check_file(args.file)
+    for line_no, reason, detail in bad:
+        print(f"{args.file}:{line_no}: {reason}: {detail}", file=sys.stderr)
+    if bad and not args.skip_bad:
+        print(f"cem: {len(bad)} bad line(s), nothing published (use --skip-bad to publish the {len(good)} good ones)", file=sys.stderr)
+        return 1
+    bootstrap = args.bootstrap or _settings().kafka_bootstrap
+    try:
+        sent = asyncio.run(publish(bootstrap, good, args.format))
+    except Exception as exc:
+        raise CliError(f"cannot publish to {bootstrap}: {exc}") from None
+    print(json.dumps({"published": sent, "bad_lines": len(bad), "format": args.format, "bootstrap": bootstrap}))
+    return 1 if bad else 0
+
+
+def _query(args: argparse.Namespace) -> int:
+    from pipeline.query import run_query, render
+
+    settings = _settings(data_dir=args.data_dir, clickhouse_url=args.clickhouse_url)
+    if args.clickhouse_url is None and args.data_dir is not None:
+        settings = settings.replace(clickhouse_url=f"chdb://{Path(args.data_dir).resolve() / 'clickhouse'}")
+    try:
+        columns, rows = run_query(settings, args.sql)
+    except Exception as exc:
+        raise CliError(str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)) from None
+    print(render(columns, rows, args.format))
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from pipeline.bench import run_bench
+
+    result = run_bench(args.events, args.customers, args.partitions, args.seed, args.data_dir)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

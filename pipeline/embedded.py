@@ -1,0 +1,177 @@
+"""The embedded default: Tansu broker + worker process + chDB, on one machine, no Docker.
+
+The worker runs as a child process (``cem worker``) so it owns its event loop, its signals and the
+chDB engine (one per data directory); this process talks to it over its status endpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterable
+
+from aiokafka import AIOKafkaProducer
+
+from pipeline.settings import Settings
+from schemas.codec import AvroCodec
+
+
+class WorkerError(RuntimeError):
+    pass
+
+
+class WorkerProcess:
+    """A ``cem worker`` child process and its HTTP status/query endpoint."""
+
+    def __init__(self, settings: Settings, log_path: Path | None = None):
+        self.settings = settings
+        self.log_path = log_path
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.web_port}"
+
+    def start(self, timeout_s: float = 60.0) -> "WorkerProcess":
+        env = dict(os.environ, **self.settings.to_env())
+        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli", "worker"], env=env, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C reaches the supervisor, which then drains and stops us
+        )
+        self.wait_until(lambda st: st.get("started"), timeout_s, "the worker did not start consuming")
+        return self
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def status(self) -> dict:
+        with urllib.request.urlopen(f"{self.url}/status", timeout=5) as response:
+            return json.load(response)
+
+    def query(self, sql: str) -> list[tuple]:
+        return query_worker(self.url, sql)[1]
+
+    def wait_until(self, predicate: Any, timeout_s: float, what: str, interval_s: float = 0.1) -> dict:
+        """Poll /status until ``predicate(status)`` holds; raises with the log tail otherwise."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if not self.alive():
+                raise WorkerError(f"{what}: the worker exited with code {self.process.returncode}{self._log_tail()}")
+            try:
+                status = self.status()
+                if predicate(status):
+                    return status
+            except (urllib.error.URLError, ConnectionError, TimeoutError, json.JSONDecodeError):
+                pass
+            if time.monotonic() > deadline:
+                raise WorkerError(f"{what} within {timeout_s:.0f}s{self._log_tail()}")
+            time.sleep(interval_s)
+
+    def stop(self, timeout_s: float = 30.0) -> int:
+        """Graceful stop: SIGTERM makes the worker flush its sinks and commit."""
+        if not self.alive():
+            return self.process.returncode if self.process else 0
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+
+    def kill(self) -> None:
+        """SIGKILL: no flush, no commit (the crash the sinks are built to survive)."""
+        if self.alive():
+            self.process.kill()
+            self.process.wait()
+
+    def _log_tail(self) -> str:
+        if self.log_path and self.log_path.exists():
+            return "\n--- worker log (tail) ---\n" + self.log_path.read_text(errors="replace")[-3000:]
+        return ""
+
+
+def query_worker(url: str, sql: str) -> tuple[list[str], list[list]]:
+    request = urllib.request.Request(f"{url}/query", data=sql.encode(), method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            body = json.load(response)
+    except urllib.error.HTTPError as exc:
+        raise WorkerError(json.load(exc).get("error", str(exc))) from None
+    return body["columns"], body["rows"]
+
+
+def running_worker_url(data_dir: Path) -> str | None:
+    """The status URL of a live worker that holds the chDB engine under ``data_dir``, if any."""
+    run_file = Path(data_dir) / "worker.json"
+    if not run_file.exists():
+        return None
+    info = json.loads(run_file.read_text())
+    try:
+        os.kill(info["pid"], 0)
+    except (ProcessLookupError, PermissionError):
+        return None
+    return f"http://127.0.0.1:{info['web_port']}"
+
+
+async def publish(
+    bootstrap: str,
+    touchpoints: Iterable[dict],
+    fmt: str = "avro",
+    codec: AvroCodec | None = None,
+    timestamp_from_event: bool = False,
+) -> int:
+    """Publish touchpoint dicts to ``cem.touchpoints``, keyed by customer_id; returns the count.
+
+    ``timestamp_from_event`` sets the Kafka record timestamp to ``occurred_at`` (replaying
+    historical or simulated traffic), so the far-future check is relative to the event's own time.
+    """
+    from schemas.contract import TOPIC_TOUCHPOINTS
+
+    codec = codec or AvroCodec()
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, enable_idempotence=False, acks="all", linger_ms=10, max_batch_size=1 << 20,
+    )
+    await producer.start()
+    count = 0
+    try:
+        pending = []
+        for touchpoint in touchpoints:
+            pending.append(await producer.send(
+                TOPIC_TOUCHPOINTS, codec.encode(touchpoint, fmt), key=str(touchpoint["customer_id"]).encode(),
+                timestamp_ms=touchpoint["occurred_at"] if timestamp_from_event else None,
+            ))
+            count += 1
+            if len(pending) >= 5000:
+                await _settle(pending)
+        await _settle(pending)
+    finally:
+        await producer.stop()
+    return count
+
+
+async def publish_raw(bootstrap: str, records: Iterable[tuple[bytes | None, bytes]], timestamp_ms: int | None = None) -> int:
+    """Publish raw (key, value) records to ``cem.touchpoints`` (bad-input tests, replays)."""
+    from schemas.contract import TOPIC_TOUCHPOINTS
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False, max_request_size=4 << 20)
+    await producer.start()
+    try:
+        futures = [await producer.send(TOPIC_TOUCHPOINTS, value, key=key, timestamp_ms=timestamp_ms) for key, value in records]
+        await _settle(futures)
+    finally:
+        await producer.stop()
+    return len(futures)
+
+
+async def _settle(futures: list) -> None:
+    for future in futures:
+        await future
+    futures.clear()

@@ -1,0 +1,65 @@
+"""``cem query``: SQL against the embedded chDB (directly, or through the running worker) or a server."""
+
+from __future__ import annotations
+
+import json
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+from pipeline.embedded import query_worker, running_worker_url
+from pipeline.settings import Settings
+
+
+def run_query(settings: Settings, sql: str) -> tuple[list[str], list[Any]]:
+    if settings.embedded_clickhouse:
+        # chDB allows one engine per directory: if a worker holds it, ask the worker.
+        url = running_worker_url(settings.clickhouse_path().parent)
+        if url is not None:
+            return query_worker(url, sql)
+        if not settings.clickhouse_path().exists():
+            raise FileNotFoundError(f"no ClickHouse data under {settings.clickhouse_path()}: run `cem run` first")
+    from sinks.clickhouse import connect
+
+    client = connect(settings.clickhouse_url, settings.clickhouse_user, settings.clickhouse_password)
+    result = client.query(sql)
+    return list(result.column_names), [list(row) for row in result.result_rows]
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value
+
+
+def render(columns: list[str], rows: list[Any], fmt: str = "table") -> str:
+    """Rows as JSON lines (one object per row) or an aligned text table.
+
+    >>> print(render(["channel", "events"], [["web", 3], ["sms", 12]]))
+    channel  events
+    -------  ------
+    web           3
+    sms          12
+    """
+    if fmt == "json":
+        return "\n".join(json.dumps({c: _cell(v) for c, v in zip(columns, row)}, default=str) for row in rows)
+    cells = [[_text(_cell(v)) for v in row] for row in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    numeric = [all(_is_number(row[i]) for row in rows) and rows != [] for i in range(len(columns))]
+    def fmt_row(values: list[str]) -> str:
+        return "  ".join(v.rjust(w) if n else v.ljust(w) for v, w, n in zip(values, widths, numeric)).rstrip()
+    lines = [fmt_row(list(columns)), "  ".join("-" * w for w in widths)]
+    lines += [fmt_row(r) for r in cells]
+    return "\n".join(lines)
+
+
+def _text(value: Any) -> str:
+    return "NULL" if value is None else str(value)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, Decimal)) and not isinstance(value, bool)

@@ -1,0 +1,176 @@
+"""``cem run``: the embedded default, supervised from this process.
+
+Starts the Tansu broker, creates the topics, starts the worker (``cem worker``, a child process that
+owns chDB), publishes synthetic traffic at ``--rate``, shows progress each second, and on Ctrl-C or
+after ``--duration`` drains: waits until every published record is committed, stops the worker
+(which flushes), then prints one JSON summary line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from pathlib import Path
+from typing import Iterable
+
+from pipeline.broker import EmbeddedBroker, ensure_topics, free_port
+from pipeline.embedded import WorkerProcess, publish, running_worker_url
+from pipeline.settings import Settings
+
+PROGRESS_EVERY_S = 1.0
+
+
+def embedded_settings(settings: Settings, data_dir: Path, broker_port: int) -> Settings:
+    """Settings for a worker on the embedded stack under ``data_dir``."""
+    return settings.replace(
+        kafka_bootstrap=f"127.0.0.1:{broker_port}",
+        clickhouse_url=f"chdb://{data_dir / 'clickhouse'}",
+        data_dir=str(data_dir),
+    )
+
+
+def run_embedded(
+    settings: Settings, duration_s: float | None, rate: float, customers: int, seed: int, broker_port: int
+) -> dict:
+    from pipeline.cli import CliError
+
+    data_dir = Path(settings.data_dir).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if running_worker_url(data_dir):
+        raise CliError(f"a worker is already running on {data_dir}: stop it or pass another --data-dir")
+    settings = embedded_settings(settings, data_dir, broker_port)
+    started = time.monotonic()
+    with EmbeddedBroker(broker_port, log_file=data_dir / "broker.log") as broker:
+        ensure_topics(broker.bootstrap, settings.partitions)
+        worker = WorkerProcess(settings, data_dir / "worker.log")
+        _say(f"broker on {broker.bootstrap}; starting the worker (chDB under {data_dir / 'clickhouse'}) ...")
+        worker.start()
+        _say(f"worker up: metrics http://127.0.0.1:{settings.metrics_port}/metrics, status {worker.url}/status")
+        produced = 0
+        try:
+            produced = asyncio.run(_traffic(settings, worker, duration_s, rate, customers, seed))
+        except KeyboardInterrupt:
+            _say("\nstopping: draining what was published ...")
+            produced = _Progress.produced_so_far
+        try:
+            final = worker.wait_until(
+                lambda st: _received(st) >= produced and st["pending_rows"] == 0 and st["committed_records"] >= _received(st),
+                timeout_s=120, what="the worker did not drain",
+            )
+        finally:
+            worker.stop()
+    summary = _summary(final, produced, time.monotonic() - started)
+    summary["clickhouse_rows"] = _row_counts(settings)
+    return summary
+
+
+async def _traffic(settings: Settings, worker: WorkerProcess, duration_s: float | None, rate: float, customers: int, seed: int) -> int:
+    from processors.synthetic import JourneyGenerator
+
+    start_ms = int(time.time() // 60 * 60_000)
+    events = JourneyGenerator(customers=customers, seed=seed, start_ms=start_ms).events()
+    progress = _Progress(worker)
+    deadline = None if duration_s is None else time.monotonic() + duration_s
+    if rate <= 0:
+        while deadline is None or time.monotonic() < deadline:
+            await asyncio.sleep(PROGRESS_EVERY_S)
+            progress.show(0)
+        return 0
+    produced = await publish_at_rate(settings.kafka_bootstrap, events, rate, "avro", deadline, progress)
+    return produced
+
+
+async def publish_at_rate(
+    bootstrap: str, events: Iterable[dict], rate: float, fmt: str = "avro",
+    deadline: float | None = None, progress: "_Progress | None" = None,
+) -> int:
+    """Publish at ``rate`` events/s (0 = as fast as possible) until the events or the deadline run out."""
+    iterator = iter(events)
+    if rate <= 0:
+        return await publish(bootstrap, iterator, fmt, timestamp_from_event=True)
+    began = time.monotonic()
+    produced = 0
+    last_progress = began
+    while deadline is None or time.monotonic() < deadline:
+        due = int((time.monotonic() - began) * rate) - produced
+        chunk = [event for _, event in zip(range(max(0, due)), iterator)]
+        if chunk:
+            produced += await publish(bootstrap, chunk, fmt, timestamp_from_event=True)
+            _Progress.produced_so_far = produced
+        elif due > 0:
+            break  # the generator ran dry
+        if progress and time.monotonic() - last_progress >= PROGRESS_EVERY_S:
+            progress.show(produced)
+            last_progress = time.monotonic()
+        await asyncio.sleep(0.05)
+    return produced
+
+
+class _Progress:
+    produced_so_far = 0
+
+    def __init__(self, worker: WorkerProcess):
+        self.worker = worker
+        self.began = time.monotonic()
+        self.tty = sys.stderr.isatty()
+        self.last_line = 0.0
+
+    def show(self, produced: int) -> None:
+        try:
+            status = self.worker.status()
+        except Exception:
+            return
+        totals = status["totals"]
+        line = (
+            f"[{time.monotonic() - self.began:6.0f}s] published {produced:>8}  in {_received(status):>8}  "
+            f"processed {_sum(totals, 'touchpoints_processed'):>8}  dead-lettered {_sum(totals, 'touchpoints_dead_lettered'):>5}  "
+            f"deduplicated {_sum(totals, 'touchpoints_deduplicated'):>5}  rows {_sum(totals, 'clickhouse_insert_rows'):>8}  "
+            f"p99 {status['latency_committed']['p99_ms']} ms"
+        )
+        if self.tty:
+            print("\r" + line, end="", file=sys.stderr, flush=True)
+        elif time.monotonic() - self.last_line >= 10:
+            print(line, file=sys.stderr, flush=True)
+            self.last_line = time.monotonic()
+
+
+def _sum(totals: dict, name: str) -> int:
+    return int(sum(totals.get(name, {}).values()))
+
+
+def _received(status: dict) -> int:
+    return _sum(status["totals"], "touchpoints_received")
+
+
+def _summary(status: dict, produced: int, elapsed_s: float) -> dict:
+    totals = status["totals"]
+    return {
+        "published": produced,
+        "events_in": _received(status),
+        "processed": _sum(totals, "touchpoints_processed"),
+        "dead_lettered": {k.split(",")[0]: int(v) for k, v in totals.get("touchpoints_dead_lettered", {}).items()},
+        "deduplicated": _sum(totals, "touchpoints_deduplicated"),
+        "replayed": _sum(totals, "touchpoints_replayed"),
+        "elapsed_s": round(elapsed_s, 1),
+        "latency_committed": status["latency_committed"],
+    }
+
+
+def _row_counts(settings: Settings) -> dict[str, int]:
+    """Row counts, read directly from chDB now that the worker has released it."""
+    from pipeline.query import run_query
+
+    db = settings.clickhouse_database
+    sql = " UNION ALL ".join(
+        f"SELECT '{t}' AS t, toInt64(count()) FROM {db}.{t}" for t in ("touchpoints_enriched", "dead_letters", "customer_state", "kpi_minute")
+    )
+    _, rows = run_query(settings, sql)
+    return {t: int(n) for t, n in rows}
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+__all__ = ["run_embedded", "publish_at_rate", "embedded_settings", "free_port"]
