@@ -48,7 +48,7 @@ def run_bench(events: int, customers: int, partitions: int, seed: int, data_dir:
         try:
             status = worker.wait_until(
                 lambda st: _progress(st, len(touchpoints)), timeout_s=max(120.0, len(touchpoints) / 500), what="the worker did not finish",
-                interval_s=0.2,
+                interval_s=0.5,
             )
         finally:
             worker.stop()

@@ -14,7 +14,6 @@ which Faust replays on start), and write the changelog ourselves once per custom
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections import Counter as Tally
@@ -22,6 +21,7 @@ from collections import deque
 from typing import Any, Iterable
 
 import faust
+import orjson
 
 from pipeline.metrics import KafkaObserver, Metrics
 from pipeline.settings import Settings
@@ -74,7 +74,7 @@ class CustomerStates:
         return state
 
     def changelog(self, partition: int, state: CustomerState) -> KafkaRecord:
-        value = json.dumps(state.to_dict(), separators=(",", ":")).encode()
+        value = orjson.dumps(state)  # plain JSON (Faust's json codec reads it back on recovery)
         return KafkaRecord(self.changelog_topic, state.customer_id.encode(), value, partition)
 
 
@@ -100,6 +100,7 @@ class TouchpointWorker:
         self.first_received: float | None = None  # wall clock, for `cem bench`
         self.last_committed: float | None = None
         self.committed_records = 0
+        self._flushing: asyncio.Future | None = None
         self.started = False
 
     async def start(self) -> None:
@@ -135,8 +136,18 @@ class TouchpointWorker:
         self.metrics.latency.labels("enriched").observe(enriched_at - received)
         self.metrics.last_batch.set(enriched_at)
         self._pending.append((events, received))
-        if self.clickhouse.due():
-            await self.flush()
+        await self._maybe_flush()
+
+    async def _maybe_flush(self) -> None:
+        """Flush in the background so processing goes on during inserts; bound what is buffered."""
+        running = self._flushing is not None and not self._flushing.done()
+        if running and self.clickhouse.pending_rows >= 2 * self.settings.sink_flush_rows:
+            await self._flushing  # backpressure: at most one flush in flight plus one buffer
+            running = False
+        if self._flushing is not None and self._flushing.done() and self._flushing.exception():
+            raise self._flushing.exception()  # a sink failed for good: let the worker crash and replay
+        if not running and self.clickhouse.due():
+            self._flushing = asyncio.ensure_future(self.flush())
 
     def _route(self, result: Result, outputs: list[KafkaRecord], rows: list[TableRow], changed: dict) -> None:
         if result.kind is Kind.DUPLICATE:
@@ -175,8 +186,8 @@ class TouchpointWorker:
                 self.last_committed = committed
 
     async def flush_if_due(self) -> None:
-        if self._pending and self.clickhouse.due():
-            await self.flush()
+        if self._pending:
+            await self._maybe_flush()
 
     async def close(self) -> None:
         if self.started:

@@ -125,9 +125,12 @@ class Enriched:
 
     def to_record(self) -> dict[str, Any]:
         """The ``cem.EnrichedTouchpoint`` Avro record."""
-        record = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "touchpoint"}
+        record = {name: getattr(self, name) for name in _ENRICHED_FIELDS}
         record["event"] = self.touchpoint.to_record()
         return record
+
+
+_ENRICHED_FIELDS = tuple(f.name for f in fields(Enriched) if f.name != "touchpoint")
 
 
 def derive_stage(state: CustomerState, tp: Touchpoint) -> str:

@@ -14,7 +14,7 @@ from typing import Callable
 
 from processors.customer import DEFAULT_DEDUPE_HORIZON_MS, CustomerState, Enriched, Outcome, apply
 from processors.touchpoint import Rejected, validate
-from schemas.codec import AvroCodec, DecodeError
+from schemas.codec import CONFLUENT_MAGIC, SINGLE_OBJECT_MAGIC, AvroCodec, DecodeError
 from schemas.contract import MAX_RECORD_BYTES, Reason, Stage
 
 
@@ -88,7 +88,8 @@ class Ingestor:
         except DecodeError as exc:
             return _dead(record, exc.reason, Stage.DECODE, exc.detail)
         try:
-            touchpoint = validate(decoded, reference_ms=record.timestamp_ms)
+            typed = value[:1] in _AVRO_MARKERS  # decoded by Avro against the schema: types guaranteed
+            touchpoint = validate(decoded, reference_ms=record.timestamp_ms, typed=typed)
         except Rejected as exc:
             return _dead(record, exc.reason, Stage.VALIDATE, exc.detail, _channel_of(decoded))
         if record.key != touchpoint.customer_id.encode():
@@ -105,6 +106,9 @@ class Ingestor:
             return Result(Kind.DUPLICATE, touchpoint.channel, state=state)
         kind = Kind.PROCESSED if outcome is Outcome.NEW else Kind.REPLAYED
         return Result(kind, touchpoint.channel, enriched=enriched, state=state)
+
+
+_AVRO_MARKERS = (SINGLE_OBJECT_MAGIC[:1], CONFLUENT_MAGIC)
 
 
 def _channel_of(decoded: dict) -> str:

@@ -138,8 +138,16 @@ class ClickHouseSink:
         return self._pending_rows
 
     async def flush(self) -> None:
-        """Insert every buffered table; retries (same token) until ClickHouse takes it."""
-        for table, buffer in self._buffers.items():
+        """Insert every buffered table; retries (same token) until ClickHouse takes it.
+
+        The buffers are detached first, so writes that arrive while the insert runs go to the
+        next flush (the worker keeps processing during an insert).
+        """
+        buffers = self._buffers
+        self._buffers = {table: _Buffer() for table in self._columns}
+        self._pending_rows = 0
+        self._last_flush = time.monotonic()
+        for table, buffer in buffers.items():
             if not buffer.rows:
                 continue
             token = _token(table, buffer.ranges) if table in OFFSET_TRACKED else None
@@ -148,9 +156,6 @@ class ClickHouseSink:
                 key = (table, topic, partition)
                 if self._high_water is not None:
                     self._high_water[key] = max(self._high_water.get(key, -1), last)
-            self._buffers[table] = _Buffer()
-        self._pending_rows = 0
-        self._last_flush = time.monotonic()
 
     # -- queries (cem query, /query endpoint, tests) --------------------------------------------
     def query(self, sql: str) -> list[tuple]:
