@@ -160,7 +160,7 @@ def parse_lag(text: str) -> dict[str, float]:
 def kpi_sql(database: str = "cem", window_minutes: int = KPI_WINDOW_MINUTES) -> str:
     """KPIs per channel over the last ``window_minutes`` of event time (ending at the newest minute)."""
     return f"""
-        WITH (SELECT max(minute) FROM {database}.kpi_minute_agg) AS latest
+        WITH (SELECT max(minute) FROM {database}.kpi_minute) AS latest
         SELECT
             channel,
             sum(events) AS events,
@@ -295,7 +295,10 @@ class Collector:
         self._previous: tuple[float, int | None, Totals] | None = None
 
     def collect(self) -> Snapshot:
-        sources = resolve_sources(self.target)
+        try:
+            sources = resolve_sources(self.target)
+        except Exception as exc:  # e.g. a malformed worker.json or CEM_* variable
+            sources = Sources(label=str(self.target.status_url or self.target.data_dir or ""), error=describe_error(exc))
         now = time.monotonic()
         snap = Snapshot(at=time.time(), source=sources.label)
         if sources.status_url is None:
@@ -550,6 +553,11 @@ def _top(args: argparse.Namespace) -> int:
         run_live(collector, interval)
     except KeyboardInterrupt:
         pass
+    except BrokenPipeError:  # `cem top | head`
+        try:
+            sys.stdout.close()
+        except Exception:
+            pass
     return 0
 
 
@@ -580,6 +588,12 @@ def run_live(collector: Collector, interval: float) -> None:
     from rich.live import Live
 
     console = _console()
+    if not console.is_terminal:  # piped: one frame per refresh, like `top -b`
+        while True:
+            console.print(render_frame(collector.collect(), console.width))
+            console.rule()
+            console.file.flush()
+            time.sleep(interval)
     with Live(render_frame(collector.collect(), console.width), console=console, screen=console.is_terminal,
               auto_refresh=False, transient=False) as live:
         while True:

@@ -141,12 +141,13 @@ class TouchpointWorker:
     async def _maybe_flush(self) -> None:
         """Flush in the background so processing goes on during inserts; bound what is buffered."""
         running = self._flushing is not None and not self._flushing.done()
-        if running and self.clickhouse.pending_rows >= 2 * self.settings.sink_flush_rows:
+        if running and self.clickhouse.pending_rows >= 3 * self.settings.sink_flush_rows:
             await self._flushing  # backpressure: at most one flush in flight plus one buffer
             running = False
         if self._flushing is not None and self._flushing.done() and self._flushing.exception():
             raise self._flushing.exception()  # a sink failed for good: let the worker crash and replay
-        if not running and self.clickhouse.due():
+        # Input waiting for its ack is reason enough: a batch of pure duplicates writes no rows.
+        if not running and self.clickhouse.due(waiting=bool(self._pending)):
             self._flushing = asyncio.ensure_future(self.flush())
 
     def _route(self, result: Result, outputs: list[KafkaRecord], rows: list[TableRow], changed: dict) -> None:

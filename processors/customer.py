@@ -172,6 +172,8 @@ def apply(
     (<Outcome.DUPLICATE: 'duplicate'>, 1)
     """
     seen = state.seen.get(tp.event_id)
+    if seen is not None and seen[0] < state.last_seen - dedupe_horizon_ms and seen[1] != source_offset:
+        seen = None  # beyond the horizon: decided by event time alone, never by when pruning last ran
     if seen is not None:
         if seen[1] == source_offset:
             return Outcome.REPLAY, _enriched(state, tp, source_partition, source_offset, received_at, None, None, False)
@@ -181,7 +183,7 @@ def apply(
     recency_s = None if previous_last_seen is None else max(0, tp.occurred_at - previous_last_seen) / 1000.0
     resolve_s, switched = _fold(state, tp)
     state.seen[tp.event_id] = [tp.occurred_at, source_offset]
-    if len(state.seen) > 64 and len(state.seen) % 64 == 0:  # amortised: prune every 64 new ids
+    if len(state.seen) > 64 and len(state.seen) % 64 == 0:  # amortised; frees memory, decides nothing
         prune_seen(state, dedupe_horizon_ms)
     return Outcome.NEW, _enriched(state, tp, source_partition, source_offset, received_at, recency_s, resolve_s, switched)
 

@@ -6,13 +6,13 @@ The same code talks to a server (``http(s)://host:8123``) and to the embedded en
 Exactness under at-least-once processing rests on three things, in this order:
 
 1. **Source offsets.** Every offset-tracked row carries the Kafka (topic, partition, offset) it came
-   from; a materialized view keeps ``max(offset)`` per partition in ``sink_offsets``. After a restart
-   the sink loads those high-water marks and drops replayed rows at or below them, so a batch
-   re-processed after a crash is never counted twice.
+   from; a projection stored inside each part keeps ``max(offset)`` per partition, so the mark can
+   never disagree with the rows (or the KPI projection) after a crash. After a restart the sink loads
+   those high-water marks and drops replayed rows at or below them, so a batch re-processed after a
+   crash is never counted twice.
 2. **Deduplication tokens.** Each insert carries ``insert_deduplication_token`` built from the offset
    ranges it holds, and the tables keep a deduplication window, so a retried insert (timeout after
    the server committed) is dropped by ClickHouse, including in the materialized views.
-3. **event_id backstop.** ``touchpoints_enriched`` is a ReplacingMergeTree keyed on the event.
 """
 
 from __future__ import annotations
@@ -85,6 +85,7 @@ class ClickHouseSink:
         self._pending_rows = 0
         self._lock = threading.Lock()  # one statement at a time on the shared client (chDB session)
         self.skipped_replayed = 0
+        self.in_flight_rows = 0  # detached from the buffers, insert not yet returned
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -97,11 +98,12 @@ class ClickHouseSink:
 
     async def load_high_water(self) -> None:
         """(Re)load the per-partition high-water marks, e.g. after a partition assignment."""
-        rows = await asyncio.to_thread(
-            self.query,
-            f"SELECT source_table, source_topic, source_partition, max(max_offset) "
-            f"FROM {self._db}.sink_offsets GROUP BY source_table, source_topic, source_partition",
+        sql = " UNION ALL ".join(
+            f"SELECT '{table}', source_topic, source_partition, max(source_offset) FROM {self._db}.{table} "
+            f"GROUP BY source_topic, source_partition"  # answered by the `offsets` projection
+            for table in OFFSET_TRACKED
         )
+        rows = await asyncio.to_thread(self.query, sql)
         self._high_water = {(table, topic, int(p)): int(offset) for table, topic, p, offset in rows}
 
     async def close(self) -> None:
@@ -127,15 +129,17 @@ class ClickHouseSink:
             buffer.rows.append(row.values)
             self._pending_rows += 1
 
-    def due(self) -> bool:
-        """Whether a flush is due (enough rows, or the flush interval has passed)."""
+    def due(self, waiting: bool = False) -> bool:
+        """Whether a flush is due: enough rows, or the interval has passed with rows (or, when the
+        caller has ``waiting`` work such as unacked input, even without rows)."""
         return self._pending_rows >= self._flush_rows or (
-            self._pending_rows > 0 and time.monotonic() - self._last_flush >= self._flush_interval_s
+            (self._pending_rows > 0 or waiting) and time.monotonic() - self._last_flush >= self._flush_interval_s
         )
 
     @property
     def pending_rows(self) -> int:
-        return self._pending_rows
+        """Rows not yet durable: buffered, or in an insert that has not returned."""
+        return self._pending_rows + self.in_flight_rows
 
     async def flush(self) -> None:
         """Insert every buffered table; retries (same token) until ClickHouse takes it.
@@ -145,6 +149,7 @@ class ClickHouseSink:
         """
         buffers = self._buffers
         self._buffers = {table: _Buffer() for table in self._columns}
+        self.in_flight_rows += self._pending_rows
         self._pending_rows = 0
         self._last_flush = time.monotonic()
         for table, buffer in buffers.items():
@@ -152,6 +157,7 @@ class ClickHouseSink:
                 continue
             token = _token(table, buffer.ranges) if table in OFFSET_TRACKED else None
             await self._insert_with_retry(table, buffer.rows, token)
+            self.in_flight_rows -= len(buffer.rows)
             for (topic, partition), (_, last) in buffer.ranges.items():
                 key = (table, topic, partition)
                 if self._high_water is not None:

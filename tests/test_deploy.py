@@ -83,7 +83,7 @@ TOPICS = {  # name -> compacted
     "cem-customer_state-changelog": True,
 }
 CLICKHOUSE_TABLES = {
-    "touchpoints_enriched", "kpi_minute_agg", "kpi_minute", "customer_state", "dead_letters", "sink_offsets",
+    "touchpoints_enriched", "kpi_minute", "customer_state", "dead_letters",
     "model_metrics", "alerts",
 }
 WORKER_ENV = {  # the worker's documented settings, with the compose values that wire it to the stack

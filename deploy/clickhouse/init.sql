@@ -8,8 +8,8 @@
 --               the worker's idempotent `CREATE DATABASE IF NOT EXISTS cem`) on cem.* only
 --   grafana     dashboards: SELECT on cem.* only, readonly=1 profile
 --
--- Tables. The worker creates its DDL (touchpoints_enriched, kpi_minute_agg + kpi_minute, customer_state,
--- dead_letters, sink_offsets, model_metrics, alerts) on start, as cem_writer; nothing to do here.
+-- Tables. The worker creates its DDL (touchpoints_enriched with its kpi_minute and offsets projections,
+-- the kpi_minute view, customer_state, dead_letters, model_metrics, alerts) on start, as cem_writer; nothing to do here.
 
 CREATE DATABASE IF NOT EXISTS cem;
 
