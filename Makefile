@@ -20,7 +20,7 @@ run: $(BIN)/cem
 	$(BIN)/cem run $(ARGS)
 
 test: $(VENV)/.test-extras
-	$(BIN)/python -m pytest $(ARGS)
+	$(BIN)/python -m pytest -q $(ARGS)
 
 bench: $(BIN)/cem
 	$(BIN)/cem bench $(ARGS)

@@ -49,11 +49,12 @@ async def consume_all(bootstrap: str, topic: str, expected: int, timeout_s: floa
 
 def test_touchpoints_flow_into_exact_kpis_with_every_rejection_dead_lettered(broker, start_worker):
     events = list(JourneyGenerator(customers=150, seed=3, start_ms=now_ms() - 3_600_000).events(3000))
-    redelivered = events[100:130]  # a channel system sending the same events again
+    redelivered = events[100:130]  # a channel system sends each again 10 events later (within the horizon)
+    first_half = [e for i, e in enumerate(events[:1500]) for e in ([e, events[i - 10]] if 110 <= i < 140 else [e])]
     bad = inject_bad_records(now_ms())
     worker = start_worker()
-    run(publish(broker.bootstrap, events[:1500], "avro", timestamp_from_event=True))
-    run(publish(broker.bootstrap, events[1500:] + redelivered, "json", timestamp_from_event=True))
+    run(publish(broker.bootstrap, first_half, "avro", timestamp_from_event=True))
+    run(publish(broker.bootstrap, events[1500:], "json", timestamp_from_event=True))
     run(publish_raw(broker.bootstrap, [(key, value) for key, value, _ in bad], timestamp_ms=now_ms()))
     total_in = len(events) + len(redelivered) + len(bad)
     status = wait_drained(worker, total_in)
