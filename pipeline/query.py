@@ -26,7 +26,8 @@ def run_query(settings: Settings, sql: str) -> tuple[list[str], list[Any]]:
     return list(result.column_names), [list(row) for row in result.result_rows]
 
 
-def _cell(value: Any) -> Any:
+def json_cell(value: Any) -> Any:
+    """A ClickHouse value as plain JSON (datetimes ISO-8601, decimals as floats, bytes as text)."""
     if isinstance(value, (datetime, date)):
         return value.isoformat()
     if isinstance(value, Decimal):
@@ -46,8 +47,8 @@ def render(columns: list[str], rows: list[Any], fmt: str = "table") -> str:
     sms          12
     """
     if fmt == "json":
-        return "\n".join(json.dumps({c: _cell(v) for c, v in zip(columns, row)}, default=str) for row in rows)
-    cells = [[_text(_cell(v)) for v in row] for row in rows]
+        return "\n".join(json.dumps({c: json_cell(v) for c, v in zip(columns, row)}, default=str) for row in rows)
+    cells = [[_text(json_cell(v)) for v in row] for row in rows]
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
     numeric = [all(_is_number(row[i]) for row in rows) and rows != [] for i in range(len(columns))]
     def fmt_row(values: list[str]) -> str:

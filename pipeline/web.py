@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from datetime import date, datetime
-from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 
@@ -18,13 +16,10 @@ log = logging.getLogger("cem.web")
 
 
 def _default(value: Any) -> Any:
-    if isinstance(value, (datetime, date)):
-        return value.isoformat()
-    if isinstance(value, Decimal):
-        return float(value)
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return str(value)
+    from pipeline.query import json_cell
+
+    cell = json_cell(value)
+    return cell if cell is not value else str(value)
 
 
 def start_status_server(

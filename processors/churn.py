@@ -17,7 +17,6 @@ import bisect
 import functools
 import heapq
 import math
-import pickle
 import re
 from typing import Mapping
 
@@ -25,6 +24,7 @@ from river import base, compose, linear_model, optim
 
 from processors.customer import DAY_MS, CustomerState
 from schemas.contract import CHANNELS
+from processors.snapshot import Snapshot
 
 MODEL_NAME = "churn-v1"
 HOUR_MS = 3600 * 1000
@@ -286,7 +286,7 @@ class TabularEncoder(base.Transformer):
         return out
 
 
-class ChurnModel:
+class ChurnModel(Snapshot):
     """Churn probability from a feature dict, learned online.
 
     Numeric features go in scaled and binned, categorical ones one-hot (:class:`TabularEncoder`),
@@ -335,16 +335,6 @@ class ChurnModel:
         self.n_labels += 1
         self.n_positive += bool(churned)
 
-    def to_bytes(self) -> bytes:
-        """A snapshot to publish; load with :meth:`from_bytes` (trusted sources only: it is a pickle)."""
-        return pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL)
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> "ChurnModel":
-        model = pickle.loads(data)
-        if not isinstance(model, cls):
-            raise TypeError(f"snapshot holds a {type(model).__name__}, not a {cls.__name__}")
-        return model
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -352,7 +342,7 @@ class ChurnModel:
 # ---------------------------------------------------------------------------------------------------
 
 
-class ChurnLabeler:
+class ChurnLabeler(Snapshot):
     """Feature snapshots waiting for their label: churned within ``horizon_ms``, or not.
 
     * :meth:`snapshot` keeps the features a customer was scored with (at most one per customer per
@@ -466,12 +456,3 @@ class ChurnLabeler:
             self._queue = [e for e in self._queue if e[1] in self._pending.get(e[2], {})]
             heapq.heapify(self._queue)
 
-    def to_bytes(self) -> bytes:
-        return pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL)
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> "ChurnLabeler":
-        labeler = pickle.loads(data)
-        if not isinstance(labeler, cls):
-            raise TypeError(f"snapshot holds a {type(labeler).__name__}, not a {cls.__name__}")
-        return labeler

@@ -18,7 +18,6 @@ prequential macro-F1, and stays within 0.03 of an offline TF-IDF + logistic regr
 from __future__ import annotations
 
 import math
-import pickle
 from importlib import resources
 from typing import Iterable
 
@@ -26,6 +25,7 @@ from river import base, feature_extraction, linear_model, naive_bayes, optim
 
 from processors.customer import CustomerState
 from processors.text import terms
+from processors.snapshot import Snapshot
 
 MODEL_NAME = "sentiment-v1"
 SEED_CORPUS = "seed_sentiment.tsv"
@@ -128,7 +128,7 @@ def _member_log_odds(model: base.Classifier, x: dict) -> float:
     return _log_odds(model.predict_proba_one(x).get(True, 0.5))
 
 
-class SentimentModel:
+class SentimentModel(Snapshot):
     """Online text sentiment: ``score`` in ``[-1, 1]``, ``learn`` from labeled text.
 
     >>> model = SentimentModel.pretrained()
@@ -226,16 +226,6 @@ class SentimentModel:
             votes.add(nps >= 9)
         return votes.pop() if len(votes) == 1 else None
 
-    def to_bytes(self) -> bytes:
-        """A snapshot to publish; load with :meth:`from_bytes` (trusted sources only: it is a pickle)."""
-        return pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL)
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> "SentimentModel":
-        model = pickle.loads(data)
-        if not isinstance(model, cls):
-            raise TypeError(f"snapshot holds a {type(model).__name__}, not a {cls.__name__}")
-        return model
 
 
 def fold_sentiment(state: CustomerState, score: float, alpha: float = 0.3) -> None:
