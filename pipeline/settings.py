@@ -30,7 +30,7 @@ class Settings:
     # Batching: ClickHouse wants thousands of rows per insert, about one insert per second.
     sink_flush_rows: int = 20_000
     sink_flush_interval_s: float = 1.0
-    take_max: int = 1000  # touchpoints per Faust batch
+    take_max: int = 2000  # touchpoints per Faust batch
     take_within_s: float = 0.05
     # Stream semantics (event time)
     dedupe_horizon_s: float = 24 * 3600.0

@@ -125,9 +125,13 @@ class Enriched:
 
     def to_record(self) -> dict[str, Any]:
         """The ``cem.EnrichedTouchpoint`` Avro record."""
-        record = {name: getattr(self, name) for name in _ENRICHED_FIELDS}
+        record = self.tail_record()
         record["event"] = self.touchpoint.to_record()
         return record
+
+    def tail_record(self) -> dict[str, Any]:
+        """Every field but the touchpoint itself (see ``schemas.codec.EnrichedEncoder``)."""
+        return {name: getattr(self, name) for name in _ENRICHED_FIELDS}
 
 
 _ENRICHED_FIELDS = tuple(f.name for f in fields(Enriched) if f.name != "touchpoint")

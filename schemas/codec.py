@@ -134,6 +134,43 @@ class RecordEncoder:
         return fastavro.schemaless_reader(io.BytesIO(payload[10:]), self.schema, self.schema)
 
 
+class EnrichedEncoder:
+    """Single-object ``cem.EnrichedTouchpoint`` encoding that reuses the input's Avro body.
+
+    Avro binary of a record is its fields' encodings in order, and the enriched record starts with
+    the touchpoint itself: when the input arrived in the current schema, its body bytes *are* that
+    field, so only the tail is encoded (about half the cost of encoding the whole record, measured).
+
+    >>> enc, full = EnrichedEncoder(), RecordEncoder("enriched")
+    >>> event = _avro_ready({"event_id": "e", "customer_id": "c", "occurred_at": 5, "channel": "sms", "type": "other"})
+    >>> tail = {"source_partition": 1, "source_offset": 2, "received_at": 3, "journey_stage": "awareness",
+    ...         "first_seen": 5, "events_total": 1, "channel_events": 1, "revenue_to_date": 0.0, "orders": 0,
+    ...         "open_complaints": 0, "channel_switch": False}
+    >>> body = AvroCodec().encode(event, "avro")[10:]
+    >>> enc.encode(tail, event, body) == enc.encode(tail, event, None) == full.encode({**tail, "event": event})
+    True
+    """
+
+    def __init__(self) -> None:
+        full = schema_json("enriched")
+        tail = {**full, "name": "EnrichedTouchpointTail", "fields": [f for f in full["fields"] if f["name"] != "event"]}
+        assert full["fields"][0]["name"] == "event", "the event must stay the first field of the enriched schema"
+        self._tail = fastavro.parse_schema(strip_logical_types(tail))
+        self._event = load_schema("touchpoint", raw=True)
+        self._prefix = SINGLE_OBJECT_MAGIC + fingerprint(load_schema("enriched"))
+
+    def encode(self, tail: Mapping[str, Any], event: Mapping[str, Any] | None, event_body: bytes | None) -> bytes:
+        """``event_body``: the input's Avro body when written with the current schema, else None."""
+        out = io.BytesIO()
+        out.write(self._prefix)
+        if event_body is not None:
+            out.write(event_body)
+        else:
+            fastavro.schemaless_writer(out, self._event, event)
+        fastavro.schemaless_writer(out, self._tail, tail)
+        return out.getvalue()
+
+
 class AvroCodec:
     """Encode and decode touchpoints in the three accepted wire forms.
 
@@ -185,6 +222,15 @@ class AvroCodec:
                 raise DecodeError(Reason.UNKNOWN_SCHEMA, f"no writer schema mapped to Confluent id {schema_id}")
             return self._read_avro(payload[5:], writer, writer is self._reader)
         return _read_json(payload)
+
+    def current_body(self, payload: bytes) -> bytes | None:
+        """The Avro body of a record written with the current (reader) schema, else None."""
+        if payload[:2] == SINGLE_OBJECT_MAGIC and payload[2:10] == self._reader_fp:
+            return payload[10:]
+        if payload[:1] == CONFLUENT_MAGIC and len(payload) >= 5:
+            writer = self.registry.by_confluent_id.get(struct.unpack(">I", payload[1:5])[0])
+            return payload[5:] if writer is self._reader else None
+        return None
 
     def _read_avro(self, body: bytes, writer: dict, same: bool = False) -> dict:
         try:
