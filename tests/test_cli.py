@@ -1,0 +1,41 @@
+"""The CLI as channel systems and operators use it: clear errors, line-numbered rejections."""
+
+from __future__ import annotations
+
+import json
+
+from pipeline.cli import main
+
+
+def test_generate_writes_jsonl_and_its_ground_truth(tmp_path, capsys):
+    out = tmp_path / "journeys.jsonl"
+    assert main(["generate", "--events", "300", "--customers", "20", "--seed", "4", "--output", str(out)]) == 0
+    lines = out.read_text().splitlines()
+    assert len(lines) == 300 and json.loads(lines[0])["event_id"]
+    truth = json.loads((tmp_path / "journeys.truth.json").read_text())
+    assert sum(channel["events"] for channel in truth["kpi"].values()) == 300
+    assert json.loads(capsys.readouterr().out.strip())["events"] == 300
+
+
+def test_publish_reports_bad_lines_by_number_and_sends_nothing(tmp_path, capsys):
+    good = {"event_id": "e1", "customer_id": "c1", "occurred_at": "2026-01-01T00:00:00Z", "channel": "web", "type": "login"}
+    bad_score = {**good, "event_id": "e2", "nps": 12}
+    lines = [json.dumps(good), "{not json", json.dumps(bad_score), json.dumps({**good, "channel": "fax"})]
+    path = tmp_path / "touchpoints.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    # no broker on this port: proves nothing is sent when lines are bad
+    assert main(["publish", str(path), "--bootstrap", "127.0.0.1:1"]) == 1
+    err = capsys.readouterr().err
+    assert f"{path}:2: undecodable" in err
+    assert f"{path}:3: out_of_range: nps=12 is outside 0..10" in err
+    assert f"{path}:4: unknown_enum" in err
+    assert "nothing published" in err
+
+
+def test_clear_errors_instead_of_tracebacks(tmp_path, capsys):
+    assert main(["publish", str(tmp_path / "missing.jsonl")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert main(["query", "SELECT 1", "--data-dir", str(tmp_path / "nowhere")]) == 2
+    assert "cem: error:" in capsys.readouterr().err
+    assert main(["generate"]) == 2
+    assert "--output" in capsys.readouterr().err
