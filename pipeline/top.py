@@ -360,7 +360,6 @@ def render_frame(snap: Snapshot, width: int = 160) -> Any:
     """A rich renderable for one snapshot (used by Live and by ``--once``), laid out for ``width`` columns."""
     from rich.console import Group
     from rich.panel import Panel
-    from rich.table import Table
     from rich.text import Text
 
     header = Text()

@@ -55,6 +55,19 @@ def start_worker(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[Callable[..
         process.kill()
 
 
+def required_binary(name: str, apt_package: str) -> str:
+    """A tool from Debian's packages: skip locally when it is missing, but fail under CI (which installs it)."""
+    import os
+    import shutil
+
+    path = shutil.which(name)
+    if path:
+        return path
+    if os.environ.get("CI"):
+        pytest.fail(f"{name} is not installed, and CI is set: apt-get install -y {apt_package}")
+    pytest.skip(f"{name} not installed (apt-get install -y {apt_package})")
+
+
 def received(status: dict) -> int:
     return int(sum(status["totals"].get("touchpoints_received", {}).values()))
 

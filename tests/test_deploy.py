@@ -18,7 +18,6 @@ import re
 import shutil
 import subprocess
 import sys
-import textwrap
 import time
 import tomllib
 import xml.etree.ElementTree as ET

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import shutil
 import subprocess
 import time
 import urllib.error
@@ -27,7 +25,7 @@ from typing import Any, Iterator
 import pytest
 import yaml
 
-from conftest import PARTITIONS, now_ms, run, wait_drained, worker_settings
+from conftest import PARTITIONS, now_ms, required_binary, run, wait_drained, worker_settings
 from pipeline.broker import EmbeddedBroker, ensure_topics, free_port
 from pipeline.embedded import WorkerProcess, publish, publish_raw
 from test_deploy import (
@@ -80,12 +78,7 @@ SQL_MAY_BE_EMPTY = {
 
 
 def prometheus_binary() -> str:
-    path = shutil.which("prometheus")
-    if path:
-        return path
-    if os.environ.get("CI"):
-        pytest.fail("prometheus is not installed, and CI is set: apt-get install prometheus")
-    pytest.skip("prometheus not installed (apt-get install prometheus)")
+    return required_binary("prometheus", "prometheus")
 
 
 class Prometheus:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import now_ms, run, wait_drained
+from conftest import now_ms, required_binary, run, wait_drained
 from pipeline import top
 from pipeline.broker import free_port
 from pipeline.cli import main
@@ -212,12 +211,7 @@ def test_top_once_shows_channels_and_counts(broker, start_worker, tmp_path, caps
 
 # -- the live view in a real terminal -------------------------------------------------------------
 def tmux_or_skip() -> str:
-    path = shutil.which("tmux")
-    if path:
-        return path
-    if os.environ.get("CI"):
-        pytest.fail("tmux is not installed, and CI is set: install it (apt-get install -y tmux)")
-    pytest.skip("tmux not installed (apt-get install -y tmux)")
+    return required_binary("tmux", "tmux")
 
 
 class Tmux:
