@@ -28,6 +28,7 @@ from pipeline.metrics import KafkaObserver, Metrics
 from pipeline.settings import Settings
 from processors.customer import CustomerState
 from processors.ingest import Ingestor, Kind, Result, SourceRecord
+from processors.scoring import TextSentiment
 from schemas.codec import AvroCodec, EnrichedEncoder, SchemaRegistry
 from schemas.contract import (
     HEADER_DETAIL,
@@ -90,6 +91,7 @@ class TouchpointWorker:
         self.codec = AvroCodec(registry)
         self.ingestor = Ingestor(self.codec, int(settings.dedupe_horizon_s * 1000))
         self.enriched_encoder = EnrichedEncoder()
+        self.sentiment = TextSentiment()  # per worker for now: training topic and snapshots are issue 3
         self.kafka = KafkaSink(settings.kafka_bootstrap, KafkaObserver(metrics), client_id=f"{settings.app_id}-sink")
         client = connect(settings.clickhouse_url, settings.clickhouse_user, settings.clickhouse_password)
         self.clickhouse = ClickHouseSink(
@@ -162,6 +164,9 @@ class TouchpointWorker:
             rows.append(dead_letter_row(dead))
             return
         enriched = result.enriched
+        score = self.sentiment.score(enriched, result.state, new=result.kind is Kind.PROCESSED)
+        if score is not None:
+            self.metrics.sentiment.observe(score)
         body = self.codec.current_body(record.value)
         value = self.enriched_encoder.encode(
             enriched.tail_record(), None if body is not None else enriched.touchpoint.to_record(), body,
