@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from pathlib import Path
 from collections import Counter as Tally
 from collections import deque
 from typing import Any, Iterable
@@ -305,6 +306,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> tuple[faus
         monitor=QuietMonitor(),
         broker=f"kafka://{settings.kafka_bootstrap}",
         store="memory://",
+        datadir=str(Path(settings.data_dir) / "faust"),  # not Faust's default ./<app_id>-data in the cwd
         topic_partitions=settings.partitions,
         web_enabled=False,
         producer_acks=-1,
