@@ -29,6 +29,7 @@ from pipeline.metrics import KafkaObserver, Metrics
 from pipeline.settings import Settings
 from processors.customer import CustomerState
 from processors.ingest import Ingestor, Kind, Result, SourceRecord
+from processors.kpi import csat_satisfied, nps_category, signed_revenue
 from processors.scoring import TextSentiment
 from schemas.codec import AvroCodec, EnrichedEncoder, SchemaRegistry
 from schemas.contract import (
@@ -226,11 +227,10 @@ class _Tallies:
         elif result.kind is Kind.PROCESSED:
             tp = result.enriched.touchpoint
             if tp.nps is not None:
-                self.nps[(channel, "promoter" if tp.nps >= 9 else "detractor" if tp.nps <= 6 else "passive")] += 1
+                self.nps[(channel, nps_category(tp.nps))] += 1
             if tp.csat is not None:
-                self.csat[(channel, "true" if tp.csat >= 4 else "false")] += 1
-            if tp.amount and tp.type in ("purchase", "refund"):
-                self.revenue[channel] += tp.amount if tp.type == "purchase" else -tp.amount
+                self.csat[(channel, "true" if csat_satisfied(tp.csat) else "false")] += 1
+            self.revenue[channel] += signed_revenue(tp.type, tp.amount)
 
     def publish(self, m: Metrics) -> None:
         m.count(m.received, self.received)
