@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -91,7 +90,3 @@ def _quiet_client_logs(level: str) -> None:
         logging.getLogger(name).setLevel(numeric)
     if level == "debug":
         logging.basicConfig(stream=sys.stderr, level=logging.DEBUG)
-
-
-def median(values: list[float]) -> float:
-    return statistics.median(values) if values else 0.0
