@@ -121,6 +121,47 @@ def running_worker_url(data_dir: Path) -> str | None:
     return f"http://127.0.0.1:{info['web_port']}"
 
 
+class TouchpointPublisher:
+    """One producer to ``cem.touchpoints`` for a whole session; touchpoints keyed by customer_id.
+
+    ``timestamp_from_event`` sets the Kafka record timestamp to ``occurred_at`` (replaying
+    historical or simulated traffic), so the far-future check is relative to the event's own time.
+    """
+
+    def __init__(self, bootstrap: str, fmt: str = "avro", codec: AvroCodec | None = None, timestamp_from_event: bool = False):
+        self._bootstrap = bootstrap
+        self._fmt = fmt
+        self._codec = codec or AvroCodec()
+        self._timestamp_from_event = timestamp_from_event
+        self._producer: AIOKafkaProducer | None = None
+
+    async def __aenter__(self) -> "TouchpointPublisher":
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=self._bootstrap, enable_idempotence=False, acks="all", linger_ms=10, max_batch_size=1 << 20,
+        )
+        await self._producer.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._producer.stop()
+
+    async def send(self, touchpoints: Iterable[dict]) -> int:
+        """Publish and wait for the broker's acks; returns the count."""
+        from schemas.contract import TOPIC_TOUCHPOINTS
+
+        pending, count = [], 0
+        for touchpoint in touchpoints:
+            pending.append(await self._producer.send(
+                TOPIC_TOUCHPOINTS, self._codec.encode(touchpoint, self._fmt), key=str(touchpoint["customer_id"]).encode(),
+                timestamp_ms=touchpoint["occurred_at"] if self._timestamp_from_event else None,
+            ))
+            count += 1
+            if len(pending) >= 5000:
+                await _settle(pending)
+        await _settle(pending)
+        return count
+
+
 async def publish(
     bootstrap: str,
     touchpoints: Iterable[dict],
@@ -128,33 +169,9 @@ async def publish(
     codec: AvroCodec | None = None,
     timestamp_from_event: bool = False,
 ) -> int:
-    """Publish touchpoint dicts to ``cem.touchpoints``, keyed by customer_id; returns the count.
-
-    ``timestamp_from_event`` sets the Kafka record timestamp to ``occurred_at`` (replaying
-    historical or simulated traffic), so the far-future check is relative to the event's own time.
-    """
-    from schemas.contract import TOPIC_TOUCHPOINTS
-
-    codec = codec or AvroCodec()
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, enable_idempotence=False, acks="all", linger_ms=10, max_batch_size=1 << 20,
-    )
-    await producer.start()
-    count = 0
-    try:
-        pending = []
-        for touchpoint in touchpoints:
-            pending.append(await producer.send(
-                TOPIC_TOUCHPOINTS, codec.encode(touchpoint, fmt), key=str(touchpoint["customer_id"]).encode(),
-                timestamp_ms=touchpoint["occurred_at"] if timestamp_from_event else None,
-            ))
-            count += 1
-            if len(pending) >= 5000:
-                await _settle(pending)
-        await _settle(pending)
-    finally:
-        await producer.stop()
-    return count
+    """Publish touchpoint dicts once (see :class:`TouchpointPublisher`); returns the count."""
+    async with TouchpointPublisher(bootstrap, fmt, codec, timestamp_from_event) as publisher:
+        return await publisher.send(touchpoints)
 
 
 async def publish_raw(bootstrap: str, records: Iterable[tuple[bytes | None, bytes]], timestamp_ms: int | None = None) -> int:

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 from typing import Iterable
 
-from pipeline.broker import EmbeddedBroker, ensure_topics, free_port
-from pipeline.embedded import WorkerProcess, publish, running_worker_url
+from pipeline.broker import EmbeddedBroker, ensure_topics
+from pipeline.embedded import TouchpointPublisher, WorkerProcess, publish, running_worker_url
 from pipeline.settings import Settings
 
 PROGRESS_EVERY_S = 1.0
@@ -47,12 +47,12 @@ def run_embedded(
         _say(f"broker on {broker.bootstrap}; starting the worker (chDB under {data_dir / 'clickhouse'}) ...")
         worker.start()
         _say(f"worker up: metrics http://127.0.0.1:{settings.metrics_port}/metrics, status {worker.url}/status")
-        produced = 0
+        progress = _Progress(worker)
         try:
-            produced = asyncio.run(_traffic(settings, worker, duration_s, rate, customers, seed))
+            asyncio.run(_traffic(settings, progress, duration_s, rate, customers, seed))
         except KeyboardInterrupt:
             _say("\nstopping: draining what was published ...")
-            produced = _Progress.produced_so_far
+        produced = progress.produced
         try:
             final = worker.wait_until(
                 lambda st: _received(st) >= produced and st["pending_rows"] == 0 and st["committed_records"] >= _received(st),
@@ -65,20 +65,18 @@ def run_embedded(
     return summary
 
 
-async def _traffic(settings: Settings, worker: WorkerProcess, duration_s: float | None, rate: float, customers: int, seed: int) -> int:
+async def _traffic(settings: Settings, progress: "_Progress", duration_s: float | None, rate: float, customers: int, seed: int) -> None:
     from processors.synthetic import JourneyGenerator
 
     start_ms = int(time.time() // 60 * 60_000)
     events = JourneyGenerator(customers=customers, seed=seed, start_ms=start_ms).events()
-    progress = _Progress(worker)
     deadline = None if duration_s is None else time.monotonic() + duration_s
     if rate <= 0:
         while deadline is None or time.monotonic() < deadline:
             await asyncio.sleep(PROGRESS_EVERY_S)
-            progress.show(0)
-        return 0
-    produced = await publish_at_rate(settings.kafka_bootstrap, events, rate, "avro", deadline, progress)
-    return produced
+            progress.show()
+        return
+    await publish_at_rate(settings.kafka_bootstrap, events, rate, "avro", deadline, progress)
 
 
 async def publish_at_rate(
@@ -89,34 +87,37 @@ async def publish_at_rate(
     iterator = iter(events)
     if rate <= 0:
         return await publish(bootstrap, iterator, fmt, timestamp_from_event=True)
-    began = time.monotonic()
+    began = last_progress = time.monotonic()
     produced = 0
-    last_progress = began
-    while deadline is None or time.monotonic() < deadline:
-        due = int((time.monotonic() - began) * rate) - produced
-        chunk = [event for _, event in zip(range(max(0, due)), iterator)]
-        if chunk:
-            produced += await publish(bootstrap, chunk, fmt, timestamp_from_event=True)
-            _Progress.produced_so_far = produced
-        elif due > 0:
-            break  # the generator ran dry
-        if progress and time.monotonic() - last_progress >= PROGRESS_EVERY_S:
-            progress.show(produced)
-            last_progress = time.monotonic()
-        await asyncio.sleep(0.05)
+    async with TouchpointPublisher(bootstrap, fmt, timestamp_from_event=True) as publisher:
+        while deadline is None or time.monotonic() < deadline:
+            due = int((time.monotonic() - began) * rate) - produced
+            chunk = [event for _, event in zip(range(max(0, due)), iterator)]
+            if chunk:
+                produced += await publisher.send(chunk)
+                if progress:
+                    progress.produced = produced
+            elif due > 0:
+                break  # the generator ran dry
+            if progress and time.monotonic() - last_progress >= PROGRESS_EVERY_S:
+                progress.show()
+                last_progress = time.monotonic()
+            await asyncio.sleep(0.05)
     return produced
 
 
 class _Progress:
-    produced_so_far = 0
+    """The progress line, and how many touchpoints have been published so far."""
 
     def __init__(self, worker: WorkerProcess):
         self.worker = worker
+        self.produced = 0
         self.began = time.monotonic()
         self.tty = sys.stderr.isatty()
         self.last_line = 0.0
 
-    def show(self, produced: int) -> None:
+    def show(self) -> None:
+        produced = self.produced
         try:
             status = self.worker.status()
         except Exception:
@@ -172,5 +173,3 @@ def _row_counts(settings: Settings) -> dict[str, int]:
 def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
-
-__all__ = ["run_embedded", "publish_at_rate", "embedded_settings", "free_port"]
