@@ -93,6 +93,7 @@ class AlertConfig:
     # Watermark: events later than this behind the watermark miss their minute / SLA sweep
     allowed_lateness_ms: int = 2 * MINUTE_MS
     watermark_max_skew_ms: int = 5 * MINUTE_MS  # occurred_at beyond record timestamp + this does not move it
+    idle_partition_ms: int = 30 * MINUTE_MS  # a partition this far behind the leader does not hold the watermark
     # Channel anomalies: EWMA z-score per channel and metric on closed minutes
     anomaly_z: float = 4.5  # ~0.5 false alarms a day over 6 channels x 4 metrics of simulated Poisson traffic
     anomaly_fading: float = 0.1  # EWMean fading factor: ~10-20 minutes of memory for the level
@@ -115,6 +116,34 @@ class AlertConfig:
             raise ValueError("vip_quantile must be in (0, 1)")
         if self.allowed_lateness_ms < 0 or self.cooldown_ms < 0:
             raise ValueError("allowed_lateness_ms and cooldown_ms must be >= 0")
+
+    @classmethod
+    def from_spec(cls, spec: str) -> "AlertConfig":
+        """Overrides as ``name=value`` pairs, comma-separated (``CEM_ALERT_RULES``); ``sla_ms.<channel>``
+        sets one channel's SLA.
+
+        >>> c = AlertConfig.from_spec("churn_threshold=0.8, cooldown_ms=3600000, sla_ms.chat=60000")
+        >>> c.churn_threshold, c.cooldown_ms, c.sla_for("chat"), c.sla_for("phone") // HOUR_MS
+        (0.8, 3600000, 60000, 24)
+        >>> AlertConfig.from_spec("no_such=1")
+        Traceback (most recent call last):
+        ...
+        ValueError: unknown alert setting 'no_such'
+        """
+        defaults = cls()
+        changes: dict[str, Any] = {}
+        sla = dict(defaults.sla_ms)
+        for pair in filter(None, (p.strip() for p in spec.split(","))):
+            name, _, raw = pair.partition("=")
+            name = name.strip()
+            if name.startswith("sla_ms."):
+                sla[name.removeprefix("sla_ms.")] = int(raw)
+                continue
+            current = getattr(defaults, name, None)
+            if name.startswith("_") or not isinstance(current, (int, float)) or isinstance(current, bool):
+                raise ValueError(f"unknown alert setting {name!r}")
+            changes[name] = type(current)(raw)
+        return cls(sla_ms=sla, **changes)
 
     def sla_for(self, channel: str) -> int:
         """The SLA of a complaint opened on ``channel``.
@@ -289,11 +318,12 @@ StateLookup = Callable[[str], "CustomerAlertState | None"]
 class AlertEngine:
     """The alert rules plus the state they share across customers (see the module docstring)."""
 
-    _PERSISTED = ("_max_seen", "_timers", "_channels", "_value", "_value_n", "late_events")
+    _PERSISTED = ("_max_seen", "_timers", "_channels", "_value", "_value_n", "late_events", "_partition_max")
 
     def __init__(self, config: AlertConfig | None = None):
         self.config = config or AlertConfig()
-        self._max_seen = 0  # event-time high-water mark: the watermark
+        self._max_seen = 0  # the watermark (see watermark_ms)
+        self._partition_max: dict[int, int] = {}  # source partition -> its highest event time
         self._timers: list[tuple[int, str, str]] = []  # min-heap of (deadline, customer_id, case_id)
         self._channels: dict[str, _ChannelState] = {}
         self._value = stats.Quantile(self.config.vip_quantile)  # P² estimate: deterministic
@@ -312,7 +342,8 @@ class AlertEngine:
         if snapshot.get("version") != 1:
             raise ValueError(f"unknown alert engine snapshot version {snapshot.get('version')!r}")
         for name in cls._PERSISTED:
-            setattr(engine, name, snapshot[name])
+            if name in snapshot:
+                setattr(engine, name, snapshot[name])
         return engine
 
     def track(self, states: Iterable[CustomerAlertState]) -> int:
@@ -328,7 +359,10 @@ class AlertEngine:
 
     @property
     def watermark_ms(self) -> int:
-        """The highest event time seen (capped by record timestamp + skew): pass it to :meth:`sweep`."""
+        """Pass it to :meth:`sweep`. Per source partition, the highest event time seen (capped by
+        record timestamp + skew); the watermark is the lowest of those, because a worker reads its
+        partitions batch by batch and one may be minutes of event time behind another. Partitions
+        more than ``idle_partition_ms`` behind the leader count as idle and do not hold it back."""
         return self._max_seen
 
     @property
@@ -358,8 +392,10 @@ class AlertEngine:
             self._observe_value(enriched)
         received = enriched.received_at
         horizon = t if received <= 0 else min(t, received + cfg.watermark_max_skew_ms)
-        if horizon > self._max_seen:
-            self._max_seen = horizon
+        partition = enriched.source_partition
+        if horizon > self._partition_max.get(partition, -1):
+            self._partition_max[partition] = horizon
+            self._advance_watermark()
 
         alerts: list[Alert] = []
         if state.cases:
@@ -403,6 +439,13 @@ class AlertEngine:
         if risk is not None:
             state.last_risk = risk
         return alerts
+
+    def _advance_watermark(self) -> None:
+        leader = max(self._partition_max.values())
+        floor = leader - self.config.idle_partition_ms
+        watermark = min(t for t in self._partition_max.values() if t >= floor)
+        if watermark > self._max_seen:  # never moves back
+            self._max_seen = watermark
 
     def is_vip(self, revenue_to_date: float) -> bool:
         """In the top decile of customer value (once the quantile has seen enough customers)."""

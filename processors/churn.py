@@ -286,16 +286,60 @@ class TabularEncoder(base.Transformer):
         return out
 
 
+# The cold-start prior: log-odds weights a CX analyst would set before any label exists (the churn
+# counterpart of the sentiment seed corpus). Each is a documented churn driver: time since the last
+# contact and purchase, open complaints, negative sentiment, detractor and dissatisfied scores, high
+# effort; loyalty (orders) lowers it. Calibrated so an engaged customer sits near 10% and a customer
+# with every warning sign near 90%; replaced by the learned model once labels arrive.
+_PRIOR_BIAS = -2.3
+_PRIOR_WEIGHTS = {
+    "recency_days": 0.05, "days_since_purchase": 0.02, "open_complaints": 0.6, "oldest_open_complaint_days": 0.15,
+    "sentiment_mean": -1.2, "log_orders": -0.4,
+}
+
+
+def prior_risk(features: Features) -> float:
+    """Churn risk from domain priors alone (see ``_PRIOR_WEIGHTS``), for the model's cold start.
+
+    >>> calm = {"recency_days": 1.0, "log_orders": 1.1, "sentiment_mean": 0.5, "nps": 9.0, "nps_missing": 0.0}
+    >>> angry = {"recency_days": 20.0, "open_complaints": 2.0, "oldest_open_complaint_days": 6.0,
+    ...          "sentiment_mean": -0.8, "nps": 2.0, "nps_missing": 0.0, "csat": 1.0, "csat_missing": 0.0}
+    >>> round(prior_risk(calm), 2), round(prior_risk(angry), 2)
+    (0.04, 0.99)
+    """
+    return 1.0 / (1.0 + math.exp(-(_PRIOR_BIAS + sum(prior_contributions(features).values()))))
+
+
+def prior_contributions(features: Features) -> dict[str, float]:
+    """Each feature's term in the prior's log-odds (zero terms left out).
+
+    >>> prior_contributions({"open_complaints": 2.0, "nps": 3.0, "nps_missing": 0.0, "csat_missing": 1.0})
+    {'open_complaints': 1.2, 'nps': 1.0}
+    """
+    terms: dict[str, float] = {}
+    for name, weight in _PRIOR_WEIGHTS.items():
+        value = features.get(name)
+        if value.__class__ is float and value:
+            terms[name] = weight * min(value, 30.0)
+    for score, pivot, weight in (("nps", 7.0, 0.25), ("csat", 3.0, 0.6), ("ces", -4.0, 0.3)):
+        if not features.get(f"{score}_missing", 1.0):
+            # Below the pivot (detractors, dissatisfied) or, for effort, above it.
+            gap = pivot - float(features[score]) if pivot > 0 else float(features[score]) + pivot
+            if gap > 0:
+                terms[score] = weight * gap
+    return terms
+
+
 class ChurnModel(Snapshot):
     """Churn probability from a feature dict, learned online.
 
     Numeric features go in scaled and binned, categorical ones one-hot (:class:`TabularEncoder`),
     into a logistic regression with AdaGrad. Until ``min_labels`` labels of both classes have been
-    seen it answers the smoothed base rate: a weight vector fitted to a dozen examples is noise.
+    seen it answers the :func:`prior_risk`: a weight vector fitted to a dozen examples is noise.
 
     >>> model = ChurnModel(min_labels=4)
-    >>> model.predict_proba({"recency_days": 3.0})
-    0.5
+    >>> round(model.predict_proba({"recency_days": 3.0}), 3)   # the prior, before any label
+    0.104
     >>> for i in range(40):
     ...     model.learn({"recency_days": float(i % 10), "plan": "basic" if i % 10 > 5 else "gold"}, i % 10 > 5)
     >>> risky, safe = {"recency_days": 9.0, "plan": "basic"}, {"recency_days": 1.0, "plan": "gold"}
@@ -320,15 +364,42 @@ class ChurnModel(Snapshot):
         return f"{MODEL_NAME}+{self.n_labels}"
 
     @property
+    def _cold(self) -> bool:
+        """Too few labels, or one class only: the prior answers."""
+        return self.n_labels < self.min_labels or not 0 < self.n_positive < self.n_labels
+
+    @property
     def base_rate(self) -> float:
         """Share of churners among the labels so far, Laplace-smoothed (0.5 before any label)."""
         return (self.n_positive + 1) / (self.n_labels + 2)
 
     def predict_proba(self, features: Features) -> float:
-        """``p(churn within the horizon | features)`` in ``[0, 1]``."""
-        if self.n_labels < self.min_labels or not 0 < self.n_positive < self.n_labels:
-            return self.base_rate
+        """``p(churn within the horizon | features)`` in ``[0, 1]``; the :func:`prior_risk` until
+        the model has ``min_labels`` labels of both classes."""
+        if self._cold:
+            return prior_risk(features)
         return self.pipeline.predict_proba_one(features).get(True, 0.0)
+
+    def contributions(self, features: Features) -> dict[str, float]:
+        """Each input feature's share of the score's log-odds (weight x encoded value, summed over
+        the feature's scaled value, bin and one-hot columns); what an alert cites as its drivers.
+
+        >>> model = ChurnModel(min_labels=2, warmup=1000)
+        >>> for i in range(20):
+        ...     model.learn({"complaints": float(i % 2), "plan": "basic"}, i % 2 == 1)
+        >>> c = model.contributions({"complaints": 1.0, "plan": "basic"})
+        >>> sorted(c), c["complaints"] > 0
+        (['complaints', 'plan'], True)
+        """
+        if self._cold:
+            return prior_contributions(features)
+        encoder, regression = self.pipeline.steps.values()
+        weights = regression.weights
+        out: dict[str, float] = {}
+        for column, value in encoder.transform_one(features).items():
+            name = column.split("#", 1)[0].split("=", 1)[0]
+            out[name] = out.get(name, 0.0) + weights.get(column, 0.0) * value
+        return out
 
     def learn(self, features: Features, churned: bool) -> None:
         self.pipeline.learn_one(features, bool(churned))

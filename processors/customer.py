@@ -78,9 +78,14 @@ class CustomerState:
     sentiment_mean: float = 0.0  # exponentially weighted, see processors.models
     sentiment_last: float | None = None
     churn_risk: float | None = None
+    churn_scored_at: int | None = None  # event time of the latest churn score
+    churn_snapshot_at: int | None = None  # event time of the latest feature snapshot sent to training
     churned_at: int | None = None
     profile: dict[str, str] = field(default_factory=dict)  # CRM attributes from cem.customers
     seen: dict[str, list[int]] = field(default_factory=dict)  # event_id -> [occurred_at, source offset]
+    # What the alert rules remember (a processors.alerts.CustomerAlertState, or its dict when read
+    # back from the changelog); typed loosely because the alert rules build on this module.
+    alerting: Any = None
 
     def to_dict(self) -> dict[str, Any]:
         # Shallow on purpose: dataclasses.asdict deep-copies, which costs more than the JSON encoding.

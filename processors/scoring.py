@@ -1,14 +1,66 @@
-"""Scoring touchpoints with the online models, test-then-train, inside the stream.
+"""Scoring touchpoints with the online models inside the stream, and what they send to training.
 
-:class:`TextSentiment` scores every touchpoint that carries text and learns from the stream's own
-labels (survey comments whose CSAT or NPS says how the customer felt). It scores *before* it learns,
-so a label never leaks into its own score.
+Scoring and training live in different places. Every worker *scores* with the latest model snapshot
+(:class:`TextSentiment`, :class:`ChurnScorer`); the single trainer (:mod:`processors.training`)
+*learns*, from the examples the scorers collect in a :class:`TrainingBatch`:
+
+* sentiment: texts whose survey score says how the customer felt (test-then-train happens in the
+  trainer, which scores each example with its own model before learning it);
+* churn: feature snapshots of scored customers and the churn events that will label them, plus the
+  event-time watermark that turns old snapshots into negatives (:class:`processors.churn.ChurnLabeler`).
+
+Nothing here reads the wall clock: a replay of the same input gives the same scores and examples.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Mapping
+
+from processors.alerts import Alert, AlertEngine, CustomerAlertState
+from processors.churn import HOUR_MS, ChurnModel, Features, churn_features
 from processors.customer import CustomerState, Enriched
 from processors.sentiment import SentimentModel, fold_sentiment
+
+CHURN_TYPES = frozenset({"subscription_cancelled", "account_closed"})
+# Types that move what the churn model looks at beyond counts and channel mix: rescored at once.
+# Browsing (page views, searches, logins, e-mail opens, ~80% of traffic) rescores at most every
+# ``rescore_after_ms`` of the customer's event time: its effect on the features is gradual.
+SIGNAL_TYPES = frozenset({
+    "purchase", "refund", "support_contact", "complaint_opened", "complaint_resolved", "survey_response",
+    "feedback", "chat_message", "call",
+})
+
+
+@dataclass(slots=True)
+class TrainingBatch:
+    """What one batch of touchpoints contributes to training; one record on the training topic.
+
+    >>> batch = TrainingBatch()
+    >>> batch.texts.append(("Great help", True, 0)); batch.watermark_ms = 5
+    >>> TrainingBatch.from_record(batch.to_record()) == batch, bool(TrainingBatch())
+    (True, False)
+    """
+
+    texts: list[tuple[str, bool, int]] = field(default_factory=list)  # (text, positive, occurred_at)
+    snapshots: list[tuple[str, int, Features]] = field(default_factory=list)  # (customer, t, features)
+    churns: list[tuple[str, int]] = field(default_factory=list)  # (customer, churned at)
+    watermark_ms: int = 0  # highest event time the sender has seen
+
+    def __bool__(self) -> bool:
+        return bool(self.texts or self.snapshots or self.churns)
+
+    def to_record(self) -> dict[str, Any]:
+        return {"texts": self.texts, "snapshots": self.snapshots, "churns": self.churns, "watermark": self.watermark_ms}
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> "TrainingBatch":
+        return cls(
+            [(str(t), bool(y), int(at)) for t, y, at in record.get("texts", ())],
+            [(str(c), int(t), dict(x)) for c, t, x in record.get("snapshots", ())],
+            [(str(c), int(t)) for c, t in record.get("churns", ())],
+            int(record.get("watermark", 0)),
+        )
 
 
 class TextSentiment:
@@ -16,30 +68,153 @@ class TextSentiment:
 
     >>> from processors.touchpoint import Touchpoint
     >>> from processors.customer import apply
-    >>> scorer, state = TextSentiment(), CustomerState("c1")
+    >>> scorer, state, batch = TextSentiment(), CustomerState("c1"), TrainingBatch()
     >>> tp = Touchpoint("e1", "c1", 0, "survey", "survey_response", text="Terrible service, never again", nps=1)
     >>> _, enriched = apply(state, tp, 0, 1, 0)
-    >>> score = scorer.score(enriched, state, new=True)
-    >>> score < -0.3, enriched.sentiment == score, state.sentiment_n, scorer.learned
-    (True, True, 1, 1)
+    >>> score = scorer.score(enriched, state, new=True, batch=batch)
+    >>> score < -0.3, enriched.sentiment == score, state.sentiment_n, batch.texts
+    (True, True, 1, [('Terrible service, never again', False, 0)])
     """
 
     def __init__(self, model: SentimentModel | None = None):
-        self.model = model or SentimentModel.pretrained()
-        self.learned = 0
+        self.model = model or SentimentModel.pretrained()  # replaced whole by each published snapshot
 
-    def score(self, enriched: Enriched, state: CustomerState, new: bool) -> float | None:
+    def score(self, enriched: Enriched, state: CustomerState, new: bool, batch: TrainingBatch) -> float | None:
         """Score ``enriched`` in place; ``new`` is False for a replayed record (state already has it)."""
         touchpoint = enriched.touchpoint
         if not touchpoint.text:
             return None
-        score = self.model.score(touchpoint.text)
+        model = self.model
+        score = model.score(touchpoint.text)
         enriched.sentiment = score
-        enriched.model_versions = {"sentiment": self.model.version}
+        enriched.model_versions["sentiment"] = model.version
         if new:
             fold_sentiment(state, score)
             label = SentimentModel.label_from_scores(touchpoint.csat, touchpoint.nps)
             if label is not None:
-                self.model.learn(touchpoint.text, label)
-                self.learned += 1
+                batch.texts.append((touchpoint.text, label, touchpoint.occurred_at))
         return score
+
+
+class ChurnScorer:
+    """Every customer's current churn risk, rescored as their touchpoints arrive.
+
+    The features are the customer's state *after* the touchpoint (:func:`churn_features`). A
+    snapshot of them goes to training at most once per ``snapshot_gap_ms`` of the customer's event
+    time; a churn event goes too, to label the snapshots before it. A churned customer is no longer
+    scored: there is nothing left to predict.
+
+    >>> from processors.touchpoint import Touchpoint
+    >>> from processors.customer import apply
+    >>> scorer, state, batch = ChurnScorer(ChurnModel(min_labels=1)), CustomerState("c1"), TrainingBatch()
+    >>> _, enriched = apply(state, Touchpoint("e1", "c1", 0, "web", "purchase", amount=5.0), 0, 1, 0)
+    >>> risk = scorer.score(enriched, state, new=True, batch=batch)
+    >>> round(risk, 3), state.churn_risk == risk == enriched.churn_risk, len(batch.snapshots)
+    (0.071, True, 1)
+    >>> _, enriched = apply(state, Touchpoint("e2", "c1", 1000, "web", "account_closed"), 0, 2, 0)
+    >>> scorer.score(enriched, state, new=True, batch=batch), batch.churns
+    (None, [('c1', 1000)])
+    """
+
+    def __init__(self, model: ChurnModel | None = None, rescore_after_ms: int = 6 * HOUR_MS, snapshot_gap_ms: int = HOUR_MS):
+        self.model = model or ChurnModel()  # replaced whole by each published snapshot
+        self.rescore_after_ms = rescore_after_ms
+        self.snapshot_gap_ms = snapshot_gap_ms
+
+    def score(self, enriched: Enriched, state: CustomerState, new: bool, batch: TrainingBatch) -> float | None:
+        """Rescore the customer if this touchpoint calls for it; returns the new risk, else None."""
+        tp = enriched.touchpoint
+        t = tp.occurred_at
+        if tp.type in CHURN_TYPES:
+            if new:
+                batch.churns.append((tp.customer_id, t))
+            return None
+        if state.churned_at is not None or not new:
+            return None  # churned; or a replay, whose risk the state already holds
+        last = state.churn_scored_at
+        if last is not None and tp.type not in SIGNAL_TYPES and t - last < self.rescore_after_ms:
+            return None
+        model = self.model
+        features = churn_features(state, t)
+        risk = model.predict_proba(features)
+        state.churn_risk = enriched.churn_risk = risk
+        state.churn_scored_at = t if last is None else max(last, t)
+        enriched.model_versions["churn"] = model.version
+        taken = state.churn_snapshot_at
+        if taken is None or abs(t - taken) >= self.snapshot_gap_ms:
+            state.churn_snapshot_at = t
+            batch.snapshots.append((tp.customer_id, t, features))
+        return risk
+
+    def contributions(self, state: CustomerState, t_ms: int) -> "LazyContributions":
+        """What drove the customer's risk (computed only if an alert asks for it)."""
+        return LazyContributions(self.model, state, t_ms)
+
+
+class LazyContributions(Mapping[str, float]):
+    """Per-feature contributions to a churn score, computed on first access: alerts are rare."""
+
+    def __init__(self, model: ChurnModel, state: CustomerState, t_ms: int):
+        self._args = (model, state, t_ms)
+        self._values: dict[str, float] | None = None
+
+    def _get(self) -> dict[str, float]:
+        if self._values is None:
+            model, state, t = self._args
+            self._values = model.contributions(churn_features(state, t))
+        return self._values
+
+    def __getitem__(self, key: str) -> float:
+        return self._get()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._get())
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+
+def alert_state(state: CustomerState) -> CustomerAlertState:
+    """The alert rules' memory of a customer, kept inside the customer's state (one changelog)."""
+    alerting = state.alerting
+    if alerting is None:
+        alerting = state.alerting = CustomerAlertState(state.customer_id)
+    elif isinstance(alerting, dict):  # as read back from the JSON changelog
+        alerting = state.alerting = CustomerAlertState.from_dict(alerting)
+    return alerting
+
+
+class TouchpointScoring:
+    """The per-touchpoint model and rule steps, in the worker's order: sentiment, churn, alerts.
+
+    One object serves the worker, the tests and the benchmarks, so they all run the same steps.
+
+    >>> from processors.touchpoint import Touchpoint
+    >>> from processors.customer import apply
+    >>> scoring, state, batch = TouchpointScoring(), CustomerState("c1"), TrainingBatch()
+    >>> tp = Touchpoint("e1", "c1", 0, "survey", "survey_response", nps=2, text="Rude and useless")
+    >>> _, enriched = apply(state, tp, 0, 1, 0)
+    >>> [a.type for a in scoring.score(enriched, state, True, batch)], enriched.sentiment < 0, len(batch.texts)
+    (['detractor'], True, 1)
+    """
+
+    def __init__(self, sentiment: TextSentiment | None = None, churn: ChurnScorer | None = None,
+                 alerts: AlertEngine | None = None):
+        self.sentiment = sentiment or TextSentiment()
+        self.churn = churn or ChurnScorer()
+        self.alerts = alerts or AlertEngine()
+
+    def score(self, enriched: Enriched, state: CustomerState, new: bool, batch: TrainingBatch) -> list[Alert]:
+        """Score ``enriched`` in place (sentiment, churn risk) and return the alerts it triggers."""
+        self.sentiment.score(enriched, state, new, batch)
+        risk = self.churn.score(enriched, state, new, batch)
+        drivers = self.churn.contributions(state, enriched.touchpoint.occurred_at) if risk is not None else None
+        return self.alerts.on_event(enriched, alert_state(state), drivers, replay=not new)
+
+    def sweep(self, state_of: Callable[[str], CustomerState | None]) -> list[Alert]:
+        """The alert rules' event-time timers up to the watermark; ``state_of`` never creates a state."""
+        def lookup(customer_id: str) -> CustomerAlertState | None:
+            state = state_of(customer_id)
+            return alert_state(state) if state is not None else None
+
+        return self.alerts.sweep(self.alerts.watermark_ms, lookup)
