@@ -11,7 +11,9 @@ from pathlib import Path
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from schemas.contract import TOPIC_ALERTS, TOPIC_CUSTOMERS, TOPIC_DLQ, TOPIC_ENRICHED, TOPIC_TOUCHPOINTS
+from schemas.contract import (
+    TOPIC_ALERTS, TOPIC_CUSTOMERS, TOPIC_DLQ, TOPIC_ENRICHED, TOPIC_MODELS, TOPIC_TOUCHPOINTS, TOPIC_TRAINING,
+)
 
 
 class BrokerError(RuntimeError):
@@ -87,6 +89,9 @@ class EmbeddedBroker:
         self.stop()
 
 
+MODEL_MAX_BYTES = 64 << 20  # a trainer snapshot holds the pending churn feature snapshots
+
+
 async def create_topics(bootstrap: str, partitions: int) -> None:
     """The pipeline's topics; keyed topics share the partition count so they stay co-partitioned."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
@@ -98,6 +103,8 @@ async def create_topics(bootstrap: str, partitions: int) -> None:
             NewTopic(TOPIC_DLQ, partitions, 1),
             NewTopic(TOPIC_ALERTS, partitions, 1),
             NewTopic(TOPIC_CUSTOMERS, partitions, 1, topic_configs={"cleanup.policy": "compact"}),
+            NewTopic(TOPIC_TRAINING, 1, 1),
+            NewTopic(TOPIC_MODELS, 1, 1, topic_configs={"cleanup.policy": "compact", "max.message.bytes": str(MODEL_MAX_BYTES)}),
         ]
         existing = set(await admin.list_topics())
         missing = [t for t in wanted if t.name not in existing]

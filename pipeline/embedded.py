@@ -17,10 +17,12 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Iterable
 
+import orjson
 from aiokafka import AIOKafkaProducer
 
 from pipeline.settings import Settings
 from schemas.codec import AvroCodec
+from schemas.contract import TOPIC_CUSTOMERS, TOPIC_TOUCHPOINTS
 
 
 class WorkerError(RuntimeError):
@@ -62,6 +64,7 @@ class WorkerProcess:
     def wait_until(self, predicate: Any, timeout_s: float, what: str, interval_s: float = 0.1) -> dict:
         """Poll /status until ``predicate(status)`` holds; raises with the log tail otherwise."""
         deadline = time.monotonic() + timeout_s
+        status: dict | None = None
         while True:
             if not self.alive():
                 raise WorkerError(f"{what}: the worker exited with code {self.process.returncode}{self._log_tail()}")
@@ -72,7 +75,8 @@ class WorkerProcess:
             except (urllib.error.URLError, ConnectionError, TimeoutError, json.JSONDecodeError):
                 pass
             if time.monotonic() > deadline:
-                raise WorkerError(f"{what} within {timeout_s:.0f}s{self._log_tail()}")
+                last = {k: v for k, v in (status or {}).items() if k != "totals"}
+                raise WorkerError(f"{what} within {timeout_s:.0f}s; last status {last}{self._log_tail()}")
             time.sleep(interval_s)
 
     def stop(self, timeout_s: float = 30.0) -> int:
@@ -147,7 +151,6 @@ class TouchpointPublisher:
 
     async def send(self, touchpoints: Iterable[dict]) -> int:
         """Publish and wait for the broker's acks; returns the count."""
-        from schemas.contract import TOPIC_TOUCHPOINTS
 
         pending, count = [], 0
         for touchpoint in touchpoints:
@@ -174,14 +177,15 @@ async def publish(
         return await publisher.send(touchpoints)
 
 
-async def publish_raw(bootstrap: str, records: Iterable[tuple[bytes | None, bytes]], timestamp_ms: int | None = None) -> int:
-    """Publish raw (key, value) records to ``cem.touchpoints`` (bad-input tests, replays)."""
-    from schemas.contract import TOPIC_TOUCHPOINTS
-
+async def publish_raw(
+    bootstrap: str, records: Iterable[tuple[bytes | None, bytes]], timestamp_ms: int | None = None,
+    topic: str = TOPIC_TOUCHPOINTS,
+) -> int:
+    """Publish raw (key, value) records to ``topic`` (bad-input tests, replays, CRM profiles)."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False, max_request_size=4 << 20)
     await producer.start()
     try:
-        futures = [await producer.send(TOPIC_TOUCHPOINTS, value, key=key, timestamp_ms=timestamp_ms) for key, value in records]
+        futures = [await producer.send(topic, value, key=key, timestamp_ms=timestamp_ms) for key, value in records]
         await _settle(futures)
     finally:
         await producer.stop()
@@ -192,3 +196,10 @@ async def _settle(futures: list) -> None:
     for future in futures:
         await future
     futures.clear()
+
+
+async def publish_profiles(bootstrap: str, profiles: Iterable[dict]) -> int:
+    """Publish CRM profiles (``{customer_id, attributes}``) to ``cem.customers``, keyed by customer_id."""
+    return await publish_raw(
+        bootstrap, ((p["customer_id"].encode(), orjson.dumps(p)) for p in profiles), topic=TOPIC_CUSTOMERS,
+    )

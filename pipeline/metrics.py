@@ -33,6 +33,7 @@ class Metrics:
         self.last_batch = Gauge("cem_worker_last_batch_timestamp_seconds", "Wall-clock time of the last processed batch.", registry=r)
         self.sentiment = Histogram("cem_sentiment_score", "Sentiment of scored texts.", buckets=(-1, -0.6, -0.2, 0.2, 0.6, 1), registry=r)
         self.churn_risk = Histogram("cem_churn_risk", "Churn risk after each scored touchpoint.", buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0), registry=r)
+        self.profiles = Counter("cem_customer_profiles", "CRM profiles joined into customer state (cem.customers).", registry=r)
         self.model_quality = Gauge("cem_model_quality", "Progressive (test-then-train) model quality.", ["model", "metric", "version"], registry=r)
         self.model_drift = Counter("cem_model_drift", "Drifts detected on a model's error stream (ADWIN).", ["model"], registry=r)
         self.alerts = Counter("cem_alerts", "Alerts produced, by type and severity.", ["type", "severity"], registry=r)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterable
 
 from pipeline.broker import EmbeddedBroker, ensure_topics
-from pipeline.embedded import TouchpointPublisher, WorkerProcess, publish, running_worker_url
+from pipeline.embedded import TouchpointPublisher, WorkerProcess, publish, publish_profiles, running_worker_url
 from pipeline.settings import Settings
 
 PROGRESS_EVERY_S = 1.0
@@ -69,7 +69,10 @@ async def _traffic(settings: Settings, progress: "_Progress", duration_s: float 
     from processors.synthetic import JourneyGenerator
 
     start_ms = int(time.time() // 60 * 60_000)
-    events = JourneyGenerator(customers=customers, seed=seed, start_ms=start_ms).events()
+    journeys = JourneyGenerator(customers=customers, seed=seed, start_ms=start_ms)
+    if rate > 0:
+        await publish_profiles(settings.kafka_bootstrap, journeys.profiles())  # the CRM join, first
+    events = journeys.events()
     deadline = None if duration_s is None else time.monotonic() + duration_s
     if rate <= 0:
         while deadline is None or time.monotonic() < deadline:
@@ -155,6 +158,7 @@ def _summary(status: dict, produced: int, elapsed_s: float) -> dict:
         "replayed": _sum(totals, "touchpoints_replayed"),
         "elapsed_s": round(elapsed_s, 1),
         "latency_committed": status["latency_committed"],
+        "latency_alert": status["latency_alert"],
     }
 
 

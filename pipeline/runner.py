@@ -45,6 +45,7 @@ def run_worker(settings: Settings) -> None:
             "started": worker.started,
             "totals": metrics.totals(),
             "latency_committed": latency_summary(worker.latencies),
+            "latency_alert": latency_summary(worker.alert_latencies),
             "pending_rows": worker.clickhouse.pending_rows,
             "committed_records": worker.committed_records,
             "first_received": worker.first_received,

@@ -30,10 +30,17 @@ class Settings:
     # Batching: ClickHouse wants thousands of rows per insert, about one insert per second.
     sink_flush_rows: int = 20_000
     sink_flush_interval_s: float = 1.0
+    commit_interval_s: float = 1.0  # how often acked offsets are committed (a crash replays at most this much)
     take_max: int = 2000  # touchpoints per Faust batch
     take_within_s: float = 0.05
     # Stream semantics (event time)
     dedupe_horizon_s: float = 24 * 3600.0
+    # Models: the trainer publishes snapshots to cem.models at most this often
+    model_publish_interval_s: float = 5.0
+    churn_horizon_s: float = 30 * 24 * 3600.0  # a churn labels the snapshots of this much event time before it
+    # Alerts: cem.alerts encoding (avro | json) and AlertConfig overrides, "churn_threshold=0.8,cooldown_ms=3600000"
+    alert_format: str = "avro"
+    alert_rules: str = ""
     # Schemas: extra writer schemas (comma-separated .avsc paths) and Confluent id mapping "1=path,2=path"
     schema_files: str = ""
     confluent_ids: str = ""

@@ -5,6 +5,12 @@ then writes the results to the Kafka sink (enriched events, dead letters, the st
 the ClickHouse sink. Input records are acked only after both sinks have flushed, so an offset is
 committed only once everything it produced is durable: at-least-once, made exact by the sinks.
 
+Per touchpoint the worker also scores sentiment and churn risk with the latest published models
+and runs the alert rules; alerts are shipped to ``cem.alerts`` at the end of their batch (not at the
+next flush), and a flush acks them before it writes the state changelog, so a state that says "alert
+fired" is never durable without the alert. The examples for training go, once per batch, to the
+single-partition training topic, whose owner runs :class:`pipeline.models.TrainerRuntime`.
+
 Why batches and a hand-written changelog: Faust's per-event table writes go through its producer
 buffer one record at a time (~190 µs each here); Faust tables can only be set from per-event
 iteration. We keep the table as Faust's recoverable store (its ``data`` and its changelog topic,
@@ -26,12 +32,17 @@ from faust.sensors import Monitor
 import orjson
 
 from pipeline.metrics import KafkaObserver, Metrics
+from pipeline.models import ModelFeed, TrainerRuntime, training_record
 from pipeline.settings import Settings
+from processors.alerts import Alert, AlertConfig, AlertEngine
+from processors.churn import HOUR_MS, ChurnLabeler
 from processors.customer import CustomerState
-from processors.ingest import Ingestor, Kind, Result, SourceRecord
+from processors.training import ModelTrainer
+from processors.ingest import DeadLetter, Ingestor, Kind, Result, SourceRecord
 from processors.kpi import csat_satisfied, nps_category, signed_revenue
-from processors.scoring import TextSentiment
-from schemas.codec import AvroCodec, EnrichedEncoder, SchemaRegistry
+from processors.profile import ProfileRejected, parse_profile
+from processors.scoring import TouchpointScoring, TrainingBatch, alert_state
+from schemas.codec import AvroCodec, EnrichedEncoder, RecordEncoder, SchemaRegistry
 from schemas.contract import (
     HEADER_DETAIL,
     HEADER_REASON,
@@ -39,12 +50,16 @@ from schemas.contract import (
     HEADER_SOURCE_PARTITION,
     HEADER_SOURCE_TOPIC,
     HEADER_STAGE,
+    TOPIC_ALERTS,
+    TOPIC_CUSTOMERS,
     TOPIC_DLQ,
     TOPIC_ENRICHED,
     TOPIC_TOUCHPOINTS,
+    TOPIC_TRAINING,
+    Stage,
 )
 from sinks.clickhouse import ClickHouseSink, TableRow, connect
-from sinks.clickhouse_rows import COLUMNS, customer_state_row, dead_letter_row, enriched_row
+from sinks.clickhouse_rows import COLUMNS, alert_row, customer_state_row, dead_letter_row, enriched_row
 from sinks.kafka import KafkaRecord, KafkaSink
 
 log = logging.getLogger("cem.worker")
@@ -66,20 +81,33 @@ class CustomerStates:
         return self._table.changelog_topic.get_topic_name()
 
     def get(self, customer_id: str) -> CustomerState:
+        state = self.peek(customer_id)
+        if state is None:
+            state = self._table.data[customer_id.encode()] = CustomerState(customer_id)
+        return state
+
+    def peek(self, customer_id: str) -> CustomerState | None:
+        """The customer's state if this worker holds it (never creates one)."""
         data = self._table.data
         key = customer_id.encode()
         state = data.get(key)
-        if state is None:
-            state = CustomerState(customer_id)
-            data[key] = state
-        elif isinstance(state, dict):
-            state = CustomerState.from_dict(state)
-            data[key] = state
+        if isinstance(state, dict):
+            state = data[key] = _from_changelog(state)
         return state
+
+    def all(self) -> Iterable[CustomerState]:
+        return [self.peek(key.decode()) for key in list(self._table.data)]
 
     def changelog(self, partition: int, state: CustomerState) -> KafkaRecord:
         value = orjson.dumps(state)  # plain JSON (Faust's json codec reads it back on recovery)
         return KafkaRecord(self.changelog_topic, state.customer_id.encode(), value, partition)
+
+
+def _from_changelog(data: dict) -> CustomerState:
+    state = CustomerState.from_dict(data)
+    if state.alerting is not None:
+        alert_state(state)  # the dict becomes a CustomerAlertState again
+    return state
 
 
 class TouchpointWorker:
@@ -93,12 +121,21 @@ class TouchpointWorker:
         self.codec = AvroCodec(registry)
         self.ingestor = Ingestor(self.codec, int(settings.dedupe_horizon_s * 1000))
         self.enriched_encoder = EnrichedEncoder()
-        self.sentiment = TextSentiment()  # per worker for now: training topic and snapshots are issue 3
+        self.scoring = TouchpointScoring(alerts=AlertEngine(AlertConfig.from_spec(settings.alert_rules)))
+        self.alert_encoder = RecordEncoder("alert") if settings.alert_format == "avro" else None
+        self.alert_latencies: deque[float] = deque(maxlen=20_000)  # receipt -> alert acked, seconds
+        self._partition_of: dict[str, int] = {}  # customer -> state partition, for sweep-fired alerts
         self.kafka = KafkaSink(settings.kafka_bootstrap, KafkaObserver(metrics), client_id=f"{settings.app_id}-sink")
         client = connect(settings.clickhouse_url, settings.clickhouse_user, settings.clickhouse_password)
         self.clickhouse = ClickHouseSink(
             client, settings.clickhouse_database, COLUMNS, metrics,
             settings.sink_flush_rows, settings.sink_flush_interval_s,
+        )
+        self.models = ModelFeed(settings.kafka_bootstrap, self._swap_model)
+        horizon_ms = int(settings.churn_horizon_s * 1000)
+        self.trainer = TrainerRuntime(
+            self.models, self.kafka, self.clickhouse, metrics, settings.model_publish_interval_s,
+            lambda: ModelTrainer(labeler=ChurnLabeler(horizon_ms), lateness_ms=min(HOUR_MS, horizon_ms // 10)),
         )
         self._pending: list[tuple[list[Any], float]] = []  # (events, received wall time) awaiting ack
         self._lock = asyncio.Lock()
@@ -112,7 +149,13 @@ class TouchpointWorker:
     async def start(self) -> None:
         await self.kafka.start()
         await self.clickhouse.start()
+        await self.models.start()  # the last published models, before the first score
+        self.scoring.alerts.track(s.alerting for s in self.states.all() if s is not None and s.alerting is not None)
         self.started = True
+
+    def _swap_model(self, key: str, model: Any) -> None:
+        scorer = self.scoring.sentiment if key == "sentiment" else self.scoring.churn
+        scorer.model = model  # one reference swap: a batch in progress scores with one model or the next
 
     async def process(self, events: list[Any]) -> None:
         """Handle one batch of Faust events (the agent's body)."""
@@ -123,6 +166,8 @@ class TouchpointWorker:
         rows: list[TableRow] = []
         changed: dict[str, tuple[int, CustomerState]] = {}
         tallies = _Tallies()
+        training = TrainingBatch()
+        alerts: list[Alert] = []
         for event in events:
             message = event.message
             record = SourceRecord(
@@ -131,12 +176,19 @@ class TouchpointWorker:
             )
             result = self.ingestor.handle(record, self.states.get)
             tallies.add(result)
-            self._route(result, record, outputs, rows, changed)
+            self._route(result, record, outputs, rows, changed, training, alerts)
+        self._sweep(alerts, changed)
         for partition, state in changed.values():
             outputs.append(self.states.changelog(partition, state))
             rows.append(customer_state_row(state))
+        training.watermark_ms = self.scoring.alerts.watermark_ms
+        if training:
+            outputs.append(training_record(training))
+        self._alert_outputs(alerts, outputs, rows, received)
         await self.kafka.write(outputs)
         await self.clickhouse.write(rows)
+        if alerts:
+            self._time_alerts(await self.kafka.ship(TOPIC_ALERTS), received)
         tallies.publish(self.metrics)
         enriched_at = time.time()
         self.metrics.latency.labels("enriched").observe(enriched_at - received)
@@ -156,27 +208,62 @@ class TouchpointWorker:
         if not running and self.clickhouse.due(waiting=bool(self._pending)):
             self._flushing = asyncio.ensure_future(self.flush())
 
-    def _route(self, result: Result, record: SourceRecord, outputs: list[KafkaRecord], rows: list[TableRow], changed: dict) -> None:
+    def _route(
+        self, result: Result, record: SourceRecord, outputs: list[KafkaRecord], rows: list[TableRow], changed: dict,
+        training: TrainingBatch, alerts: list[Alert],
+    ) -> None:
         if result.kind is Kind.DUPLICATE:
             return
         if result.kind is Kind.DEAD_LETTER:
-            dead = result.dead_letter
-            source = dead.source
-            outputs.append(KafkaRecord(TOPIC_DLQ, source.key, source.value, None, _dlq_headers(dead), source.timestamp_ms))
-            rows.append(dead_letter_row(dead))
+            outputs.append(_dead_letter_record(result.dead_letter))
+            rows.append(dead_letter_row(result.dead_letter))
             return
         enriched = result.enriched
-        score = self.sentiment.score(enriched, result.state, new=result.kind is Kind.PROCESSED)
-        if score is not None:
-            self.metrics.sentiment.observe(score)
+        state = result.state
+        new = result.kind is Kind.PROCESSED
+        alerts.extend(self.scoring.score(enriched, state, new, training))
+        if enriched.sentiment is not None:
+            self.metrics.sentiment.observe(enriched.sentiment)
+        if "churn" in enriched.model_versions:  # rescored by this touchpoint
+            self.metrics.churn_risk.observe(enriched.churn_risk)
+        customer_id = enriched.touchpoint.customer_id
+        self._partition_of[customer_id] = enriched.source_partition
         body = self.codec.current_body(record.value)
         value = self.enriched_encoder.encode(
             enriched.tail_record(), None if body is not None else enriched.touchpoint.to_record(), body,
         )
         outputs.append(KafkaRecord(TOPIC_ENRICHED, record.key, value, enriched.source_partition))
         rows.append(enriched_row(enriched, TOPIC_TOUCHPOINTS))
-        if result.kind is Kind.PROCESSED:
-            changed[enriched.touchpoint.customer_id] = (enriched.source_partition, result.state)
+        if new:
+            changed[customer_id] = (enriched.source_partition, state)
+
+    def _sweep(self, alerts: list[Alert], changed: dict) -> None:
+        """Event-time timers (SLA deadlines, closed channel minutes) up to the watermark."""
+        for alert in self.scoring.sweep(self.states.peek):
+            alerts.append(alert)
+            customer_id = alert.customer_id
+            if customer_id is not None and customer_id not in changed:  # the case is now marked breached
+                changed[customer_id] = (self._partition_of.get(customer_id), self.states.peek(customer_id))
+
+    def _alert_outputs(self, alerts: list[Alert], outputs: list[KafkaRecord], rows: list[TableRow], received: float) -> None:
+        emitted_ms = int(time.time() * 1000)
+        for alert in alerts:
+            record = alert.to_record(emitted_ms)
+            value = self.alert_encoder.encode(record) if self.alert_encoder else orjson.dumps(record)
+            key = (alert.customer_id or alert.channel or "").encode()
+            outputs.append(KafkaRecord(TOPIC_ALERTS, key, value))
+            rows.append(alert_row(record))
+            self.metrics.alerts.labels(alert.type, alert.severity).inc()
+
+    def _time_alerts(self, deliveries: list[asyncio.Future], received: float) -> None:
+        def delivered(future: asyncio.Future) -> None:
+            if not future.cancelled() and future.exception() is None:
+                latency = time.time() - received
+                self.metrics.alert_latency.observe(latency)
+                self.alert_latencies.append(latency)
+
+        for future in deliveries:
+            future.add_done_callback(delivered)
 
     async def flush(self) -> None:
         """Make all outputs durable, then ack their inputs (so Faust may commit the offsets)."""
@@ -200,10 +287,34 @@ class TouchpointWorker:
         if self._pending:
             await self._maybe_flush()
 
+    async def process_profiles(self, events: list[Any]) -> None:
+        """CRM profiles from ``cem.customers`` join the customer's state (a churn model input)."""
+        outputs: list[KafkaRecord] = []
+        changed: dict[str, tuple[int, CustomerState]] = {}
+        for event in events:
+            message = event.message
+            try:
+                profile = parse_profile(message.key, message.value)
+            except ProfileRejected as exc:
+                source = SourceRecord(message.topic, message.partition, message.offset, int(message.timestamp * 1000), message.key, message.value)
+                outputs.append(_dead_letter_record(DeadLetter(source, exc.reason, Stage.VALIDATE, exc.detail)))
+                self.metrics.dead_lettered.labels(exc.reason.value, Stage.VALIDATE.value).inc()
+                continue
+            state = self.states.get(profile.customer_id)
+            state.profile = profile.attributes
+            changed[profile.customer_id] = (message.partition, state)
+        outputs.extend(self.states.changelog(partition, state) for partition, state in changed.values())
+        await self.kafka.write(outputs)
+        self.metrics.profiles.inc(len(changed))
+        self._pending.append((events, time.time()))
+        await self._maybe_flush()
+
     async def close(self) -> None:
         if self.started:
+            await self.trainer.release()
             await self.flush()
             await self.kafka.close()
+            await self.models.stop()
             self.started = False
 
 
@@ -245,9 +356,10 @@ class _Tallies:
                 m.revenue.labels(channel).inc(amount)
 
 
-def _dlq_headers(dead: Any) -> list[tuple[str, bytes]]:
+def _dead_letter_record(dead: DeadLetter) -> KafkaRecord:
+    """The original key and bytes, unchanged, with why and where from in the headers."""
     source = dead.source
-    return [
+    headers = [
         (HEADER_REASON, dead.reason.value.encode()),
         (HEADER_STAGE, dead.stage.value.encode()),
         (HEADER_DETAIL, dead.detail.encode()[:1000]),
@@ -255,6 +367,7 @@ def _dlq_headers(dead: Any) -> list[tuple[str, bytes]]:
         (HEADER_SOURCE_PARTITION, str(source.partition).encode()),
         (HEADER_SOURCE_OFFSET, str(source.offset).encode()),
     ]
+    return KafkaRecord(TOPIC_DLQ, source.key, source.value, None, headers, source.timestamp_ms)
 
 
 def _paths(spec: str) -> list[str]:
@@ -312,7 +425,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> tuple[faus
         producer_acks=-1,
         producer_linger=0.005,
         broker_commit_every=10_000,
-        broker_commit_interval=1.0,
+        broker_commit_interval=settings.commit_interval_s,
         broker_max_poll_records=2000,
         stream_buffer_maxsize=8192,
         stream_wait_empty=False,
@@ -326,16 +439,43 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> tuple[faus
         TOPIC_TOUCHPOINTS, key_type=bytes, value_type=bytes,
         key_serializer="raw", value_serializer="raw", partitions=settings.partitions,
     )
+    customers = app.topic(
+        TOPIC_CUSTOMERS, key_type=bytes, value_type=bytes,
+        key_serializer="raw", value_serializer="raw", partitions=settings.partitions,
+    )
+    training = app.topic(TOPIC_TRAINING, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw", partitions=1)
     # bytes keys use the raw codec; values use the app default (json): CustomerState.to_dict()
     table = app.Table(STATE_TABLE, partitions=settings.partitions, key_type=bytes)
     worker = TouchpointWorker(settings, metrics, CustomerStates(table))
+    starting = asyncio.Lock()
+
+    async def started() -> None:
+        async with starting:  # three agents, one start
+            if not worker.started:
+                await worker.start()
 
     @app.agent(touchpoints, name="touchpoints")
     async def process_touchpoints(stream: faust.StreamT) -> None:
-        if not worker.started:
-            await worker.start()
+        await started()
         async for events in stream.noack_take(settings.take_max, settings.take_within_s):
             await worker.process(list(events))
+
+    @app.agent(customers, name="customers")
+    async def process_profiles(stream: faust.StreamT) -> None:
+        await started()
+        async for events in stream.noack_take(settings.take_max, settings.take_within_s):
+            await worker.process_profiles(list(events))
+
+    @app.agent(training, name="training")
+    async def train_models(stream: faust.StreamT) -> None:
+        await started()
+        async for events in stream.noack_take(200, 0.2):
+            await worker.trainer.process(list(events))
+
+    @app.timer(interval=settings.model_publish_interval_s)
+    async def publish_models() -> None:
+        if worker.started:
+            await worker.trainer.publish()
 
     @app.timer(interval=max(0.1, settings.sink_flush_interval_s / 4))
     async def flush_sinks() -> None:
@@ -355,6 +495,8 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> tuple[faus
     @app.on_partitions_revoked.connect
     async def on_revoked(sender: Any, revoked: Iterable[Any], **_: Any) -> None:
         if worker.started:  # the next owner reads our high-water marks: write everything first
+            if any(tp.topic == TOPIC_TRAINING for tp in revoked):
+                await worker.trainer.release()
             await worker.flush()
 
     @app.on_before_shutdown.connect

@@ -17,6 +17,9 @@ TOPIC_DLQ = "cem.touchpoints.dlq"
 TOPIC_ENRICHED = "cem.touchpoints.enriched"
 TOPIC_ALERTS = "cem.alerts"
 TOPIC_CUSTOMERS = "cem.customers"
+TOPIC_TRAINING = "cem.model.training"  # one partition: each model trains in one place, in one order
+TOPIC_MODELS = "cem.models"  # compacted: the latest snapshot per key (sentiment, churn, trainer)
+MODEL_KEYS = ("sentiment", "churn", "trainer")
 
 MAX_RECORD_BYTES = 1024 * 1024  # larger records are dead-lettered as `oversize`
 MAX_FUTURE_MS = 24 * 3600 * 1000  # occurred_at more than this ahead of the record timestamp

@@ -128,6 +128,36 @@ DDL: tuple[str, ...] = (
     ) ENGINE = ReplacingMergeTree(events_total)
     ORDER BY customer_id
     """,
+    # An alert may be produced again after a crash (same alert_id): the replacing engine keeps one.
+    """
+    CREATE TABLE IF NOT EXISTS {db}.alerts (
+        alert_id String,
+        type LowCardinality(String),
+        severity LowCardinality(String),
+        customer_id String,
+        channel LowCardinality(String),
+        occurred_at DateTime64(3, 'UTC'),
+        emitted_at DateTime64(3, 'UTC'),
+        reason String,
+        evidence Map(String, String),
+        recommended_action String,
+        model_version Nullable(String),
+        trigger_event_ids Array(String)
+    ) ENGINE = ReplacingMergeTree
+    PARTITION BY toYYYYMM(occurred_at)
+    ORDER BY (type, alert_id)
+    """,
+    # Progressive quality per model and event-time minute; the latest version of a minute wins.
+    """
+    CREATE TABLE IF NOT EXISTS {db}.model_metrics (
+        minute DateTime('UTC'),
+        model LowCardinality(String),
+        version UInt32,
+        metric LowCardinality(String),
+        value Float64
+    ) ENGINE = ReplacingMergeTree(version)
+    ORDER BY (model, metric, minute)
+    """,
 )
 
 # Tables whose rows carry a source offset: the sink skips rows at or below the stored high-water mark.

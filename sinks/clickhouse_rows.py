@@ -6,6 +6,7 @@ from typing import Any
 
 from processors.customer import CustomerState, Enriched
 from processors.ingest import DeadLetter
+from processors.training import MetricRow
 from sinks.base import SourcePosition
 from sinks.clickhouse import TableRow
 
@@ -28,7 +29,24 @@ COLUMNS: dict[str, tuple[str, ...]] = {
         "open_complaints", "complaints_opened", "complaints_resolved", "mean_resolve_s", "last_csat", "last_nps",
         "last_ces", "journey_stage", "channel_switches", "sentiment_mean", "churn_risk", "churned_at",
     ),
+    "alerts": (
+        "alert_id", "type", "severity", "customer_id", "channel", "occurred_at", "emitted_at", "reason", "evidence",
+        "recommended_action", "model_version", "trigger_event_ids",
+    ),
+    "model_metrics": ("minute", "model", "version", "metric", "value"),
 }
+
+
+def alert_row(record: dict[str, Any]) -> TableRow:
+    """A row of ``cem.alerts`` from a ``cem.Alert`` record (channel alerts have customer_id '')."""
+    values = [record[c] for c in COLUMNS["alerts"]]
+    values[3] = values[3] or ""
+    values[4] = values[4] or ""
+    return TableRow("alerts", values)
+
+
+def model_metric_row(row: MetricRow) -> TableRow:
+    return TableRow("model_metrics", [row.minute_s, row.model, row.version, row.metric, row.value])
 
 
 def enriched_row(enriched: Enriched, topic: str) -> TableRow:

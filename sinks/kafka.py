@@ -58,7 +58,7 @@ class KafkaSink:
                 enable_idempotence=False,
                 linger_ms=5,
                 max_batch_size=1 << 20,
-                max_request_size=4 << 20,
+                max_request_size=64 << 20,  # model snapshots (cem.models allows as much)
             )
             await self._producer.start()
             self._started = True
@@ -79,9 +79,24 @@ class KafkaSink:
                     raise ValueError(f"record for {record.topic} is larger than the producer's max batch size")
             self._counts[slot] = self._counts.get(slot, 0) + 1
 
+    async def ship(self, topic: str) -> list[asyncio.Future]:
+        """Send ``topic``'s buffered records now, for outputs that must not wait for the next flush
+        (alerts); returns their delivery futures. A later :meth:`flush` still awaits them."""
+        shipped = len(self._in_flight)
+        for slot in [slot for slot in self._batches if slot[0] == topic]:
+            await self._send(slot)
+        return [future for _, _, future in self._in_flight[shipped:]]
+
     async def flush(self) -> None:
+        """Send everything and await the acks. Records already shipped are acked *before* the rest
+        is sent: whatever a flush writes after them (state changelogs) is never durable without them."""
+        if self._in_flight:
+            await self._await_in_flight()
         for slot in list(self._batches):
             await self._send(slot)
+        await self._await_in_flight()
+
+    async def _await_in_flight(self) -> None:
         in_flight, self._in_flight = self._in_flight, []
         started = time.perf_counter()
         results = await asyncio.gather(*(fut for _, _, fut in in_flight), return_exceptions=True)

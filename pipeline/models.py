@@ -1,0 +1,180 @@
+"""Model lifecycle across workers: one trainer, every worker scoring with the latest snapshot.
+
+* :class:`ModelFeed` follows the compacted ``cem.models`` topic from its start with a plain aiokafka
+  consumer (no group: every worker reads every snapshot) and hot-swaps the scorers' models. On start
+  it reads up to the topic's end before the worker takes input, so a restarted worker resumes with
+  the last published models.
+* :class:`TrainerRuntime` hosts the :class:`processors.training.ModelTrainer` in whichever worker owns
+  the single partition of ``cem.model.training``. It resumes from the last ``trainer`` snapshot,
+  publishes snapshots of all three keys at an interval, and acks training records only once a
+  snapshot that includes them is durable, so a crash never loses or repeats a training example.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Callable
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from pipeline.broker import MODEL_MAX_BYTES
+from pipeline.metrics import Metrics
+from processors.churn import ChurnModel
+from processors.scoring import TrainingBatch
+from processors.sentiment import SentimentModel
+from processors.training import ModelTrainer, pack, unpack
+from schemas.contract import TOPIC_MODELS, TOPIC_TRAINING
+from sinks.clickhouse import ClickHouseSink
+from sinks.clickhouse_rows import model_metric_row
+from sinks.kafka import KafkaRecord, KafkaSink
+
+log = logging.getLogger("cem.models")
+
+Swap = Callable[[str, Any], None]
+
+
+class ModelFeed:
+    """The latest published snapshot per key, loaded and handed to ``on_model(key, model)``."""
+
+    KINDS = {"sentiment": SentimentModel, "churn": ChurnModel, "trainer": ModelTrainer}
+
+    def __init__(self, bootstrap: str, on_model: Swap):
+        self._bootstrap = bootstrap
+        self._on_model = on_model
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task | None = None
+        self.latest: dict[str, bytes] = {}  # key -> packed snapshot (the trainer's is loaded on demand)
+        self.loaded = 0
+
+    async def start(self) -> None:
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._bootstrap, group_id=None, enable_auto_commit=False,
+            max_partition_fetch_bytes=MODEL_MAX_BYTES, fetch_max_bytes=MODEL_MAX_BYTES,
+        )
+        await self._consumer.start()
+        tp = TopicPartition(TOPIC_MODELS, 0)
+        self._consumer.assign([tp])
+        await self._consumer.seek_to_beginning(tp)
+        end = (await self._consumer.end_offsets([tp]))[tp]
+        # Catch up before scoring anything: up to the end offset, then until a poll comes back
+        # empty (some brokers, Tansu among them, answer the last batch's base offset + 1 as the end).
+        while await self._poll(300) or await self._consumer.position(tp) < end:
+            pass
+        self._task = asyncio.ensure_future(self._follow())
+
+    async def _follow(self) -> None:
+        while True:
+            try:
+                await self._poll(500)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a bad snapshot must not stop scoring with the current model
+                log.warning("model feed: %s", exc)
+                await asyncio.sleep(1.0)
+
+    async def _poll(self, timeout_ms: int) -> int:
+        batches = await self._consumer.getmany(timeout_ms=timeout_ms)
+        for records in batches.values():
+            for record in records:
+                key = (record.key or b"").decode()
+                if key in self.KINDS and record.value:
+                    self.latest[key] = record.value
+        arrived = {r.key for records in batches.values() for r in records}
+        for key in ("sentiment", "churn"):
+            if key.encode() in arrived and key in self.latest:  # only the newest of a poll is loaded
+                self._on_model(key, unpack(self.latest[key], self.KINDS[key]))
+                self.loaded += 1
+        return len(arrived)
+
+    def trainer(self) -> ModelTrainer | None:
+        """The last published trainer state, or None if none was ever published."""
+        value = self.latest.get("trainer")
+        return unpack(value, ModelTrainer) if value is not None else None  # type: ignore[return-value]
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+
+class TrainerRuntime:
+    """Applies training records, publishes snapshots, acks what a durable snapshot covers."""
+
+    def __init__(self, feed: ModelFeed, kafka: KafkaSink, clickhouse: ClickHouseSink, metrics: Metrics,
+                 publish_interval_s: float, new_trainer: Callable[[], ModelTrainer] = ModelTrainer):
+        self._feed = feed
+        self._kafka = kafka
+        self._clickhouse = clickhouse
+        self._metrics = metrics
+        self._interval = publish_interval_s
+        self._new_trainer = new_trainer  # when nothing was ever published
+        self._lock = asyncio.Lock()
+        self.trainer: ModelTrainer | None = None
+        self._unacked: list[Any] = []  # Faust events applied but not yet in a durable snapshot
+        self._last_publish = time.monotonic()
+        self._drifts: dict[str, float] = {}
+        self.published = 0
+
+    async def process(self, events: list[Any]) -> None:
+        async with self._lock:
+            if self.trainer is None:
+                self.trainer = self._feed.trainer() or self._new_trainer()
+                self._drifts = {m: q["drifts"] for m, q in self.trainer.quality().items()}
+            for event in events:
+                message = event.message
+                try:
+                    batch = TrainingBatch.from_record(orjson.loads(message.value))
+                except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
+                    log.error("training record %s/%s skipped: %s", message.partition, message.offset, exc)
+                else:
+                    self.trainer.apply(batch, message.offset)
+                self._unacked.append(event)
+        if time.monotonic() - self._last_publish >= self._interval:
+            await self.publish()
+
+    async def publish(self) -> None:
+        """Publish the three snapshots, then ack the training records they include."""
+        async with self._lock:
+            trainer = self.trainer
+            if trainer is None or not self._unacked:
+                return
+            events, self._unacked = self._unacked, []
+            self._last_publish = time.monotonic()
+            records = [
+                KafkaRecord(TOPIC_MODELS, key.encode(), pack(model), 0)
+                for key, model in (("sentiment", trainer.sentiment), ("churn", trainer.churn), ("trainer", trainer))
+            ]
+            rows = [model_metric_row(r) for r in trainer.take_metric_rows()]
+            self._export(trainer)
+        await self._kafka.write(records)
+        await self._kafka.flush()
+        await self._clickhouse.write(rows)
+        for event in events:
+            event.ack()
+        self.published += 1
+
+    def _export(self, trainer: ModelTrainer) -> None:
+        # The version label is the model's name (e.g. churn-v1), not its label count: one series
+        # per model and metric, not one per snapshot.
+        for model, figures in trainer.quality().items():
+            for metric, value in figures.items():
+                if metric != "drifts":
+                    self._metrics.model_quality.labels(model, metric, model).set(value)
+            new = figures["drifts"] - self._drifts.get(model, 0.0)
+            if new > 0:
+                self._metrics.model_drift.labels(model).inc(new)
+            self._drifts[model] = figures["drifts"]
+
+    async def release(self) -> None:
+        """The training partition was revoked (or the worker stops): publish, then forget the state."""
+        await self.publish()
+        self.trainer = None
+
+
+def training_record(batch: TrainingBatch) -> KafkaRecord:
+    return KafkaRecord(TOPIC_TRAINING, None, orjson.dumps(batch.to_record()), 0)

@@ -1,0 +1,186 @@
+"""Alerts end to end on the real broker and chDB: crafted streams, their near misses, redelivery, replay.
+
+The expected alerts are derived twice: by intent (which customer should alert, which near miss must
+not) and by running the same records through the processors in-process (the worker's own steps);
+the worker's ``cem.alerts`` must match both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from pipeline.embedded import publish
+from processors.alerts import AlertConfig, AlertEngine
+from processors.customer import CustomerState
+from processors.ingest import Ingestor, Kind, SourceRecord
+from processors.scoring import TouchpointScoring, TrainingBatch
+from schemas.codec import AvroCodec, RecordEncoder
+from schemas.contract import TOPIC_ALERTS, TOPIC_TOUCHPOINTS
+from tests.conftest import PARTITIONS, run, wait_drained
+
+pytestmark = pytest.mark.integration
+
+T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+MIN = 60_000
+HOUR = 60 * MIN
+DAY = 24 * HOUR
+# The churn threshold suits the cold-start prior (processors.churn.prior_risk): six open
+# complaints cross 0.55 at the fifth (~0.60); three do not (~0.32), nor does a detractor's angry comment (~0.45).
+# VIP needs 20 customers' values, not 100, in a short stream.
+RULES = "churn_threshold=0.55,churn_rearm_below=0.35,vip_min_samples=20"
+
+
+def tp(eid: str, cid: str, at: int, channel: str = "web", type_: str = "page_view", **fields) -> dict:
+    return {"event_id": eid, "customer_id": cid, "occurred_at": T0 + at, "channel": channel, "type": type_, **fields}
+
+
+def three_alert_stream() -> list[dict]:
+    """One detractor, one complaint left open past its SLA, one customer whose risk crosses the threshold;
+    and a near miss of each: a passive, a complaint resolved in time, a customer with three complaints."""
+    events = [
+        tp("a1", "ann", 0, "survey", "survey_response", nps=8),  # passive
+        tp("a2", "ann", 10 * MIN, "survey", "survey_response", nps=3, text="Never again"),
+        tp("b1", "bob", MIN, "chat", "complaint_opened", case_id="B-1"),  # 4 h chat SLA, never resolved
+        tp("d1", "dan", 11 * MIN, "phone", "complaint_opened", case_id="D-1"),
+        tp("d2", "dan", 2 * HOUR, "phone", "complaint_resolved", case_id="D-1"),  # within its 24 h
+        tp("c0", "cat", 0, "web", "purchase", amount=5.0, currency="EUR"),  # small: never a VIP
+        tp("y0", "cy", 0, "web", "purchase", amount=5.0, currency="EUR"),
+    ]
+    for cid, n in (("cat", 6), ("cy", 3)):
+        for i in range(n):
+            channel = ("web", "email")[i % 2]  # 72 h and 48 h SLAs: all resolved in time
+            events.append(tp(f"{cid}-open{i}", cid, HOUR + i * MIN, channel, "complaint_opened", case_id=f"{cid}-{i}"))
+            events.append(tp(f"{cid}-done{i}", cid, 3 * HOUR + i * MIN, channel, "complaint_resolved", case_id=f"{cid}-{i}"))
+    # Moves the watermark past bob's deadline. Everything stays within the 24 h dedupe horizon, so
+    # the second delivery is all duplicates.
+    events.append(tp("z1", "zed", 6 * HOUR))
+    return sorted(events, key=lambda e: e["occurred_at"])
+
+
+def every_type_stream() -> list[dict]:
+    """Each alert type once, beside its near miss (named *_near); channel traffic for the anomaly."""
+    events = three_alert_stream()
+    events += [
+        tp("n1", "nat", 20 * MIN, "chat", "chat_message", text="Useless, awful service, I am furious"),
+        tp("n2", "nat_near", 20 * MIN, "chat", "chat_message", text="The parcel arrived on Tuesday"),
+        tp("e1", "eve", 21 * MIN, "web", "survey_response", ces=6),
+        tp("e2", "eve_near", 21 * MIN, "web", "survey_response", ces=4),
+    ]
+    for i in range(25):  # customer values for the top-decile estimate
+        events.append(tp(f"p{i}", f"buyer{i}", i * MIN, "web", "purchase", amount=10.0 * (i + 1), currency="EUR"))
+    events += [
+        tp("v1", "vip", 30 * MIN, "web", "purchase", amount=5000.0, currency="EUR"),
+        tp("v2", "vip", 31 * MIN, "email", "complaint_opened", case_id="V-1"),
+        tp("v3", "vip", 40 * MIN, "email", "complaint_resolved", case_id="V-1"),
+        tp("w1", "vip_near", 31 * MIN, "email", "complaint_opened", case_id="W-1"),  # an ordinary customer
+        tp("w2", "vip_near", 40 * MIN, "email", "complaint_resolved", case_id="W-1"),
+    ]
+    # social: 6 events a minute for 40 minutes, then 60 in one minute (a spike); sms: 6, then 9 (noise).
+    for channel, last in (("social", 60), ("sms", 9)):
+        for minute in range(41):
+            for k in range(last if minute == 40 else 6):
+                events.append(tp(f"{channel}-{minute}-{k}", f"{channel}-fan{k}", minute * MIN + k * 500, channel, "other"))
+    return sorted(events, key=lambda e: e["occurred_at"])
+
+
+def in_process_alerts(events: list[dict]) -> list[dict]:
+    """The same records through the worker's processors, in-process (batches of 50, as a worker might)."""
+    ingest, states = Ingestor(AvroCodec()), {}
+    scoring = TouchpointScoring(alerts=AlertEngine(AlertConfig.from_spec(RULES)))
+    alerts = []
+    for offset, event in enumerate(events):
+        record = SourceRecord(TOPIC_TOUCHPOINTS, 0, offset, event["occurred_at"], event["customer_id"].encode(), orjson.dumps(event))
+        result = ingest.handle(record, lambda cid: states.setdefault(cid, CustomerState(cid)))
+        assert result.kind is Kind.PROCESSED
+        alerts += scoring.score(result.enriched, result.state, True, TrainingBatch())
+        if offset % 50 == 49:
+            alerts += scoring.sweep(states.get)
+    alerts += scoring.sweep(states.get)
+    return [a.to_record() for a in alerts]
+
+
+async def read_alerts(bootstrap: str) -> list[dict]:
+    """Every record on cem.alerts, decoded (the worker acks input only after its alerts are durable)."""
+    decoder = RecordEncoder("alert")
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        parts = [TopicPartition(TOPIC_ALERTS, p) for p in range(PARTITIONS)]
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        end = await consumer.end_offsets(parts)
+        records: list[dict] = []
+        async with asyncio.timeout(20):
+            while True:
+                polled = [r for batch in (await consumer.getmany(timeout_ms=300)).values() for r in batch]
+                records += [decoder.decode(r.value) for r in polled]
+                # Tansu's ListOffsets answers the last *batch's* base offset + 1, so reaching it is
+                # not the end: read on until a poll comes back empty.
+                if not polled and not [p for p in parts if await consumer.position(p) < end[p]]:
+                    return records
+    finally:
+        await consumer.stop()
+
+
+def summary(records: list[dict]) -> list[tuple[str, str]]:
+    return sorted((r["type"], r["customer_id"] or r["channel"]) for r in records)
+
+
+def test_the_crafted_stream_yields_exactly_three_alerts_once_each_through_delivery_twice_and_a_replay(broker, start_worker):
+    events = three_alert_stream()
+    expected = [("churn_risk", "cat"), ("complaint_sla_breach", "bob"), ("detractor", "ann")]
+    assert summary(in_process_alerts(events)) == expected
+    # No offset commit during the test: the SIGKILL at the end makes the next worker replay everything.
+    worker = start_worker(alert_rules=RULES, commit_interval_s=3600.0)
+    for delivery in (1, 2):  # the whole stream, then all of it again (the channel system retries)
+        run(publish(broker.bootstrap, events, "avro", timestamp_from_event=True))
+        status = wait_drained(worker, delivery * len(events))
+        assert summary(run(read_alerts(broker.bootstrap))) == expected
+    assert sum(status["totals"]["touchpoints_deduplicated"].values()) == len(events) and sum(status["totals"]["alerts"].values()) == 3
+    by_type = {r["type"]: r for r in run(read_alerts(broker.bootstrap))}
+    assert by_type["detractor"]["trigger_event_ids"] == ["a2"] and "Never again" in by_type["detractor"]["reason"]
+    assert by_type["complaint_sla_breach"]["occurred_at"] == T0 + MIN + 4 * HOUR
+    churn = by_type["churn_risk"]
+    assert churn["trigger_event_ids"] == ["cat-open4"] and churn["model_version"].startswith("churn-v1")
+    assert "open_complaints" in churn["evidence"]["top_features"] and float(churn["evidence"]["churn_risk"]) >= 0.55
+    assert [tuple(r) for r in worker.query("SELECT type, customer_id FROM cem.alerts FINAL ORDER BY 1, 2")] == expected
+
+    # Replay: a crash before any commit; the next worker re-reads from offset 0 with the recovered
+    # state: no new alert ids. (Records whose state update Faust does not recover are applied again
+    # as new: Tansu's ListOffsets ends Faust's changelog recovery at the last batch's first record.
+    # Either way the alerts they trigger carry the same ids.)
+    before = run(read_alerts(broker.bootstrap))
+    ids = sorted(r["alert_id"] for r in before)
+    worker.kill()
+    again = start_worker(alert_rules=RULES, commit_interval_s=3600.0)
+    status = wait_drained(again, 2 * len(events))
+    totals = status["totals"]
+    replayed = sum(totals.get("touchpoints_replayed", {}).values()) + sum(totals.get("touchpoints_processed", {}).values())
+    assert replayed == len(events) and sum(totals["touchpoints_deduplicated"].values()) == len(events)
+    after = run(read_alerts(broker.bootstrap))
+    assert sorted({r["alert_id"] for r in after}) == ids, [(r["type"], r["customer_id"], r["trigger_event_ids"], r["reason"]) for r in after]
+    assert [tuple(r) for r in again.query("SELECT type, customer_id FROM cem.alerts FINAL ORDER BY 1, 2")] == expected
+
+
+def test_every_alert_type_fires_on_its_crafted_stream_and_not_on_its_near_miss(broker, start_worker):
+    events = every_type_stream()
+    expected = in_process_alerts(events)
+    fired = {(r["type"], r["customer_id"] or r["channel"]) for r in expected}
+    assert fired == {
+        ("detractor", "ann"), ("complaint_sla_breach", "bob"), ("churn_risk", "cat"), ("negative_feedback", "nat"),
+        ("high_effort", "eve"), ("vip_at_risk", "vip"), ("channel_anomaly", "social"),
+    }, "the crafted stream no longer tests what it says (near misses must stay silent)"
+    worker = start_worker(alert_rules=RULES)
+    run(publish(broker.bootstrap, events, "avro", timestamp_from_event=True))
+    wait_drained(worker, len(events))
+    live = run(read_alerts(broker.bootstrap))
+    wanted = {r["alert_id"] for r in expected}
+    got = {r["alert_id"] for r in live}
+    extra = [(r["type"], r["customer_id"], r["channel"], r["reason"]) for r in live if r["alert_id"] not in wanted]
+    extra += [("missing", r["type"], r["customer_id"], r["channel"], r["reason"]) for r in expected if r["alert_id"] not in got]
+    assert sorted(r["alert_id"] for r in live) == sorted(r["alert_id"] for r in expected), extra
+    assert all(r["reason"] and r["recommended_action"] and r["emitted_at"] > 0 for r in live)
