@@ -46,6 +46,7 @@ def run_worker(settings: Settings) -> None:
             "totals": metrics.totals(),
             "latency_committed": latency_summary(worker.latencies),
             "latency_alert": latency_summary(worker.alert_latencies),
+            "models": worker.model_versions(),
             "pending_rows": worker.clickhouse.pending_rows,
             "committed_records": worker.committed_records,
             "first_received": worker.first_received,

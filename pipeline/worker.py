@@ -153,6 +153,17 @@ class TouchpointWorker:
         self.scoring.alerts.track(s.alerting for s in self.states.all() if s is not None and s.alerting is not None)
         self.started = True
 
+    def model_versions(self) -> dict[str, Any]:
+        """The versions this worker scores with, and the trainer's progress if it hosts it."""
+        trainer = self.trainer.trainer
+        return {
+            "sentiment": self.scoring.sentiment.model.version,
+            "churn": self.scoring.churn.model.version,
+            "snapshots_loaded": self.models.loaded,
+            "trained_through": trainer.trained_through if trainer is not None else None,
+            "snapshots_published": self.trainer.published,
+        }
+
     def _swap_model(self, key: str, model: Any) -> None:
         scorer = self.scoring.sentiment if key == "sentiment" else self.scoring.churn
         scorer.model = model  # one reference swap: a batch in progress scores with one model or the next
@@ -284,7 +295,7 @@ class TouchpointWorker:
                 self.last_committed = committed
 
     async def flush_if_due(self) -> None:
-        if self._pending:
+        if self._pending or self.clickhouse.pending_rows:  # model metrics come without input to ack
             await self._maybe_flush()
 
     async def process_profiles(self, events: list[Any]) -> None:

@@ -184,3 +184,43 @@ def test_every_alert_type_fires_on_its_crafted_stream_and_not_on_its_near_miss(b
     extra += [("missing", r["type"], r["customer_id"], r["channel"], r["reason"]) for r in expected if r["alert_id"] not in got]
     assert sorted(r["alert_id"] for r in live) == sorted(r["alert_id"] for r in expected), extra
     assert all(r["reason"] and r["recommended_action"] and r["emitted_at"] > 0 for r in live)
+
+
+def test_models_learn_while_running_and_a_restarted_worker_resumes_from_the_last_snapshot(broker, start_worker):
+    from processors.synthetic import JourneyGenerator
+
+    journeys = JourneyGenerator(customers=200, seed=5, start_ms=T0, churn_within_days=6)
+    events = list(journeys.events(6000))
+    # A 2-day churn horizon so that labels arrive within a short stream.
+    settings = dict(model_publish_interval_s=0.5, churn_horizon_s=2 * 86400.0)
+    worker = start_worker(**settings)
+    run(publish(broker.bootstrap, events, "avro", timestamp_from_event=True))
+    wait_drained(worker, len(events))
+    status = worker.wait_until(
+        lambda st: st["models"]["trained_through"] is not None and st["models"]["snapshots_loaded"] >= 2
+        and st["models"]["churn"] != "churn-v1+0",
+        60, "no churn labels learned or no snapshot loaded",
+    )
+    learned = status["models"]
+    assert learned["sentiment"] != "sentiment-v1+0"
+    rows = worker.query("SELECT model, max(version), argMax(value, version) FROM cem.model_metrics WHERE metric IN ('roc_auc', 'macro_f1') GROUP BY model ORDER BY model")
+    assert [r[0] for r in rows] == ["churn-v1", "sentiment-v1"] and all(0.5 < float(r[2]) <= 1.0 for r in rows)
+    risk = worker.query("SELECT countIf(churn_risk IS NOT NULL), uniqExact(round(churn_risk, 3)) FROM cem.touchpoints_enriched")
+    assert risk[0][0] > 1000 and risk[0][1] > 50  # every customer scored, and the scores move
+    worker.stop()  # publishes a last snapshot
+    published = run(last_snapshots(broker.bootstrap))
+    assert published["churn"].n_labels >= int(learned["churn"].split("+")[1]) > 0
+    again = start_worker(**settings)
+    resumed = again.wait_until(lambda st: st["started"], 30, "the restarted worker did not start")["models"]
+    assert resumed["churn"] == published["churn"].version and resumed["sentiment"] == published["sentiment"].version
+
+
+async def last_snapshots(bootstrap: str) -> dict:
+    """The latest model per key on cem.models, as a restarted worker would load it."""
+    from pipeline.models import ModelFeed
+
+    loaded: dict = {}
+    feed = ModelFeed(bootstrap, loaded.__setitem__)
+    await feed.start()
+    await feed.stop()
+    return loaded
