@@ -46,10 +46,7 @@ from river import stats
 
 from processors.customer import Enriched
 from processors.touchpoint import Touchpoint
-
-MINUTE_MS = 60_000
-HOUR_MS = 60 * MINUTE_MS
-DAY_MS = 24 * HOUR_MS
+from schemas.contract import DAY_MS, HOUR_MS, MINUTE_MS, MODEL_CHURN, MODEL_SENTIMENT
 
 DETRACTOR = "detractor"
 NEGATIVE_FEEDBACK = "negative_feedback"
@@ -62,7 +59,6 @@ ALERT_TYPES: tuple[str, ...] = (
     DETRACTOR, NEGATIVE_FEEDBACK, COMPLAINT_SLA_BREACH, CHURN_RISK, HIGH_EFFORT, VIP_AT_RISK, CHANNEL_ANOMALY,
 )
 SEVERITIES: tuple[str, ...] = ("low", "medium", "high", "critical")
-CHANNEL_METRICS: tuple[str, ...] = ("volume", "nps", "csat", "sentiment")
 
 
 @dataclass(frozen=True)
@@ -105,9 +101,6 @@ class AlertConfig:
     )
     anomaly_two_sided: frozenset[str] = frozenset({"volume"})  # scores alert on drops only
     anomaly_max_gap_minutes: int = 120  # a channel silent this long is dormant: detectors restart
-    # Keys of Enriched.model_versions
-    sentiment_model: str = "sentiment"
-    churn_model: str = "churn"
 
     def __post_init__(self) -> None:
         if not self.churn_rearm_below <= self.churn_threshold:
@@ -233,10 +226,6 @@ class CustomerAlertState:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "CustomerAlertState":
         return cls(**{k: v for k, v in data.items() if k in _ALERT_STATE_FIELDS})
-
-    def open_cases(self) -> dict[str, int]:
-        """Open complaint cases and their SLA deadlines."""
-        return {case_id: case[_DEADLINE] for case_id, case in self.cases.items() if case[_STATUS] == CASE_OPEN}
 
 
 _ALERT_STATE_FIELDS = tuple(f.name for f in fields(CustomerAlertState))
@@ -365,10 +354,6 @@ class AlertEngine:
         more than ``idle_partition_ms`` behind the leader count as idle and do not hold it back."""
         return self._max_seen
 
-    @property
-    def pending_timers(self) -> int:
-        return len(self._timers)
-
     # -- per event -----------------------------------------------------------------------------
     def on_event(
         self,
@@ -479,7 +464,7 @@ class AlertEngine:
 
     # -- complaint cases and SLA timers ----------------------------------------------------------
     def _open_case(self, tp: Touchpoint, enriched: Enriched, state: CustomerAlertState) -> None:
-        case_id = tp.case_id or tp.event_id  # as processors.customer does
+        case_id = tp.case_key  # as processors.customer does
         case = state.cases.get(case_id)
         if case is not None and (
             case[_STATUS] == CASE_OPEN or case[_OPEN_EVENT] == tp.event_id or tp.occurred_at < case[_CLOSED]
@@ -493,7 +478,7 @@ class AlertEngine:
             _prune(state, self.config.memory_ms)
 
     def _resolve_case(self, tp: Touchpoint, state: CustomerAlertState) -> None:
-        case_id = tp.case_id or tp.event_id
+        case_id = tp.case_key
         case = state.cases.get(case_id)
         t = tp.occurred_at
         if case is None:  # resolution before its opening (out of order): remember, start no timer
@@ -680,7 +665,7 @@ def negative_feedback_alert(enriched: Enriched, cfg: AlertConfig) -> Alert:
     action = "review the message and reach out to the customer within 24 h" if severe else "review the message and follow up with the customer"
     return _customer_alert(
         NEGATIVE_FEEDBACK, "high" if severe else "medium", tp, reason, evidence, action,
-        enriched.model_versions.get(cfg.sentiment_model),
+        enriched.model_versions.get(MODEL_SENTIMENT),
     )
 
 
@@ -722,7 +707,7 @@ def churn_alert(enriched: Enriched, cfg: AlertConfig, contributions: Mapping[str
     severity = "critical" if risk >= 0.9 else "high"
     return _customer_alert(
         CHURN_RISK, severity, tp, reason, evidence, "make a retention offer and have an agent call within 48 h",
-        enriched.model_versions.get(cfg.churn_model),
+        enriched.model_versions.get(MODEL_CHURN),
     )
 
 
@@ -735,7 +720,7 @@ def vip_alert(enriched: Enriched, cfg: AlertConfig, previous_risk: float | None,
     }
     why = []
     if tp.type == "complaint_opened":
-        evidence["case_id"] = tp.case_id or tp.event_id
+        evidence["case_id"] = tp.case_key
         why.append(f"opened a complaint on {tp.channel}")
     if rising:
         evidence["churn_risk"], evidence["previous_churn_risk"] = _num(enriched.churn_risk), _num(previous_risk)  # type: ignore[arg-type]
@@ -746,7 +731,7 @@ def vip_alert(enriched: Enriched, cfg: AlertConfig, previous_risk: float | None,
         f">= {p90:.2f}) {' and '.join(why)}."
     )
     action = "assign a senior agent: call back within 24 h with a retention offer"
-    version = enriched.model_versions.get(cfg.churn_model) if rising else None
+    version = enriched.model_versions.get(MODEL_CHURN) if rising else None
     return _customer_alert(VIP_AT_RISK, "critical", tp, reason, evidence, action, version)
 
 

@@ -22,12 +22,11 @@ from typing import Mapping
 
 from river import base, compose, linear_model, optim
 
-from processors.customer import DAY_MS, CustomerState
-from schemas.contract import CHANNELS
+from processors.customer import CustomerState
+from schemas.contract import CHANNELS, DAY_MS, HOUR_MS
 from processors.snapshot import Snapshot
 
 MODEL_NAME = "churn-v1"
-HOUR_MS = 3600 * 1000
 DEFAULT_HORIZON_MS = 30 * DAY_MS
 
 Features = dict[str, float | str]
@@ -368,11 +367,6 @@ class ChurnModel(Snapshot):
         """Too few labels, or one class only: the prior answers."""
         return self.n_labels < self.min_labels or not 0 < self.n_positive < self.n_labels
 
-    @property
-    def base_rate(self) -> float:
-        """Share of churners among the labels so far, Laplace-smoothed (0.5 before any label)."""
-        return (self.n_positive + 1) / (self.n_labels + 2)
-
     def predict_proba(self, features: Features) -> float:
         """``p(churn within the horizon | features)`` in ``[0, 1]``; the :func:`prior_risk` until
         the model has ``min_labels`` labels of both classes."""
@@ -405,6 +399,16 @@ class ChurnModel(Snapshot):
         self.pipeline.learn_one(features, bool(churned))
         self.n_labels += 1
         self.n_positive += bool(churned)
+
+    def learn_scored(self, features: Features, churned: bool) -> float:
+        """Test-then-train: :meth:`predict_proba` as of *before* learning the label, then :meth:`learn`.
+
+        (Nothing to share between the two: the encoder updates its statistics before it encodes
+        the example it learns, so the learned encoding is not the scored one.)
+        """
+        p = self.predict_proba(features)
+        self.learn(features, churned)
+        return p
 
 
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from processors.touchpoint import Touchpoint
+from schemas.contract import DAY_MS
 
-DAY_MS = 24 * 3600 * 1000
 DEFAULT_DEDUPE_HORIZON_MS = DAY_MS
 
 
@@ -30,6 +30,9 @@ class Outcome(str, enum.Enum):
     REPLAY = "replay"
     DUPLICATE = "duplicate"
 
+
+# Touchpoint types that end the relationship: they set ``churned_at`` and label churn.
+CHURN_TYPES = frozenset({"subscription_cancelled", "account_closed"})
 
 # Which stage a touchpoint type puts the customer in when the event does not say.
 _STAGE_BY_TYPE = {
@@ -42,8 +45,7 @@ _STAGE_BY_TYPE = {
     "complaint_opened": "service",
     "complaint_resolved": "service",
     "call": "service",
-    "subscription_cancelled": "churned",
-    "account_closed": "churned",
+    **dict.fromkeys(CHURN_TYPES, "churned"),
 }
 
 
@@ -221,7 +223,7 @@ def _fold(state: CustomerState, tp: Touchpoint) -> tuple[float | None, bool]:
     elif tp.type == "refund":
         state.revenue -= tp.amount or 0.0
         state.refunds += tp.amount or 0.0
-    elif tp.type in ("subscription_cancelled", "account_closed"):
+    elif tp.type in CHURN_TYPES:
         state.churned_at = t if state.churned_at is None else min(state.churned_at, t)
 
     resolve_s = _fold_complaint(state, tp)
@@ -234,7 +236,7 @@ def _fold(state: CustomerState, tp: Touchpoint) -> tuple[float | None, bool]:
 
 
 def _fold_complaint(state: CustomerState, tp: Touchpoint) -> float | None:
-    case = tp.case_id or tp.event_id
+    case = tp.case_key
     if tp.type == "complaint_opened":
         state.complaints_opened += 1
         state.open_cases[case] = tp.occurred_at

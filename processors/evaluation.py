@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from processors.churn import ChurnModel, coerce, is_identifier
+from processors.churn import ChurnModel, is_identifier, profile_features
 from processors.quality import BinaryQuality, SentimentQuality
 from processors.sentiment import SentimentModel
 
@@ -92,15 +92,15 @@ def evaluate_file(
 
 
 def replay(model: SentimentModel | ChurnModel, examples: Sequence[tuple[Any, bool]]) -> Iterator[tuple[bool, float]]:
-    """Test-then-train: yields ``(label, p(positive))`` as predicted *before* learning the label."""
+    """Test-then-train: yields ``(label, p(positive))`` as predicted *before* learning the label
+    (the model has learned it by the time it is yielded)."""
     if isinstance(model, SentimentModel):
         for text, y in examples:
-            yield y, model.proba(text)
-            model.learn(text, y)
+            p = model.learn_scored(text, y)
+            yield y, 0.5 if p is None else p  # text without tokens: 0.5, like proba, and not learned
     else:
         for features, y in examples:
-            yield y, model.predict_proba(features)
-            model.learn(features, y)
+            yield y, model.learn_scored(features, y)
 
 
 def roc_auc(y_true: Sequence[bool], scores: Sequence[float]) -> float:
@@ -198,12 +198,9 @@ def read_labeled(
                 continue
             data.examples.append((text, label))
         else:
-            features = {}
-            for i in feature_i:
-                value = coerce(row[i]) if i < len(row) else None
-                if value is not None:
-                    features[header[i]] = value
-            data.examples.append((features, label))
+            # Blank cells left out first, so a blank one never hides an earlier column of the same name.
+            attributes = {header[i]: row[i] for i in feature_i if i < len(row) and row[i].strip()}
+            data.examples.append((profile_features(attributes, prefix=""), label))
     return data
 
 

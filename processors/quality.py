@@ -11,7 +11,24 @@ from __future__ import annotations
 from river import drift, metrics
 
 
-class BinaryQuality:
+class _DriftCount:
+    """What both trackers keep: how many predictions they saw, and an ADWIN detector on the error
+    stream with the number of drifts it found."""
+
+    def __init__(self, delta: float):
+        self.detector = drift.ADWIN(delta=delta)
+        self.n = 0
+        self.drifts = 0
+
+    def _count(self, error: float) -> bool:
+        """One more prediction with this error; True if a drift was detected."""
+        self.n += 1
+        self.detector.update(error)
+        self.drifts += self.detector.drift_detected
+        return self.detector.drift_detected
+
+
+class BinaryQuality(_DriftCount):
     """ROC AUC and log loss of probabilistic binary predictions (churn), plus drift count.
 
     The error fed to ADWIN is ``|y - p|``, so both ranking and calibration changes show.
@@ -26,23 +43,18 @@ class BinaryQuality:
 
     def __init__(self, n_thresholds: int = 100, delta: float = 0.002):
         # River's ROC AUC counts a confusion matrix per threshold: 100 keeps it within ~0.005.
+        super().__init__(delta)
         self.roc_auc = metrics.ROCAUC(n_thresholds=n_thresholds)
         self.log_loss = metrics.LogLoss()
-        self.detector = drift.ADWIN(delta=delta)
-        self.n = 0
         self.positives = 0
-        self.drifts = 0
 
     def update(self, y_true: bool, p_true: float) -> bool:
         """Record one prediction made before its label was learned; True if a drift was detected."""
         y_true = bool(y_true)
         self.roc_auc.update(y_true, p_true)
         self.log_loss.update(y_true, p_true)
-        self.n += 1
         self.positives += y_true
-        self.detector.update(abs(y_true - p_true))
-        self.drifts += self.detector.drift_detected
-        return self.detector.drift_detected
+        return self._count(abs(y_true - p_true))
 
     def snapshot(self) -> dict[str, float]:
         return {
@@ -54,7 +66,7 @@ class BinaryQuality:
         }
 
 
-class SentimentQuality:
+class SentimentQuality(_DriftCount):
     """Accuracy and macro-F1 of positive/negative predictions, plus drift count.
 
     >>> q = SentimentQuality()
@@ -66,21 +78,16 @@ class SentimentQuality:
     """
 
     def __init__(self, delta: float = 0.002):
+        super().__init__(delta)
         self.accuracy = metrics.Accuracy()
         self.macro_f1 = metrics.MacroF1()
-        self.detector = drift.ADWIN(delta=delta)
-        self.n = 0
-        self.drifts = 0
 
     def update(self, y_true: bool, y_pred: bool) -> bool:
         """Record one prediction made before its label was learned; True if a drift was detected."""
         y_true, y_pred = bool(y_true), bool(y_pred)
         self.accuracy.update(y_true, y_pred)
         self.macro_f1.update(y_true, y_pred)
-        self.n += 1
-        self.detector.update(float(y_true != y_pred))
-        self.drifts += self.detector.drift_detected
-        return self.detector.drift_detected
+        return self._count(float(y_true != y_pred))
 
     def snapshot(self) -> dict[str, float]:
         return {

@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping
 
 from processors.alerts import Alert, AlertEngine, CustomerAlertState
-from processors.churn import HOUR_MS, ChurnModel, Features, churn_features
-from processors.customer import CustomerState, Enriched
+from processors.churn import ChurnModel, Features, churn_features
+from processors.customer import CHURN_TYPES, CustomerState, Enriched
 from processors.sentiment import SentimentModel, fold_sentiment
+from schemas.contract import HOUR_MS, MODEL_CHURN, MODEL_SENTIMENT
 
-CHURN_TYPES = frozenset({"subscription_cancelled", "account_closed"})
 # Types that move what the churn model looks at beyond counts and channel mix: rescored at once.
 # Browsing (page views, searches, logins, e-mail opens, ~80% of traffic) rescores at most every
 # ``rescore_after_ms`` of the customer's event time: its effect on the features is gradual.
@@ -87,7 +87,7 @@ class TextSentiment:
         model = self.model
         score = model.score(touchpoint.text)
         enriched.sentiment = score
-        enriched.model_versions["sentiment"] = model.version
+        enriched.model_versions[MODEL_SENTIMENT] = model.version
         if new:
             fold_sentiment(state, score)
             label = SentimentModel.label_from_scores(touchpoint.csat, touchpoint.nps)
@@ -139,7 +139,7 @@ class ChurnScorer:
         risk = model.predict_proba(features)
         state.churn_risk = enriched.churn_risk = risk
         state.churn_scored_at = t if last is None else max(last, t)
-        enriched.model_versions["churn"] = model.version
+        enriched.model_versions[MODEL_CHURN] = model.version
         taken = state.churn_snapshot_at
         if taken is None or abs(t - taken) >= self.snapshot_gap_ms:
             state.churn_snapshot_at = t

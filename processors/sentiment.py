@@ -117,9 +117,6 @@ class LogOddsMean(base.Classifier):
     def predict_proba_one(self, x: dict) -> dict:
         return {True: (p := _sigmoid(self.log_odds(x))), False: 1 - p}
 
-    def predict_one(self, x: dict) -> bool:
-        return self.predict_proba_one(x)[True] >= 0.5
-
 
 def _member_log_odds(model: base.Classifier, x: dict) -> float:
     # Members that know their log-odds skip the sigmoid -> dict -> logit round trip (~4 µs).
@@ -154,8 +151,7 @@ class SentimentModel(Snapshot):
                 linear_model.LogisticRegression(optimizer=optim.AdaGrad(learning_rate)),
             ]
         )
-        self.n_seed = 0  # examples from the seed corpus
-        self.n_learned = 0  # examples learned since (stream labels)
+        self.n_learned = 0  # stream labels learned (the seed corpus not counted)
 
     @classmethod
     def pretrained(cls, **params: float) -> "SentimentModel":
@@ -163,7 +159,7 @@ class SentimentModel(Snapshot):
         model = cls(**params)
         for text, positive in seed_corpus():
             model.learn(text, positive)
-        model.n_seed, model.n_learned = model.n_learned, 0
+        model.n_learned = 0  # the version counts stream labels only
         return model
 
     @property
@@ -202,6 +198,25 @@ class SentimentModel(Snapshot):
             return
         self.classifier.learn_one(x, bool(positive))
         self.n_learned += 1
+
+    def learn_scored(self, text: str, positive: bool) -> float | None:
+        """Test-then-train in one pass: ``p(positive | text)`` as scored *before* learning the text,
+        then learn it; None (and nothing learned) for text without a single token.
+
+        Same as :meth:`proba` followed by :meth:`learn`, with the text vectorised once.
+
+        >>> model = SentimentModel.pretrained()
+        >>> p = model.proba("Lovely staff")
+        >>> model.learn_scored("Lovely staff", True) == p, model.n_learned, model.learn_scored("", True)
+        (True, 1, None)
+        """
+        x = self.vectoriser.transform_one(text)
+        if not x:
+            return None
+        p = _sigmoid(self.classifier.log_odds(x))
+        self.classifier.learn_one(x, bool(positive))
+        self.n_learned += 1
+        return p
 
     @staticmethod
     def label_from_scores(csat: int | None = None, nps: int | None = None) -> bool | None:

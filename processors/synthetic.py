@@ -46,13 +46,10 @@ import random
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
-from schemas.contract import MAX_RECORD_BYTES, Reason
+from schemas.contract import DAY_MS, HOUR_MS, MAX_RECORD_BYTES, MINUTE_MS, Reason
 
-MINUTE_MS = 60_000
-HOUR_MS = 60 * MINUTE_MS
-DAY_MS = 24 * HOUR_MS
 DEFAULT_START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 
 # Columns of the ``cem.kpi_minute`` view that a generator can know exactly (no model outputs).
@@ -626,15 +623,15 @@ class JourneyGenerator:
         gauss = rng.gauss
         fields: dict[str, Any] = {}
         if kind == "relationship":
-            fields["nps"] = _clamp(round(6.6 + 3.6 * sat + gauss(0, 1.3)), 0, 10)
+            fields["nps"] = _clip(round(6.6 + 3.6 * sat + gauss(0, 1.3)), 0, 10)
             if rng.random() < 0.4:
-                fields["csat"] = _clamp(round(3.4 + 1.7 * sat + gauss(0, 0.7)), 1, 5)
+                fields["csat"] = _clip(round(3.4 + 1.7 * sat + gauss(0, 0.7)), 1, 5)
             if rng.random() < 0.25:
-                fields["ces"] = _clamp(round(3.2 - 2.0 * sat + gauss(0, 0.9)), 1, 7)
+                fields["ces"] = _clip(round(3.2 - 2.0 * sat + gauss(0, 0.9)), 1, 7)
         else:
-            fields["csat"] = _clamp(round(3.4 + 1.7 * sat + gauss(0, 0.7)), 1, 5)
+            fields["csat"] = _clip(round(3.4 + 1.7 * sat + gauss(0, 0.7)), 1, 5)
             if kind == "case" or rng.random() < 0.3:
-                fields["ces"] = _clamp(round(3.2 - 2.0 * sat + gauss(0, 0.9)), 1, 7)
+                fields["ces"] = _clip(round(3.2 - 2.0 * sat + gauss(0, 0.9)), 1, 7)
         fields["attributes"] = {"survey": kind}
         channel = "survey" if rng.random() < 0.6 else "email"
         if rng.random() < 0.75:  # a comment, in the tone of the scores
@@ -740,33 +737,49 @@ class JourneyGenerator:
 # ---------------------------------------------------------------------------------------------
 
 
-def _accumulate(kpi: dict[str, list[int]], e: dict[str, Any]) -> None:
-    """Add one event to per-channel integer counters (money in cents: exact for 2-decimal amounts)."""
+def _cents(amount: float) -> int:
+    return round(amount * 100)
+
+
+def _decimal(amount: float) -> Decimal:
+    return Decimal(str(amount))  # what clickhouse-connect writes into a Decimal column
+
+
+def _accumulate(kpi: dict[str, list], e: dict[str, Any], money: Callable[[float], Any] = _cents, zero: Any = 0) -> None:
+    """Add one event to its channel's row of ``KPI_COLUMNS`` counters, by the rules of :func:`kpi_totals`.
+
+    Amounts count as ``money(amount)``: by default integer cents (exact for 2-decimal amounts); a
+    new row's money columns start at ``zero``.
+    """
     row = kpi.get(e["channel"])
     if row is None:
-        row = kpi[e["channel"]] = [0] * len(KPI_COLUMNS)
+        row = kpi[e["channel"]] = [zero if col in _MONEY else 0 for col in KPI_COLUMNS]
     row[0] += 1
     type_ = e["type"]
-    if type_ == "purchase":
-        row[1] += round(e["amount"] * 100)
-    elif type_ == "refund":
-        cents = round(e["amount"] * 100)
-        row[1] -= cents
-        row[2] += cents
+    if type_ == "purchase" or type_ == "refund":
+        amount = e.get("amount")
+        if amount is not None:
+            value = money(amount)
+            if type_ == "purchase":
+                row[1] += value
+            else:
+                row[1] -= value
+                row[2] += value
     elif type_ == "complaint_opened":
         row[10] += 1
     elif type_ == "complaint_resolved":
         row[11] += 1
-    if "csat" in e:
+    csat, nps, ces = e.get("csat"), e.get("nps"), e.get("ces")
+    if csat is not None:
         row[3] += 1
-        row[4] += e["csat"] >= 4
-    if "nps" in e:
+        row[4] += csat >= 4
+    if nps is not None:
         row[5] += 1
-        row[6] += e["nps"] >= 9
-        row[7] += e["nps"] <= 6
-    if "ces" in e:
+        row[6] += nps >= 9
+        row[7] += nps <= 6
+    if ces is not None:
         row[8] += 1
-        row[9] += e["ces"]
+        row[9] += ces
 
 
 def _kpi_row(row: list[int]) -> dict[str, int | float]:
@@ -777,9 +790,10 @@ def kpi_totals(events: Iterable[dict[str, Any]], exact: bool = False) -> dict[st
     """Per-channel totals of the ``cem.kpi_minute`` columns over ``events``, as ClickHouse computes them.
 
     Revenue is purchase amounts minus refund amounts, refunds the refund amounts (only for those
-    two types, like the materialized view); scores count wherever they appear, whatever the type.
-    Money is summed as ``Decimal(str(amount))`` (what clickhouse-connect writes into the Decimal
-    column), returned as a float of the exact 2-decimal sum, or as ``Decimal`` if ``exact``.
+    two types, like the materialized view); scores count wherever they appear, whatever the type
+    (the generator's ground truth adds events up the same way). Money is summed as
+    ``Decimal(str(amount))`` (what clickhouse-connect writes into the Decimal column), returned as
+    a float of the exact 2-decimal sum, or as ``Decimal`` if ``exact``.
 
     >>> evs = [{"channel": "web", "type": "purchase", "amount": 0.1},
     ...        {"channel": "web", "type": "purchase", "amount": 0.2},
@@ -791,32 +805,11 @@ def kpi_totals(events: Iterable[dict[str, Any]], exact: bool = False) -> dict[st
     >>> kpi_totals(evs, exact=True)["web"]["revenue"]
     Decimal('0.25')
     """
-    out: dict[str, dict[str, Any]] = {}
+    rows: dict[str, list] = {}
     zero = Decimal(0)
     for e in events:
-        row = out.get(e["channel"])
-        if row is None:
-            row = out[e["channel"]] = {col: (zero if col in _MONEY else 0) for col in KPI_COLUMNS}
-        row["events"] += 1
-        type_, amount = e["type"], e.get("amount")
-        if type_ in ("purchase", "refund") and amount is not None:
-            money = Decimal(str(amount))
-            row["revenue"] += money if type_ == "purchase" else -money
-            if type_ == "refund":
-                row["refunds"] += money
-        row["complaints_opened"] += type_ == "complaint_opened"
-        row["complaints_resolved"] += type_ == "complaint_resolved"
-        csat, nps, ces = e.get("csat"), e.get("nps"), e.get("ces")
-        if csat is not None:
-            row["csat_responses"] += 1
-            row["csat_satisfied"] += csat >= 4
-        if nps is not None:
-            row["nps_responses"] += 1
-            row["promoters"] += nps >= 9
-            row["detractors"] += nps <= 6
-        if ces is not None:
-            row["ces_responses"] += 1
-            row["ces_sum"] += ces
+        _accumulate(rows, e, _decimal, zero)
+    out = {channel: dict(zip(KPI_COLUMNS, row)) for channel, row in rows.items()}
     if not exact:
         for row in out.values():
             for col in _MONEY:
@@ -901,12 +894,10 @@ _DROP = object()  # marks a field to leave out of a bad record
 # Small helpers
 # ---------------------------------------------------------------------------------------------
 
-
-def _clip(x: float, low: float, high: float) -> float:
-    return low if x < low else high if x > high else x
+_Number = TypeVar("_Number", int, float)
 
 
-def _clamp(x: int, low: int, high: int) -> int:
+def _clip(x: _Number, low: _Number, high: _Number) -> _Number:
     return low if x < low else high if x > high else x
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
-from schemas.contract import CHANNELS, MAX_FUTURE_MS, TOUCHPOINT_TYPES, Reason
+from schemas.contract import CHANNELS, HOUR_MS, MAX_FUTURE_MS, TOUCHPOINT_TYPES, Reason
 
 SCORE_RANGES: dict[str, tuple[int, int]] = {"csat": (1, 5), "nps": (0, 10), "ces": (1, 7)}
 _CHANNELS = frozenset(CHANNELS)
@@ -52,6 +52,15 @@ class Touchpoint:
         """The Avro/JSON record form (field names of ``cem.TouchpointEvent``)."""
         return {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
 
+    @property
+    def case_key(self) -> str:
+        """The complaint case this touchpoint belongs to: ``case_id``, else its own ``event_id``.
+
+        >>> Touchpoint("e1", "c1", 0, "phone", "complaint_opened").case_key
+        'e1'
+        """
+        return self.case_id or self.event_id
+
 
 def validate(record: Mapping[str, Any], reference_ms: int, typed: bool = False) -> Touchpoint:
     """Check one decoded record against the contract.
@@ -77,11 +86,7 @@ def validate(record: Mapping[str, Any], reference_ms: int, typed: bool = False) 
     event_id = _required_string(record, "event_id")
     customer_id = _required_string(record, "customer_id")
     occurred_at = parse_event_time(_required(record, "occurred_at"))
-    if occurred_at - reference_ms > MAX_FUTURE_MS:
-        raise Rejected(
-            Reason.FUTURE_TIMESTAMP,
-            f"occurred_at is {(occurred_at - reference_ms) / 3_600_000:.1f} h after the record timestamp (limit 24 h)",
-        )
+    _check_future(occurred_at, reference_ms)
     channel = _enum(record, "channel", _CHANNELS)
     type_ = _enum(record, "type", _TYPES)
     tp = Touchpoint(event_id, customer_id, occurred_at, channel, type_)
@@ -105,18 +110,14 @@ def _validate_typed(record: Mapping[str, Any], reference_ms: int) -> Touchpoint:
     if not customer_id.strip():
         raise Rejected(Reason.EMPTY_FIELD, "customer_id is empty")
     parse_event_time(occurred_at)
-    if occurred_at - reference_ms > MAX_FUTURE_MS:
-        raise Rejected(
-            Reason.FUTURE_TIMESTAMP,
-            f"occurred_at is {(occurred_at - reference_ms) / 3_600_000:.1f} h after the record timestamp (limit 24 h)",
-        )
+    _check_future(occurred_at, reference_ms)
     for name, (low, high) in SCORE_RANGES.items():
         value = record[name]
-        if value is not None and not low <= value <= high:
-            raise Rejected(Reason.OUT_OF_RANGE, f"{name}={value} is outside {low}..{high}")
+        if value is not None:
+            _check_range(name, value, low, high)
     amount = record["amount"]
-    if amount is not None and (amount < 0 or amount != amount or amount == float("inf")):
-        raise Rejected(Reason.OUT_OF_RANGE, f"amount={amount} must be a finite number >= 0 (refunds as positive amounts)")
+    if amount is not None:
+        _check_amount(amount)
     return Touchpoint(
         event_id, customer_id, occurred_at, record["channel"], record["type"], record["session_id"] or None,
         record["case_id"] or None, record["text"] or None, record["csat"], record["nps"], record["ces"], amount,
@@ -188,8 +189,7 @@ def _score(record: Mapping[str, Any], name: str, low: int, high: int) -> int | N
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
         raise Rejected(Reason.WRONG_TYPE, f"{name} must be an integer, got {value!r}"[:200])
-    if not low <= value <= high:
-        raise Rejected(Reason.OUT_OF_RANGE, f"{name}={value} is outside {low}..{high}")
+    _check_range(name, value, low, high)
     return int(value)
 
 
@@ -199,8 +199,7 @@ def _amount(record: Mapping[str, Any], type_: str) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise Rejected(Reason.WRONG_TYPE, f"amount must be a number, got {value!r}"[:200])
-    if value < 0 or value != value or value == float("inf"):
-        raise Rejected(Reason.OUT_OF_RANGE, f"amount={value} must be a finite number >= 0 (refunds as positive amounts)")
+    _check_amount(value)
     return float(value)
 
 
@@ -211,3 +210,24 @@ def _attributes(record: Mapping[str, Any]) -> dict[str, str]:
     if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
         raise Rejected(Reason.WRONG_TYPE, "attributes must be a map of string to string")
     return value
+
+
+# -- the rules both paths check (typed or not), with one wording --------------------------------
+
+
+def _check_future(occurred_at: int, reference_ms: int) -> None:
+    if occurred_at - reference_ms > MAX_FUTURE_MS:
+        raise Rejected(
+            Reason.FUTURE_TIMESTAMP,
+            f"occurred_at is {(occurred_at - reference_ms) / HOUR_MS:.1f} h after the record timestamp (limit 24 h)",
+        )
+
+
+def _check_range(name: str, value: int | float, low: int, high: int) -> None:
+    if not low <= value <= high:
+        raise Rejected(Reason.OUT_OF_RANGE, f"{name}={value} is outside {low}..{high}")
+
+
+def _check_amount(value: int | float) -> None:
+    if value < 0 or value != value or value == float("inf"):
+        raise Rejected(Reason.OUT_OF_RANGE, f"amount={value} must be a finite number >= 0 (refunds as positive amounts)")

@@ -20,13 +20,12 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 
-from processors.churn import HOUR_MS, MODEL_NAME as CHURN_MODEL, ChurnLabeler, ChurnModel, Features
+from processors.churn import MODEL_NAME as CHURN_MODEL, ChurnLabeler, ChurnModel, Features
 from processors.quality import BinaryQuality, SentimentQuality
 from processors.scoring import TrainingBatch
 from processors.sentiment import MODEL_NAME as SENTIMENT_MODEL, SentimentModel
 from processors.snapshot import Snapshot
-
-MINUTE_MS = 60_000
+from schemas.contract import HOUR_MS, MINUTE_MS
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +73,12 @@ class ModelTrainer(Snapshot):
         self._minutes: dict[str, int] = {}  # model -> latest event-time minute with new labels (ms)
         self._rows: list[MetricRow] = []
 
+    @classmethod
+    def for_horizon(cls, horizon_ms: int) -> "ModelTrainer":
+        """A trainer for a churn horizon. The labels' allowed lateness is a tenth of the horizon, at
+        most an hour, so a short horizon (tests, demos) still releases its negatives."""
+        return cls(labeler=ChurnLabeler(horizon_ms), lateness_ms=min(HOUR_MS, horizon_ms // 10))
+
     def apply(self, batch: TrainingBatch, offset: int) -> bool:
         """Learn from one batch; False (and nothing learned) if ``offset`` was already applied."""
         if offset <= self.trained_through:
@@ -90,16 +95,14 @@ class ModelTrainer(Snapshot):
         return True
 
     def _learn_text(self, text: str, positive: bool, t: int) -> None:
-        p = self.sentiment.proba(text)
-        if p != 0.5 or self.sentiment.vectoriser.transform_one(text):  # text without tokens is not learned
+        p = self.sentiment.learn_scored(text, positive)
+        if p is not None:  # None: text without tokens, not learned
             self.sentiment_quality.update(positive, p >= 0.5)
-            self.sentiment.learn(text, positive)
             self._touch(SENTIMENT_MODEL, t)
 
     def _learn_churn(self, labeled: list[tuple[Features, bool]], t: int) -> None:
         for features, churned in labeled:
-            self.churn_quality.update(churned, self.churn.predict_proba(features))
-            self.churn.learn(features, churned)
+            self.churn_quality.update(churned, self.churn.learn_scored(features, churned))
         if labeled:
             self._touch(CHURN_MODEL, t)
 

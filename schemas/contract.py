@@ -12,6 +12,11 @@ from pathlib import Path
 
 SCHEMA_DIR = Path(__file__).resolve().parent
 
+# Event-time units: every time in the contract and the pipeline is epoch milliseconds.
+MINUTE_MS = 60_000
+HOUR_MS = 60 * MINUTE_MS
+DAY_MS = 24 * HOUR_MS
+
 TOPIC_TOUCHPOINTS = "cem.touchpoints"
 TOPIC_DLQ = "cem.touchpoints.dlq"
 TOPIC_ENRICHED = "cem.touchpoints.enriched"
@@ -19,10 +24,13 @@ TOPIC_ALERTS = "cem.alerts"
 TOPIC_CUSTOMERS = "cem.customers"
 TOPIC_TRAINING = "cem.model.training"  # one partition: each model trains in one place, in one order
 TOPIC_MODELS = "cem.models"  # compacted: the latest snapshot per key (sentiment, churn, trainer)
-MODEL_KEYS = ("sentiment", "churn", "trainer")
+
+# The models by name: keys of the enriched event's ``model_versions`` (which model scored it).
+MODEL_SENTIMENT = "sentiment"
+MODEL_CHURN = "churn"
 
 MAX_RECORD_BYTES = 1024 * 1024  # larger records are dead-lettered as `oversize`
-MAX_FUTURE_MS = 24 * 3600 * 1000  # occurred_at more than this ahead of the record timestamp
+MAX_FUTURE_MS = DAY_MS  # occurred_at more than this ahead of the record timestamp
 
 
 class Reason(str, enum.Enum):
@@ -75,6 +83,5 @@ def enum_symbols(field: str) -> tuple[str, ...]:
     raise KeyError(field)
 
 
-TOUCHPOINT_FIELDS: tuple[str, ...] = tuple(f["name"] for f in schema_json("touchpoint")["fields"])
 CHANNELS: tuple[str, ...] = enum_symbols("channel")
 TOUCHPOINT_TYPES: tuple[str, ...] = enum_symbols("type")
