@@ -26,7 +26,7 @@ from processors.churn import ChurnModel
 from processors.scoring import TrainingBatch
 from processors.sentiment import SentimentModel
 from processors.training import ModelTrainer, pack, unpack
-from schemas.contract import TOPIC_MODELS, TOPIC_TRAINING
+from schemas.contract import MODEL_CHURN, MODEL_SENTIMENT, TOPIC_MODELS, TOPIC_TRAINING
 from sinks.clickhouse import ClickHouseSink
 from sinks.clickhouse_rows import model_metric_row
 from sinks.kafka import KafkaRecord, KafkaSink
@@ -34,12 +34,13 @@ from sinks.kafka import KafkaRecord, KafkaSink
 log = logging.getLogger("cem.models")
 
 Swap = Callable[[str, Any], None]
+TRAINER = "trainer"  # the cem.models key of the trainer's own state
 
 
 class ModelFeed:
     """The latest published snapshot per key, loaded and handed to ``on_model(key, model)``."""
 
-    KINDS = {"sentiment": SentimentModel, "churn": ChurnModel, "trainer": ModelTrainer}
+    KINDS = {MODEL_SENTIMENT: SentimentModel, MODEL_CHURN: ChurnModel, TRAINER: ModelTrainer}
 
     def __init__(self, bootstrap: str, on_model: Swap):
         self._bootstrap = bootstrap
@@ -58,40 +59,35 @@ class ModelFeed:
         tp = TopicPartition(TOPIC_MODELS, 0)
         self._consumer.assign([tp])
         await self._consumer.seek_to_beginning(tp)
-        end = (await self._consumer.end_offsets([tp]))[tp]
-        # Catch up before scoring anything: up to the end offset, then until a poll comes back
-        # empty (some brokers, Tansu among them, answer the last batch's base offset + 1 as the end).
-        while await self._poll(300) or await self._consumer.position(tp) < end:
-            pass
+        self._take(await read_to_end(self._consumer, [tp]))  # the last snapshots, before the first score
         self._task = asyncio.ensure_future(self._follow())
 
     async def _follow(self) -> None:
         while True:
             try:
-                await self._poll(500)
+                batches = await self._consumer.getmany(timeout_ms=500)
+                self._take([r for records in batches.values() for r in records])
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a bad snapshot must not stop scoring with the current model
                 log.warning("model feed: %s", exc)
                 await asyncio.sleep(1.0)
 
-    async def _poll(self, timeout_ms: int) -> int:
-        batches = await self._consumer.getmany(timeout_ms=timeout_ms)
-        for records in batches.values():
-            for record in records:
-                key = (record.key or b"").decode()
-                if key in self.KINDS and record.value:
-                    self.latest[key] = record.value
-        arrived = {r.key for records in batches.values() for r in records}
-        for key in ("sentiment", "churn"):
-            if key.encode() in arrived and key in self.latest:  # only the newest of a poll is loaded
+    def _take(self, records: list[Any]) -> None:
+        """Keep the newest snapshot per key; hand the scorers' models over (the newest only)."""
+        for record in records:
+            key = (record.key or b"").decode()
+            if key in self.KINDS and record.value:
+                self.latest[key] = record.value
+        arrived = {r.key for r in records}
+        for key in (MODEL_SENTIMENT, MODEL_CHURN):
+            if key.encode() in arrived and key in self.latest:
                 self._on_model(key, unpack(self.latest[key], self.KINDS[key]))
                 self.loaded += 1
-        return len(arrived)
 
     def trainer(self) -> ModelTrainer | None:
         """The last published trainer state, or None if none was ever published."""
-        value = self.latest.get("trainer")
+        value = self.latest.get(TRAINER)
         return unpack(value, ModelTrainer) if value is not None else None  # type: ignore[return-value]
 
     async def stop(self) -> None:
@@ -147,7 +143,7 @@ class TrainerRuntime:
             self._last_publish = time.monotonic()
             records = [
                 KafkaRecord(TOPIC_MODELS, key.encode(), pack(model), 0)
-                for key, model in (("sentiment", trainer.sentiment), ("churn", trainer.churn), ("trainer", trainer))
+                for key, model in ((MODEL_SENTIMENT, trainer.sentiment), (MODEL_CHURN, trainer.churn), (TRAINER, trainer))
             ]
             rows = [model_metric_row(r) for r in trainer.take_metric_rows()]
             self._export(trainer)
@@ -174,6 +170,21 @@ class TrainerRuntime:
         """The training partition was revoked (or the worker stops): publish, then forget the state."""
         await self.publish()
         self.trainer = None
+
+
+async def read_to_end(consumer: AIOKafkaConsumer, partitions: list[TopicPartition], poll_ms: int = 300) -> list[Any]:
+    """Every record from the consumer's positions to the end of ``partitions``.
+
+    Reads past the end offsets until a poll comes back empty: Tansu answers ListOffsets with the
+    last batch's base offset + 1, so reaching the "end" does not mean every record was read.
+    """
+    end = await consumer.end_offsets(partitions)
+    records: list[Any] = []
+    while True:
+        polled = [r for batch in (await consumer.getmany(*partitions, timeout_ms=poll_ms)).values() for r in batch]
+        records += polled
+        if not polled and all([await consumer.position(p) >= end[p] for p in partitions]):
+            return records
 
 
 def training_record(batch: TrainingBatch) -> KafkaRecord:

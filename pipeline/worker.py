@@ -20,6 +20,7 @@ which Faust replays on start), and write the changelog ourselves once per custom
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from pathlib import Path
@@ -35,7 +36,6 @@ from pipeline.metrics import KafkaObserver, Metrics
 from pipeline.models import ModelFeed, TrainerRuntime, training_record
 from pipeline.settings import Settings
 from processors.alerts import Alert, AlertConfig, AlertEngine
-from processors.churn import HOUR_MS, ChurnLabeler
 from processors.customer import CustomerState
 from processors.training import ModelTrainer
 from processors.ingest import DeadLetter, Ingestor, Kind, Result, SourceRecord
@@ -45,6 +45,8 @@ from processors.scoring import TouchpointScoring, TrainingBatch, alert_state
 from schemas.codec import AvroCodec, EnrichedEncoder, RecordEncoder, SchemaRegistry
 from schemas.contract import (
     HEADER_DETAIL,
+    MODEL_CHURN,
+    MODEL_SENTIMENT,
     HEADER_REASON,
     HEADER_SOURCE_OFFSET,
     HEADER_SOURCE_PARTITION,
@@ -77,6 +79,12 @@ class CustomerStates:
         self._table = table
 
     @property
+    def _partitions(self) -> dict:
+        # Faust's memory store keeps key -> partition for what it recovered, and drops the keys of
+        # partitions this worker no longer owns; we keep it up to date for what we write.
+        return self._table.data._key_partition
+
+    @property
     def changelog_topic(self) -> str:
         return self._table.changelog_topic.get_topic_name()
 
@@ -98,9 +106,14 @@ class CustomerStates:
     def all(self) -> Iterable[CustomerState]:
         return [self.peek(key.decode()) for key in list(self._table.data)]
 
-    def changelog(self, partition: int, state: CustomerState) -> KafkaRecord:
+    def place(self, customer_id: str, partition: int) -> None:
+        """The customer's state lives in (and is changelogged to) ``partition``."""
+        self._partitions[customer_id.encode()] = partition
+
+    def changelog(self, state: CustomerState) -> KafkaRecord:
+        key = state.customer_id.encode()
         value = orjson.dumps(state)  # plain JSON (Faust's json codec reads it back on recovery)
-        return KafkaRecord(self.changelog_topic, state.customer_id.encode(), value, partition)
+        return KafkaRecord(self.changelog_topic, key, value, self._partitions.get(key))
 
 
 def _from_changelog(data: dict) -> CustomerState:
@@ -124,7 +137,6 @@ class TouchpointWorker:
         self.scoring = TouchpointScoring(alerts=AlertEngine(AlertConfig.from_spec(settings.alert_rules)))
         self.alert_encoder = RecordEncoder("alert") if settings.alert_format == "avro" else None
         self.alert_latencies: deque[float] = deque(maxlen=20_000)  # receipt -> alert acked, seconds
-        self._partition_of: dict[str, int] = {}  # customer -> state partition, for sweep-fired alerts
         self.kafka = KafkaSink(settings.kafka_bootstrap, KafkaObserver(metrics), client_id=f"{settings.app_id}-sink")
         client = connect(settings.clickhouse_url, settings.clickhouse_user, settings.clickhouse_password)
         self.clickhouse = ClickHouseSink(
@@ -132,10 +144,9 @@ class TouchpointWorker:
             settings.sink_flush_rows, settings.sink_flush_interval_s,
         )
         self.models = ModelFeed(settings.kafka_bootstrap, self._swap_model)
-        horizon_ms = int(settings.churn_horizon_s * 1000)
         self.trainer = TrainerRuntime(
             self.models, self.kafka, self.clickhouse, metrics, settings.model_publish_interval_s,
-            lambda: ModelTrainer(labeler=ChurnLabeler(horizon_ms), lateness_ms=min(HOUR_MS, horizon_ms // 10)),
+            functools.partial(ModelTrainer.for_horizon, int(settings.churn_horizon_s * 1000)),
         )
         self._pending: list[tuple[list[Any], float]] = []  # (events, received wall time) awaiting ack
         self._lock = asyncio.Lock()
@@ -150,22 +161,22 @@ class TouchpointWorker:
         await self.kafka.start()
         await self.clickhouse.start()
         await self.models.start()  # the last published models, before the first score
-        self.scoring.alerts.track(s.alerting for s in self.states.all() if s is not None and s.alerting is not None)
+        self.scoring.alerts.track(s.alerting for s in self.states.all() if s.alerting is not None)
         self.started = True
 
     def model_versions(self) -> dict[str, Any]:
         """The versions this worker scores with, and the trainer's progress if it hosts it."""
         trainer = self.trainer.trainer
         return {
-            "sentiment": self.scoring.sentiment.model.version,
-            "churn": self.scoring.churn.model.version,
+            MODEL_SENTIMENT: self.scoring.sentiment.model.version,
+            MODEL_CHURN: self.scoring.churn.model.version,
             "snapshots_loaded": self.models.loaded,
             "trained_through": trainer.trained_through if trainer is not None else None,
             "snapshots_published": self.trainer.published,
         }
 
     def _swap_model(self, key: str, model: Any) -> None:
-        scorer = self.scoring.sentiment if key == "sentiment" else self.scoring.churn
+        scorer = self.scoring.sentiment if key == MODEL_SENTIMENT else self.scoring.churn
         scorer.model = model  # one reference swap: a batch in progress scores with one model or the next
 
     async def process(self, events: list[Any]) -> None:
@@ -175,31 +186,27 @@ class TouchpointWorker:
             self.first_received = received
         outputs: list[KafkaRecord] = []
         rows: list[TableRow] = []
-        changed: dict[str, tuple[int, CustomerState]] = {}
+        changed: dict[str, CustomerState] = {}
         tallies = _Tallies()
         training = TrainingBatch()
         alerts: list[Alert] = []
         for event in events:
-            message = event.message
-            record = SourceRecord(
-                message.topic, message.partition, message.offset,
-                int(message.timestamp * 1000), message.key, message.value,
-            )
+            record = _source_record(event.message)
             result = self.ingestor.handle(record, self.states.get)
             tallies.add(result)
             self._route(result, record, outputs, rows, changed, training, alerts)
         self._sweep(alerts, changed)
-        for partition, state in changed.values():
-            outputs.append(self.states.changelog(partition, state))
+        for state in changed.values():
+            outputs.append(self.states.changelog(state))
             rows.append(customer_state_row(state))
         training.watermark_ms = self.scoring.alerts.watermark_ms
         if training:
             outputs.append(training_record(training))
-        self._alert_outputs(alerts, outputs, rows, received)
+        if alerts:  # first, and at once: the changelog written next is sent only after their acks
+            await self.kafka.write(self._alert_outputs(alerts, rows, tallies))
+            self._time_alerts(await self.kafka.ship(TOPIC_ALERTS), received)
         await self.kafka.write(outputs)
         await self.clickhouse.write(rows)
-        if alerts:
-            self._time_alerts(await self.kafka.ship(TOPIC_ALERTS), received)
         tallies.publish(self.metrics)
         enriched_at = time.time()
         self.metrics.latency.labels("enriched").observe(enriched_at - received)
@@ -235,10 +242,8 @@ class TouchpointWorker:
         alerts.extend(self.scoring.score(enriched, state, new, training))
         if enriched.sentiment is not None:
             self.metrics.sentiment.observe(enriched.sentiment)
-        if "churn" in enriched.model_versions:  # rescored by this touchpoint
+        if MODEL_CHURN in enriched.model_versions:  # rescored by this touchpoint
             self.metrics.churn_risk.observe(enriched.churn_risk)
-        customer_id = enriched.touchpoint.customer_id
-        self._partition_of[customer_id] = enriched.source_partition
         body = self.codec.current_body(record.value)
         value = self.enriched_encoder.encode(
             enriched.tail_record(), None if body is not None else enriched.touchpoint.to_record(), body,
@@ -246,7 +251,9 @@ class TouchpointWorker:
         outputs.append(KafkaRecord(TOPIC_ENRICHED, record.key, value, enriched.source_partition))
         rows.append(enriched_row(enriched, TOPIC_TOUCHPOINTS))
         if new:
-            changed[customer_id] = (enriched.source_partition, state)
+            customer_id = enriched.touchpoint.customer_id
+            self.states.place(customer_id, enriched.source_partition)
+            changed[customer_id] = state
 
     def _sweep(self, alerts: list[Alert], changed: dict) -> None:
         """Event-time timers (SLA deadlines, closed channel minutes) up to the watermark."""
@@ -254,17 +261,18 @@ class TouchpointWorker:
             alerts.append(alert)
             customer_id = alert.customer_id
             if customer_id is not None and customer_id not in changed:  # the case is now marked breached
-                changed[customer_id] = (self._partition_of.get(customer_id), self.states.peek(customer_id))
+                changed[customer_id] = self.states.peek(customer_id)
 
-    def _alert_outputs(self, alerts: list[Alert], outputs: list[KafkaRecord], rows: list[TableRow], received: float) -> None:
+    def _alert_outputs(self, alerts: list[Alert], rows: list[TableRow], tallies: "_Tallies") -> list[KafkaRecord]:
         emitted_ms = int(time.time() * 1000)
+        records = []
         for alert in alerts:
             record = alert.to_record(emitted_ms)
             value = self.alert_encoder.encode(record) if self.alert_encoder else orjson.dumps(record)
-            key = (alert.customer_id or alert.channel or "").encode()
-            outputs.append(KafkaRecord(TOPIC_ALERTS, key, value))
+            records.append(KafkaRecord(TOPIC_ALERTS, (alert.customer_id or alert.channel or "").encode(), value))
             rows.append(alert_row(record))
-            self.metrics.alerts.labels(alert.type, alert.severity).inc()
+            tallies.alerts[(alert.type, alert.severity)] += 1
+        return records
 
     def _time_alerts(self, deliveries: list[asyncio.Future], received: float) -> None:
         def delivered(future: asyncio.Future) -> None:
@@ -295,26 +303,26 @@ class TouchpointWorker:
                 self.last_committed = committed
 
     async def flush_if_due(self) -> None:
-        if self._pending or self.clickhouse.pending_rows:  # model metrics come without input to ack
-            await self._maybe_flush()
+        await self._maybe_flush()
 
     async def process_profiles(self, events: list[Any]) -> None:
         """CRM profiles from ``cem.customers`` join the customer's state (a churn model input)."""
         outputs: list[KafkaRecord] = []
-        changed: dict[str, tuple[int, CustomerState]] = {}
+        changed: dict[str, CustomerState] = {}
         for event in events:
             message = event.message
             try:
                 profile = parse_profile(message.key, message.value)
             except ProfileRejected as exc:
-                source = SourceRecord(message.topic, message.partition, message.offset, int(message.timestamp * 1000), message.key, message.value)
-                outputs.append(_dead_letter_record(DeadLetter(source, exc.reason, Stage.VALIDATE, exc.detail)))
+                dead = DeadLetter(_source_record(message), exc.reason, Stage.VALIDATE, exc.detail)
+                outputs.append(_dead_letter_record(dead))
                 self.metrics.dead_lettered.labels(exc.reason.value, Stage.VALIDATE.value).inc()
                 continue
             state = self.states.get(profile.customer_id)
             state.profile = profile.attributes
-            changed[profile.customer_id] = (message.partition, state)
-        outputs.extend(self.states.changelog(partition, state) for partition, state in changed.values())
+            self.states.place(profile.customer_id, message.partition)
+            changed[profile.customer_id] = state
+        outputs.extend(self.states.changelog(state) for state in changed.values())
         await self.kafka.write(outputs)
         self.metrics.profiles.inc(len(changed))
         self._pending.append((events, time.time()))
@@ -339,6 +347,7 @@ class _Tallies:
         self.nps: Tally = Tally()
         self.csat: Tally = Tally()
         self.revenue: Tally = Tally()
+        self.alerts: Tally = Tally()
 
     def add(self, result: Result) -> None:
         channel = result.channel
@@ -362,9 +371,16 @@ class _Tallies:
         m.count(m.dead_lettered, self.dead)
         m.count(m.nps, self.nps)
         m.count(m.csat, self.csat)
+        m.count(m.alerts, self.alerts)
         for channel, amount in self.revenue.items():
             if amount > 0:  # Prometheus counters only go up; net refunds show in ClickHouse
                 m.revenue.labels(channel).inc(amount)
+
+
+def _source_record(message: Any) -> SourceRecord:
+    return SourceRecord(
+        message.topic, message.partition, message.offset, int(message.timestamp * 1000), message.key, message.value,
+    )
 
 
 def _dead_letter_record(dead: DeadLetter) -> KafkaRecord:

@@ -43,7 +43,9 @@ class KafkaSink:
         self._partitions: dict[str, list[int]] = {}
         self._batches: dict[tuple[str, int], object] = {}
         self._counts: dict[tuple[str, int], int] = {}
-        self._in_flight: list[tuple[str, int, asyncio.Future]] = []
+        self._in_flight: list[tuple[str, int, asyncio.Future]] = []  # (topic, records, delivery)
+        self._shipped: list[asyncio.Future] = []  # shipped deliveries that later sends wait for
+        self._flush_lock = asyncio.Lock()
         self._started = False
         self._tracked: set[str] = set()
 
@@ -73,7 +75,7 @@ class KafkaSink:
             if batch is None:
                 batch = self._batches[slot] = self._producer.create_batch()
             if batch.append(key=record.key, value=record.value, timestamp=record.timestamp_ms, headers=list(record.headers)) is None:
-                await self._send(slot)  # batch full: ship it, then start a new one
+                await self._send(slot, self._batches.pop(slot), self._counts.pop(slot))  # full: ship it
                 batch = self._batches[slot] = self._producer.create_batch()
                 if batch.append(key=record.key, value=record.value, timestamp=record.timestamp_ms, headers=list(record.headers)) is None:
                     raise ValueError(f"record for {record.topic} is larger than the producer's max batch size")
@@ -81,33 +83,35 @@ class KafkaSink:
 
     async def ship(self, topic: str) -> list[asyncio.Future]:
         """Send ``topic``'s buffered records now, for outputs that must not wait for the next flush
-        (alerts); returns their delivery futures. A later :meth:`flush` still awaits them."""
-        shipped = len(self._in_flight)
+        (alerts); returns their delivery futures. Whatever is sent after them, by any path, is sent
+        only once they are acked: a state changelog is never durable without the alerts before it."""
+        futures = []
         for slot in [slot for slot in self._batches if slot[0] == topic]:
-            await self._send(slot)
-        return [future for _, _, future in self._in_flight[shipped:]]
+            future = await self._send(slot, self._batches.pop(slot), self._counts.pop(slot), shipped=True)
+            if future is not None:
+                futures.append(future)
+        self._shipped += futures
+        return futures
 
     async def flush(self) -> None:
-        """Send everything and await the acks. Records already shipped are acked *before* the rest
-        is sent: whatever a flush writes after them (state changelogs) is never durable without them."""
-        if self._in_flight:
-            await self._await_in_flight()
-        for slot in list(self._batches):
-            await self._send(slot)
-        await self._await_in_flight()
-
-    async def _await_in_flight(self) -> None:
-        in_flight, self._in_flight = self._in_flight, []
-        started = time.perf_counter()
-        results = await asyncio.gather(*(fut for _, _, fut in in_flight), return_exceptions=True)
-        seconds = time.perf_counter() - started
-        error: BaseException | None = None
-        for (topic, count, _), result in zip(in_flight, results):
-            failed = result if isinstance(result, BaseException) else None
-            self._observer.on_write(topic, count, seconds, failed)
-            error = error or failed
-        if error is not None:
-            raise error
+        """Send everything buffered so far and await the acks of everything sent. One flush at a time
+        (the worker and the trainer share the sink); records written meanwhile go to the next one."""
+        async with self._flush_lock:
+            batches, self._batches = self._batches, {}
+            counts, self._counts = self._counts, {}
+            for slot, batch in batches.items():
+                await self._send(slot, batch, counts.get(slot, 0))
+            in_flight, self._in_flight = self._in_flight, []
+            started = time.perf_counter()
+            results = await asyncio.gather(*(fut for _, _, fut in in_flight), return_exceptions=True)
+            seconds = time.perf_counter() - started
+            error: BaseException | None = None
+            for (topic, count, _), result in zip(in_flight, results):
+                failed = result if isinstance(result, BaseException) else None
+                self._observer.on_write(topic, count, seconds, failed)
+                error = error or failed
+            if error is not None:
+                raise error
 
     async def close(self) -> None:
         if self._started:
@@ -117,11 +121,12 @@ class KafkaSink:
                 await self._producer.stop()
                 self._started = False
 
-    async def _send(self, slot: tuple[str, int]) -> None:
-        batch = self._batches.pop(slot, None)
-        count = self._counts.pop(slot, 0)
-        if batch is None or not count:
-            return
+    async def _send(self, slot: tuple[str, int], batch: object, count: int, shipped: bool = False) -> asyncio.Future | None:
+        if not count:
+            return None
+        if not shipped and self._shipped:
+            shipped_before, self._shipped = self._shipped, []
+            await asyncio.gather(*shipped_before)  # a failure propagates: nothing after it is sent
         topic, partition = slot
         if topic not in self._tracked:
             # aiokafka fetches metadata for *all* topics until one is tracked, then only for tracked
@@ -130,7 +135,8 @@ class KafkaSink:
             await self._producer.client.add_topic(topic)
             self._tracked.add(topic)
         future = await self._producer.send_batch(batch, topic, partition=partition)
-        self._in_flight.append((f"{topic}[{partition}]", count, future))
+        self._in_flight.append((topic, count, future))
+        return future
 
     async def _partition_for(self, topic: str, key: bytes | None) -> int:
         partitions = self._partitions.get(topic)
