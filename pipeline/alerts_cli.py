@@ -29,6 +29,7 @@ from collections import OrderedDict
 from datetime import datetime, timezone
 from typing import Any, Callable, Collection, Mapping
 
+from schemas.codec import RecordEncoder, read_json
 from schemas.contract import TOPIC_ALERTS, schema_json
 
 DEDUPE_CAPACITY = 100_000
@@ -88,8 +89,7 @@ def decode_value(payload: bytes, encoder: Any = None) -> dict[str, Any]:
     """One ``cem.alerts`` value as a record: JSON when it starts with ``{``, else Avro single-object.
 
     ``encoder`` is a ``schemas.codec.RecordEncoder("alert")`` (made on first use when not given).
-    Undecodable bytes raise ``ValueError`` (``schemas.codec.DecodeError`` and ``json.JSONDecodeError``
-    are both ``ValueError``).
+    Undecodable bytes raise ``schemas.codec.DecodeError`` (a ``ValueError``).
 
     >>> decode_value(b'{"alert_id": "a1", "type": "detractor", "severity": "high", "occurred_at": 0,'
     ...              b' "emitted_at": 0, "reason": "r", "recommended_action": "x"}')["type"]
@@ -100,16 +100,8 @@ def decode_value(payload: bytes, encoder: Any = None) -> dict[str, Any]:
     schemas.codec.DecodeError: unknown_schema: not single-object encoded with this schema
     """
     if payload[:1] == b"{":
-        record = json.loads(payload)
-        if not isinstance(record, dict):
-            raise ValueError("JSON value is not an object")
-    else:
-        if encoder is None:
-            from schemas.codec import RecordEncoder
-
-            encoder = RecordEncoder("alert")
-        record = encoder.decode(payload)
-    return normalize(record)
+        return normalize(read_json(payload))
+    return normalize((encoder or RecordEncoder("alert")).decode(payload))
 
 
 def matches(record: Mapping[str, Any], types: Collection[str] | None = None, severities: Collection[str] | None = None) -> bool:
@@ -214,8 +206,6 @@ async def tail(
     """
     from aiokafka import AIOKafkaConsumer, TopicPartition
     from aiokafka.errors import KafkaError
-
-    from schemas.codec import RecordEncoder
 
     encoder = RecordEncoder("alert")
     consumer = AIOKafkaConsumer(

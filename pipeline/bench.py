@@ -18,7 +18,7 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer
 
 from pipeline.broker import EmbeddedBroker, ensure_topics, free_port
-from pipeline.embedded import WorkerProcess, publish
+from pipeline.embedded import WorkerProcess, publish, total
 from pipeline.run import embedded_settings
 from pipeline.settings import Settings
 from schemas.contract import TOPIC_TOUCHPOINTS
@@ -65,7 +65,7 @@ def run_bench(events: int, customers: int, partitions: int, seed: int, data_dir:
         "kafka_consume_per_s": round(consume_per_s, 1),
         "kafka_produce_per_s": round(len(touchpoints) / produce_s, 1),
         "ratio_to_kafka_consume": round(len(touchpoints) / seconds / consume_per_s, 4),
-        "dead_lettered": int(sum(status["totals"].get("touchpoints_dead_lettered", {}).values())),
+        "dead_lettered": total(status["totals"], "touchpoints_dead_lettered"),
     }
 
 

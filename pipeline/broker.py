@@ -11,6 +11,7 @@ from pathlib import Path
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from pipeline.processes import spawn, stop
 from schemas.contract import (
     TOPIC_ALERTS, TOPIC_CUSTOMERS, TOPIC_DLQ, TOPIC_ENRICHED, TOPIC_MODELS, TOPIC_TOUCHPOINTS, TOPIC_TRAINING,
 )
@@ -56,12 +57,10 @@ class EmbeddedBroker:
         if port_open("127.0.0.1", self.port):
             raise BrokerError(f"port {self.port} is already in use: pass --broker-port to pick another")
         url = f"tcp://127.0.0.1:{self.port}"
-        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
-        self.process = subprocess.Popen(
+        self.process = spawn(
             [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
              "--storage-engine", "memory://tansu/"],
-            stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True,  # outlive a terminal Ctrl-C until the supervisor has drained
+            self.log_file,
         )
         deadline = time.monotonic() + timeout_s
         while not port_open("127.0.0.1", self.port):
@@ -74,12 +73,7 @@ class EmbeddedBroker:
         return self
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+        stop(self.process, 5)
         self.process = None
 
     def __enter__(self) -> "EmbeddedBroker":

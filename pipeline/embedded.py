@@ -20,6 +20,7 @@ from typing import Any, Iterable
 import orjson
 from aiokafka import AIOKafkaProducer
 
+from pipeline.processes import spawn, stop
 from pipeline.settings import Settings
 from schemas.codec import AvroCodec
 from schemas.contract import TOPIC_CUSTOMERS, TOPIC_TOUCHPOINTS
@@ -27,6 +28,16 @@ from schemas.contract import TOPIC_CUSTOMERS, TOPIC_TOUCHPOINTS
 
 class WorkerError(RuntimeError):
     pass
+
+
+def total(totals: dict, name: str) -> int:
+    """A counter's total over its labels, from ``/status`` totals (0 if it has none yet)."""
+    return int(sum(totals.get(name, {}).values()))
+
+
+def received(status: dict) -> int:
+    """Input records the worker has read, from its ``/status``."""
+    return total(status["totals"], "touchpoints_received")
 
 
 class WorkerProcess:
@@ -43,11 +54,7 @@ class WorkerProcess:
 
     def start(self, timeout_s: float = 60.0) -> "WorkerProcess":
         env = dict(os.environ, **self.settings.to_env())
-        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli", "worker"], env=env, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True,  # Ctrl-C reaches the supervisor, which then drains and stops us
-        )
+        self.process = spawn([sys.executable, "-m", "pipeline.cli", "worker"], self.log_path, env)
         self.wait_until(lambda st: st.get("started"), timeout_s, "the worker did not start consuming")
         return self
 
@@ -55,8 +62,7 @@ class WorkerProcess:
         return self.process is not None and self.process.poll() is None
 
     def status(self) -> dict:
-        with urllib.request.urlopen(f"{self.url}/status", timeout=5) as response:
-            return json.load(response)
+        return fetch_status(self.url)
 
     def query(self, sql: str) -> list[tuple]:
         return query_worker(self.url, sql)[1]
@@ -76,25 +82,25 @@ class WorkerProcess:
                 pass
             if time.monotonic() > deadline:
                 last = {k: v for k, v in (status or {}).items() if k != "totals"}
+                if status:
+                    last["received"] = received(status)
                 raise WorkerError(f"{what} within {timeout_s:.0f}s; last status {last}{self._log_tail()}")
             time.sleep(interval_s)
 
+    def wait_drained(self, expected_in: int, timeout_s: float = 60.0) -> dict:
+        """Wait until the worker has read ``expected_in`` records and made all of them durable."""
+        return self.wait_until(
+            lambda st: received(st) >= expected_in and st["pending_rows"] == 0 and st["committed_records"] >= received(st),
+            timeout_s, f"the worker did not drain {expected_in} records",
+        )
+
     def stop(self, timeout_s: float = 30.0) -> int:
         """Graceful stop: SIGTERM makes the worker flush its sinks and commit."""
-        if not self.alive():
-            return self.process.returncode if self.process else 0
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait()
+        return stop(self.process, timeout_s)
 
     def kill(self) -> None:
         """SIGKILL: no flush, no commit (the crash the sinks are built to survive)."""
-        if self.alive():
-            self.process.kill()
-            self.process.wait()
+        stop(self.process, 0, signal.SIGKILL)
 
     def _log_tail(self) -> str:
         if self.log_path and self.log_path.exists():
@@ -102,27 +108,41 @@ class WorkerProcess:
         return ""
 
 
-def query_worker(url: str, sql: str) -> tuple[list[str], list[list]]:
+def query_worker(url: str, sql: str, timeout_s: float = 60.0) -> tuple[list[str], list[list]]:
+    """SQL through a running worker's ``/query``; ClickHouse's refusal comes back as :class:`WorkerError`."""
     request = urllib.request.Request(f"{url}/query", data=sql.encode(), method="POST")
     try:
-        with urllib.request.urlopen(request, timeout=60) as response:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
             body = json.load(response)
-    except urllib.error.HTTPError as exc:
-        raise WorkerError(json.load(exc).get("error", str(exc))) from None
+    except urllib.error.HTTPError as exc:  # the worker answers a bad query with 400 {"error": ...}
+        try:
+            message = json.loads(exc.read() or b"{}").get("error") or str(exc)
+        except ValueError:
+            message = str(exc)
+        raise WorkerError(message) from None
     return body["columns"], body["rows"]
+
+
+def fetch_status(url: str, timeout_s: float = 5.0) -> dict:
+    """A running worker's ``/status``."""
+    with urllib.request.urlopen(f"{url}/status", timeout=timeout_s) as response:
+        return json.load(response)
+
+
+def running_worker(data_dir: Path) -> dict | None:
+    """The ``worker.json`` of a live worker that holds the chDB engine under ``data_dir``, if any."""
+    try:
+        info = json.loads((Path(data_dir) / "worker.json").read_text())
+        os.kill(info["pid"], 0)
+    except (OSError, ValueError, KeyError):  # absent, unreadable, or its process is gone
+        return None
+    return info
 
 
 def running_worker_url(data_dir: Path) -> str | None:
     """The status URL of a live worker that holds the chDB engine under ``data_dir``, if any."""
-    run_file = Path(data_dir) / "worker.json"
-    if not run_file.exists():
-        return None
-    info = json.loads(run_file.read_text())
-    try:
-        os.kill(info["pid"], 0)
-    except (ProcessLookupError, PermissionError):
-        return None
-    return f"http://127.0.0.1:{info['web_port']}"
+    info = running_worker(data_dir)
+    return f"http://127.0.0.1:{info['web_port']}" if info else None
 
 
 class TouchpointPublisher:

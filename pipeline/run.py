@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Iterable
 
 from pipeline.broker import EmbeddedBroker, ensure_topics
-from pipeline.embedded import TouchpointPublisher, WorkerProcess, publish, publish_profiles, running_worker_url
+from pipeline.embedded import (
+    TouchpointPublisher, WorkerProcess, publish, publish_profiles, received, running_worker_url, total,
+)
 from pipeline.settings import Settings
 
 PROGRESS_EVERY_S = 1.0
@@ -54,10 +56,7 @@ def run_embedded(
             _say("\nstopping: draining what was published ...")
         produced = progress.produced
         try:
-            final = worker.wait_until(
-                lambda st: _received(st) >= produced and st["pending_rows"] == 0 and st["committed_records"] >= _received(st),
-                timeout_s=120, what="the worker did not drain",
-            )
+            final = worker.wait_drained(produced, timeout_s=120)
         finally:
             worker.stop()
     summary = _summary(final, produced, time.monotonic() - started)
@@ -127,9 +126,9 @@ class _Progress:
             return
         totals = status["totals"]
         line = (
-            f"[{time.monotonic() - self.began:6.0f}s] published {produced:>8}  in {_received(status):>8}  "
-            f"processed {_sum(totals, 'touchpoints_processed'):>8}  dead-lettered {_sum(totals, 'touchpoints_dead_lettered'):>5}  "
-            f"deduplicated {_sum(totals, 'touchpoints_deduplicated'):>5}  rows {_sum(totals, 'clickhouse_insert_rows'):>8}  "
+            f"[{time.monotonic() - self.began:6.0f}s] published {produced:>8}  in {received(status):>8}  "
+            f"processed {total(totals, 'touchpoints_processed'):>8}  dead-lettered {total(totals, 'touchpoints_dead_lettered'):>5}  "
+            f"deduplicated {total(totals, 'touchpoints_deduplicated'):>5}  rows {total(totals, 'clickhouse_insert_rows'):>8}  "
             f"p99 {status['latency_committed']['p99_ms']} ms"
         )
         if self.tty:
@@ -139,23 +138,15 @@ class _Progress:
             self.last_line = time.monotonic()
 
 
-def _sum(totals: dict, name: str) -> int:
-    return int(sum(totals.get(name, {}).values()))
-
-
-def _received(status: dict) -> int:
-    return _sum(status["totals"], "touchpoints_received")
-
-
 def _summary(status: dict, produced: int, elapsed_s: float) -> dict:
     totals = status["totals"]
     return {
         "published": produced,
-        "events_in": _received(status),
-        "processed": _sum(totals, "touchpoints_processed"),
+        "events_in": received(status),
+        "processed": total(totals, "touchpoints_processed"),
         "dead_lettered": {k.split(",")[0]: int(v) for k, v in totals.get("touchpoints_dead_lettered", {}).items()},
-        "deduplicated": _sum(totals, "touchpoints_deduplicated"),
-        "replayed": _sum(totals, "touchpoints_replayed"),
+        "deduplicated": total(totals, "touchpoints_deduplicated"),
+        "replayed": total(totals, "touchpoints_replayed"),
         "elapsed_s": round(elapsed_s, 1),
         "latency_committed": status["latency_committed"],
         "latency_alert": status["latency_alert"],

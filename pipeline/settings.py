@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -53,7 +53,6 @@ class Settings:
     session_timeout_s: float = 10.0
     rebalance_timeout_s: float = 10.0
     heartbeat_interval_s: float = 1.0
-    extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -62,7 +61,7 @@ class Settings:
         values: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
             raw = env.get(f"CEM_{f.name.upper()}")
-            if raw is None or f.name == "extra":
+            if raw is None:
                 continue
             values[f.name] = _coerce(f.type, raw)
         return cls(**values)
@@ -73,7 +72,7 @@ class Settings:
 
     def to_env(self) -> dict[str, str]:
         """The ``CEM_*`` variables that reproduce these settings in a child process."""
-        return {f"CEM_{f.name.upper()}": str(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "extra"}
+        return {f"CEM_{f.name.upper()}": str(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     @property
     def embedded_clickhouse(self) -> bool:

@@ -87,37 +87,19 @@ def resolve_sources(target: Target) -> Sources:
 
 def read_run_file(data_dir: Path) -> dict | None:
     """The live worker's ``worker.json`` under ``data_dir`` (None if absent or its process is gone)."""
-    from pipeline.embedded import running_worker_url
+    from pipeline.embedded import running_worker
 
-    try:
-        if running_worker_url(data_dir) is None:
-            return None
-        return json.loads((Path(data_dir) / "worker.json").read_text())
-    except (OSError, ValueError, KeyError):
-        return None
+    return running_worker(data_dir)
 
 
 def _strip(url: str | None) -> str | None:
     return url.rstrip("/") if url else None
 
 
-def _worker_query(url: str, sql: str, timeout_s: float = 10.0) -> tuple[list[str], list[Any]]:
-    """SQL through the worker's ``/query`` (as pipeline.embedded.query_worker, with a short timeout)."""
-    request = urllib.request.Request(f"{url}/query", data=sql.encode(), method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
-            body = json.load(response)
-    except urllib.error.HTTPError as exc:  # the worker answers a bad query with 400 {"error": ...}
-        try:
-            message = json.loads(exc.read() or b"{}").get("error") or str(exc)
-        except ValueError:
-            message = str(exc)
-        raise QueryError(message) from None
-    return body["columns"], body["rows"]
+def _worker_query(url: str, sql: str) -> tuple[list[str], list[Any]]:
+    from pipeline.embedded import query_worker
 
-
-class QueryError(RuntimeError):
-    """ClickHouse refused a query (the message is ClickHouse's)."""
+    return query_worker(url, sql, timeout_s=10.0)  # short: the view refreshes every second
 
 
 def _server_query(settings: Any, sql: str) -> tuple[list[str], list[Any]]:
@@ -128,8 +110,9 @@ def _server_query(settings: Any, sql: str) -> tuple[list[str], list[Any]]:
 
 # -- fetching -------------------------------------------------------------------------------------
 def fetch_status(status_url: str, timeout_s: float = HTTP_TIMEOUT_S) -> dict:
-    with urllib.request.urlopen(f"{status_url}/status", timeout=timeout_s) as response:
-        return json.load(response)
+    from pipeline.embedded import fetch_status as worker_status
+
+    return worker_status(status_url, timeout_s)
 
 
 def fetch_lag(metrics_url: str, timeout_s: float = HTTP_TIMEOUT_S) -> dict[str, float]:

@@ -221,7 +221,7 @@ class AvroCodec:
             if writer is None:
                 raise DecodeError(Reason.UNKNOWN_SCHEMA, f"no writer schema mapped to Confluent id {schema_id}")
             return self._read_avro(payload[5:], writer, writer is self._reader)
-        return _read_json(payload)
+        return read_json(payload)
 
     def current_body(self, payload: bytes) -> bytes | None:
         """The Avro body of a record written with the current (reader) schema, else None."""
@@ -243,7 +243,8 @@ class AvroCodec:
         return record
 
 
-def _read_json(payload: bytes) -> dict:
+def read_json(payload: bytes) -> dict:
+    """A JSON object, or :class:`DecodeError` (``undecodable``)."""
     try:
         obj = json.loads(payload)
     except (UnicodeDecodeError, ValueError) as exc:

@@ -1,0 +1,40 @@
+"""Child processes of the embedded stack (broker, worker; Prometheus in tests): start and stop, once."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from pathlib import Path
+from typing import Mapping, Sequence
+
+
+def spawn(argv: Sequence[str], log_path: Path | None = None, env: Mapping[str, str] | None = None) -> subprocess.Popen:
+    """Start ``argv`` with stdout and stderr appended to ``log_path`` (or discarded).
+
+    The child gets its own session: a terminal's Ctrl-C reaches only the supervisor, which then
+    drains and stops its children in order.
+    """
+    out = open(log_path, "ab") if log_path else subprocess.DEVNULL
+    try:
+        return subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    finally:
+        if log_path:
+            out.close()  # the child holds its own descriptor
+
+
+def stop(process: subprocess.Popen | None, timeout_s: float, sig: int = signal.SIGTERM) -> int:
+    """Send ``sig``, wait up to ``timeout_s``, then SIGKILL; returns the exit code (0 if never started).
+
+    >>> import sys
+    >>> stop(spawn([sys.executable, "-c", "import time; time.sleep(60)"]), 5) == -signal.SIGTERM
+    True
+    """
+    if process is None:
+        return 0
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            return process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    return process.wait()
