@@ -4,11 +4,11 @@
 
 No Kafka, no ClickHouse: :class:`processors.synthetic.JourneyGenerator` events are encoded to JSON
 bytes and go, in event-time order, through what ``pipeline/worker.py`` does per touchpoint
-(``TouchpointWorker.process`` / ``_route``):
+(``TouchpointWorker.process`` / ``_route``), with the worker's own :class:`TouchpointScoring`:
 
-    Ingestor.handle -> TextSentiment.score -> ChurnScorer.score -> AlertEngine.on_event
+    Ingestor.handle -> TouchpointScoring.score (TextSentiment -> ChurnScorer -> AlertEngine.on_event)
 
-and per batch of ``--batch`` events: ``AlertEngine.sweep`` to the watermark, the batch's
+and per batch of ``--batch`` events: ``TouchpointScoring.sweep`` to the watermark, the batch's
 :class:`TrainingBatch` (watermark = the engine's) to one :class:`ModelTrainer` (offset = batch
 number). The worker hot-swaps the scorers' models with the trainer's latest published snapshot every
 few seconds; here every ``--swap-every`` batches both scorers get a pickle round trip of the
@@ -34,9 +34,11 @@ customer's state before its first event, like ``cem.customers`` does.
   snapshot day only. (3) diagnostics, off by default: ``--holdout`` (a share of customers whose
   labels the trainer scores but never learns) and ``--drop-features`` (the model ignores them).
 * Cost: ``time.perf_counter_ns`` around each stage call, summed and divided by ALL events (not only
-  the scored ones): sentiment (events with text), churn (rescoring is throttled: signal events and
-  browsing at most every 6 h), alerts (``on_event`` plus the lazy churn-contribution wrapper the
-  worker builds; the per-batch sweep reported beside it). Ingest, training and the model swap are
+  the scored ones): sentiment (events with text) and churn (rescoring is throttled: signal events and
+  browsing at most every 6 h) timed inside their ``score`` (:class:`TimedSentiment`,
+  :class:`TimedChurn`), alerts = the whole ``TouchpointScoring.score`` minus those two (``on_event``
+  plus the lazy churn-contribution wrapper and the alert-state lookup; the per-batch sweep reported
+  beside it). Ingest, training and the model swap are
   reported for context; they are not scoring cost (training runs in the trainer, once per label).
   Timings include what a stream pays: cold caches, GC pauses; the timer's own overhead is reported.
 
@@ -59,21 +61,45 @@ sys.path.insert(0, str(REPO))
 
 import orjson  # noqa: E402
 
-from processors.alerts import AlertEngine, CustomerAlertState  # noqa: E402
 from processors.churn import ChurnModel  # noqa: E402
 from processors.customer import DAY_MS, CustomerState  # noqa: E402
 from processors.evaluation import roc_auc  # noqa: E402
 from processors.ingest import Ingestor, Kind, SourceRecord  # noqa: E402
 from processors.quality import BinaryQuality  # noqa: E402
-from processors.scoring import ChurnScorer, TextSentiment, TrainingBatch  # noqa: E402
+from processors.scoring import ChurnScorer, TextSentiment, TouchpointScoring, TrainingBatch  # noqa: E402
 from processors.sentiment import SentimentModel  # noqa: E402
 from processors.synthetic import DEFAULT_START_MS, JourneyGenerator  # noqa: E402
 from processors.training import ModelTrainer, pack, unpack  # noqa: E402
 from schemas.codec import AvroCodec  # noqa: E402
+from schemas.contract import MODEL_CHURN  # noqa: E402
 from schemas.contract import TOPIC_TOUCHPOINTS  # noqa: E402
 
 ISSUE_AUC = 0.85
 ISSUE_US = 30.0
+
+
+class Timed:
+    """Mixin for a pipeline scorer: adds the time of each ``score`` call to ``ns[stage]``."""
+
+    stage = ""
+
+    def __init__(self, ns: dict[str, int], model: object = None):
+        super().__init__(model)  # type: ignore[call-arg]
+        self.ns = ns
+
+    def score(self, enriched, state, new, batch):  # type: ignore[no-untyped-def]
+        t0 = time.perf_counter_ns()
+        result = super().score(enriched, state, new, batch)  # type: ignore[misc]
+        self.ns[self.stage] += time.perf_counter_ns() - t0
+        return result
+
+
+class TimedSentiment(Timed, TextSentiment):
+    stage = "sentiment"
+
+
+class TimedChurn(Timed, ChurnScorer):
+    stage = "churn"
 
 
 class RecordingQuality(BinaryQuality):
@@ -176,17 +202,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     profiles = {p["customer_id"]: p["attributes"] for p in gen.profiles()}
     end_ms = args.start_ms + int(args.days * DAY_MS)
 
+    clock = time.perf_counter_ns
+    ns = dict.fromkeys(("ingest", "sentiment", "churn", "alerts", "sweep", "train", "swap"), 0)
     ingestor = Ingestor(AvroCodec())
-    sentiment = TextSentiment()
     if args.drop_features or args.holdout:
         DroppingChurnModel.DROP = frozenset(filter(None, args.drop_features.split(","))) | {CID}
-        churn, trainer = ChurnScorer(DroppingChurnModel()), DiagnosticTrainer(DroppingChurnModel(), args.holdout)
+        churn, trainer = TimedChurn(ns, DroppingChurnModel()), DiagnosticTrainer(DroppingChurnModel(), args.holdout)
     else:
-        churn, trainer = ChurnScorer(), DiagnosticTrainer()
-    engine = AlertEngine()
+        churn, trainer = TimedChurn(ns), DiagnosticTrainer()
+    scoring = TouchpointScoring(TimedSentiment(ns), churn)
+    engine = scoring.alerts
     quality = trainer.churn_quality = RecordingQuality()
     states: dict[str, CustomerState] = {}
-    alert_states: dict[str, CustomerAlertState] = {}
 
     def state_for(customer_id: str) -> CustomerState:
         state = states.get(customer_id)
@@ -195,11 +222,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             state.profile = dict(profiles.get(customer_id, {}))
         return state
 
-    def lookup(customer_id: str) -> CustomerAlertState | None:
-        return alert_states.get(customer_id)
-
-    clock = time.perf_counter_ns
-    ns = dict.fromkeys(("ingest", "sentiment", "churn", "alerts", "sweep", "train", "swap"), 0)
     counts = dict.fromkeys(("events", "processed", "text", "sentiment_scored", "churn_scored", "alerts",
                             "sweep_alerts", "swaps", "batches", "training_texts", "training_snapshots",
                             "training_churns"), 0)
@@ -234,34 +256,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 continue
             enriched, state = result.enriched, result.state
             new = result.kind is Kind.PROCESSED
+            before = ns["sentiment"] + ns["churn"]
             t0 = clock()
-            score = sentiment.score(enriched, state, new, training)
-            t1 = clock()
-            risk = churn.score(enriched, state, new, training)
-            t2 = clock()
+            fired = scoring.score(enriched, state, new, training)
+            ns["alerts"] += clock() - t0 - (ns["sentiment"] + ns["churn"] - before)  # the rest of score()
+            rescored = MODEL_CHURN in enriched.model_versions  # as pipeline/worker.py tells a churn rescore
             customer_id = enriched.touchpoint.customer_id
-            alert_state = alert_states.get(customer_id)
-            if alert_state is None:
-                alert_state = alert_states[customer_id] = CustomerAlertState(customer_id)
-            drivers = churn.contributions(state, enriched.touchpoint.occurred_at) if risk is not None else None
-            fired = engine.on_event(enriched, alert_state, drivers, replay=not new)
-            t3 = clock()
-            ns["sentiment"] += t1 - t0
-            ns["churn"] += t2 - t1
-            ns["alerts"] += t3 - t2
             counts["processed"] += 1
             counts["text"] += bool(enriched.touchpoint.text)
-            counts["sentiment_scored"] += score is not None
-            counts["churn_scored"] += risk is not None
+            counts["sentiment_scored"] += enriched.sentiment is not None
+            counts["churn_scored"] += rescored
             counts["alerts"] += len(fired)
-            if risk is not None and training.snapshots and training.snapshots[-1][1] == enriched.touchpoint.occurred_at \
+            if rescored and training.snapshots and training.snapshots[-1][1] == enriched.touchpoint.occurred_at \
                     and training.snapshots[-1][0] == customer_id:
-                scored.append((customer_id, training.snapshots[-1][1], risk))
+                scored.append((customer_id, training.snapshots[-1][1], enriched.churn_risk))
         counts["events"] += len(records)
         if args.holdout:
             training.snapshots = [(c, t, {**x, CID: c}) for c, t, x in training.snapshots]
         t0 = clock()
-        counts["sweep_alerts"] += len(engine.sweep(engine.watermark_ms, lookup))
+        counts["sweep_alerts"] += len(scoring.sweep(states.get))
         t1 = clock()
         training.watermark_ms = engine.watermark_ms
         counts["training_texts"] += len(training.texts)
@@ -276,8 +289,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         counts["batches"] += 1
         if counts["batches"] % args.swap_every == 0:
             t0 = clock()
-            sentiment.model = unpack(pack(trainer.sentiment), SentimentModel)
-            churn.model = unpack(pack(trainer.churn), ChurnModel)
+            scoring.sentiment.model = unpack(pack(trainer.sentiment), SentimentModel)
+            scoring.churn.model = unpack(pack(trainer.churn), ChurnModel)
             ns["swap"] += clock() - t0
             counts["swaps"] += 1
     seconds = time.perf_counter() - started

@@ -13,13 +13,17 @@ from typing import Callable, Iterator
 
 import pytest
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.structs import ConsumerRecord
+
 from pipeline.broker import EmbeddedBroker, ensure_topics, free_port
 from pipeline.embedded import WorkerProcess
+from pipeline.models import read_to_end
 from pipeline.run import embedded_settings
 from pipeline.settings import Settings
+from processors.synthetic import KPI_COLUMNS, kpi_totals
 
 PARTITIONS = 4
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 @pytest.fixture
@@ -68,21 +72,36 @@ def required_binary(name: str, apt_package: str) -> str:
     pytest.skip(f"{name} not installed (apt-get install -y {apt_package})")
 
 
-def received(status: dict) -> int:
-    return int(sum(status["totals"].get("touchpoints_received", {}).values()))
-
-
-def wait_drained(worker: WorkerProcess, expected_in: int, timeout_s: float = 60.0) -> dict:
-    """Wait until the worker has read ``expected_in`` records and committed all of them."""
-    return worker.wait_until(
-        lambda st: received(st) >= expected_in and st["pending_rows"] == 0 and st["committed_records"] >= received(st),
-        timeout_s, f"the worker did not drain {expected_in} records",
-    )
-
-
 def run(coro):  # small helper: tests are sync; publishing is async
     return asyncio.run(coro)
 
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+async def read_topic(bootstrap: str, topic: str, partitions: int = PARTITIONS, timeout_s: float = 20.0) -> list[ConsumerRecord]:
+    """Every record on ``topic`` from the beginning to its end, as it is now (partition by partition)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        parts = [TopicPartition(topic, p) for p in range(partitions)]
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        async with asyncio.timeout(timeout_s):
+            return await read_to_end(consumer, parts)
+    finally:
+        await consumer.stop()
+
+
+def kpi_by_channel(worker: WorkerProcess) -> dict[str, dict[str, float]]:
+    """The worker's ``cem.kpi_minute`` summed per channel (money to 2 decimals)."""
+    sums = ", ".join(f"sum({c})" for c in KPI_COLUMNS)
+    rows = worker.query(f"SELECT channel, {sums} FROM cem.kpi_minute GROUP BY channel")
+    return {row[0]: {c: round(float(v), 2) for c, v in zip(KPI_COLUMNS, row[1:])} for row in rows}
+
+
+def expected_kpis(events: list[dict]) -> dict[str, dict[str, float]]:
+    """What :func:`kpi_by_channel` must return for ``events``."""
+    truth = kpi_totals(events)
+    return {ch: {c: round(float(cols[c]), 2) for c in KPI_COLUMNS} for ch, cols in truth.items()}

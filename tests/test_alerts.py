@@ -30,11 +30,11 @@ from processors.alerts import (
     example_enriched,
 )
 from processors.customer import CustomerState, Enriched, Outcome, apply
+from processors.synthetic import DEFAULT_START_MS as T0  # 2026-01-01T00:00:00Z
 from processors.touchpoint import Touchpoint
 from schemas.codec import RecordEncoder
 from schemas.contract import schema_json
 
-T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 MIN = MINUTE_MS
 
 

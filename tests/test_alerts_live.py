@@ -7,27 +7,24 @@ the worker's ``cem.alerts`` must match both.
 
 from __future__ import annotations
 
-import asyncio
-
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from conftest import read_topic, run
 from pipeline.embedded import publish
 from processors.alerts import AlertConfig, AlertEngine
 from processors.customer import CustomerState
 from processors.ingest import Ingestor, Kind, SourceRecord
 from processors.scoring import TouchpointScoring, TrainingBatch
+from processors.synthetic import DEFAULT_START_MS as T0  # 2026-01-01T00:00:00Z
+from processors.synthetic import JourneyGenerator
 from schemas.codec import AvroCodec, RecordEncoder
 from schemas.contract import TOPIC_ALERTS, TOPIC_TOUCHPOINTS
-from tests.conftest import PARTITIONS, run, wait_drained
 
 pytestmark = pytest.mark.integration
 
-T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 MIN = 60_000
 HOUR = 60 * MIN
-DAY = 24 * HOUR
 # The churn threshold suits the cold-start prior (processors.churn.prior_risk): six open
 # complaints cross 0.55 at the fifth (~0.60); three do not (~0.32), nor does a detractor's angry comment (~0.45).
 # VIP needs 20 customers' values, not 100, in a short stream.
@@ -106,24 +103,7 @@ def in_process_alerts(events: list[dict]) -> list[dict]:
 async def read_alerts(bootstrap: str) -> list[dict]:
     """Every record on cem.alerts, decoded (the worker acks input only after its alerts are durable)."""
     decoder = RecordEncoder("alert")
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest")
-    await consumer.start()
-    try:
-        parts = [TopicPartition(TOPIC_ALERTS, p) for p in range(PARTITIONS)]
-        consumer.assign(parts)
-        await consumer.seek_to_beginning(*parts)
-        end = await consumer.end_offsets(parts)
-        records: list[dict] = []
-        async with asyncio.timeout(20):
-            while True:
-                polled = [r for batch in (await consumer.getmany(timeout_ms=300)).values() for r in batch]
-                records += [decoder.decode(r.value) for r in polled]
-                # Tansu's ListOffsets answers the last *batch's* base offset + 1, so reaching it is
-                # not the end: read on until a poll comes back empty.
-                if not polled and not [p for p in parts if await consumer.position(p) < end[p]]:
-                    return records
-    finally:
-        await consumer.stop()
+    return [decoder.decode(r.value) for r in await read_topic(bootstrap, TOPIC_ALERTS)]
 
 
 def summary(records: list[dict]) -> list[tuple[str, str]]:
@@ -138,7 +118,7 @@ def test_the_crafted_stream_yields_exactly_three_alerts_once_each_through_delive
     worker = start_worker(alert_rules=RULES, commit_interval_s=3600.0)
     for delivery in (1, 2):  # the whole stream, then all of it again (the channel system retries)
         run(publish(broker.bootstrap, events, "avro", timestamp_from_event=True))
-        status = wait_drained(worker, delivery * len(events))
+        status = worker.wait_drained(delivery * len(events))
         assert summary(run(read_alerts(broker.bootstrap))) == expected
     assert sum(status["totals"]["touchpoints_deduplicated"].values()) == len(events) and sum(status["totals"]["alerts"].values()) == 3
     by_type = {r["type"]: r for r in run(read_alerts(broker.bootstrap))}
@@ -157,7 +137,7 @@ def test_the_crafted_stream_yields_exactly_three_alerts_once_each_through_delive
     ids = sorted(r["alert_id"] for r in before)
     worker.kill()
     again = start_worker(alert_rules=RULES, commit_interval_s=3600.0)
-    status = wait_drained(again, 2 * len(events))
+    status = again.wait_drained(2 * len(events))
     totals = status["totals"]
     replayed = sum(totals.get("touchpoints_replayed", {}).values()) + sum(totals.get("touchpoints_processed", {}).values())
     assert replayed == len(events) and sum(totals["touchpoints_deduplicated"].values()) == len(events)
@@ -176,7 +156,7 @@ def test_every_alert_type_fires_on_its_crafted_stream_and_not_on_its_near_miss(b
     }, "the crafted stream no longer tests what it says (near misses must stay silent)"
     worker = start_worker(alert_rules=RULES)
     run(publish(broker.bootstrap, events, "avro", timestamp_from_event=True))
-    wait_drained(worker, len(events))
+    worker.wait_drained(len(events))
     live = run(read_alerts(broker.bootstrap))
     wanted = {r["alert_id"] for r in expected}
     got = {r["alert_id"] for r in live}
@@ -187,15 +167,13 @@ def test_every_alert_type_fires_on_its_crafted_stream_and_not_on_its_near_miss(b
 
 
 def test_models_learn_while_running_and_a_restarted_worker_resumes_from_the_last_snapshot(broker, start_worker):
-    from processors.synthetic import JourneyGenerator
-
     journeys = JourneyGenerator(customers=200, seed=5, start_ms=T0, churn_within_days=6)
     events = list(journeys.events(6000))
     # A 2-day churn horizon so that labels arrive within a short stream.
     settings = dict(model_publish_interval_s=0.5, churn_horizon_s=2 * 86400.0)
     worker = start_worker(**settings)
     run(publish(broker.bootstrap, events, "avro", timestamp_from_event=True))
-    wait_drained(worker, len(events))
+    worker.wait_drained(len(events))
     status = worker.wait_until(
         lambda st: st["models"]["trained_through"] is not None and st["models"]["snapshots_loaded"] >= 2
         and st["models"]["churn"] != "churn-v1+0",

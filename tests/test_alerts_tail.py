@@ -19,12 +19,12 @@ from pipeline.alerts_cli import Deduper, decode_value, format_json, format_text,
 from pipeline.broker import free_port
 from pipeline.cli import build_parser
 from processors.alerts import AlertConfig, detractor_alert, example_enriched
+from processors.synthetic import DEFAULT_START_MS as T0  # 2026-01-01T00:00:00Z
 from processors.touchpoint import Touchpoint
 from schemas.codec import DecodeError, RecordEncoder
 from schemas.contract import TOPIC_ALERTS
 
 ROOT = Path(__file__).resolve().parents[1]
-T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 
 
 def detractor_record(emitted_at: int = T0 + 1234) -> dict:

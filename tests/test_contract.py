@@ -10,11 +10,11 @@ import pytest
 
 from processors.customer import CustomerState, Outcome, apply, prune_seen
 from processors.ingest import Ingestor, Kind, SourceRecord
+from processors.synthetic import DEFAULT_START_MS as T0  # 2026-01-01T00:00:00Z
 from processors.touchpoint import Rejected, Touchpoint, validate
 from schemas.codec import SINGLE_OBJECT_MAGIC, AvroCodec, DecodeError, SchemaRegistry, fingerprint, load_schema
 from schemas.contract import MAX_RECORD_BYTES, Reason, schema_json
 
-T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 BASE = {"event_id": "e1", "customer_id": "c1", "occurred_at": T0, "channel": "web", "type": "purchase", "amount": 12.5}
 
 

@@ -26,6 +26,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import required_binary
+
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -91,19 +93,6 @@ WORKER_ENV = {  # the worker's documented settings, with the compose values that
 }
 METRICS_PORT = 9108
 STATUS_PORT = 6066
-
-IN_CI = bool(os.environ.get("CI"))
-
-
-def require_tool(name: str) -> str:
-    """Path of a required CLI tool; a missing one skips locally but fails in CI (CI=true)."""
-    path = shutil.which(name)
-    if path:
-        return path
-    if IN_CI:
-        pytest.fail(f"{name} is not installed, and CI is set: .ci/run must install it")
-    pytest.skip(f"{name} not installed (apt-get install prometheus); required when CI is set")
-
 
 def optional_tool(name: str) -> str:
     path = shutil.which(name)
@@ -837,13 +826,13 @@ def test_substitute_macros():
 # ---------------------------------------------------------------------------------------------------------
 
 def test_promtool_check_config():
-    promtool = require_tool("promtool")
+    promtool = required_binary("promtool", "prometheus")
     proc = subprocess.run([promtool, "check", "config", str(PROM_CONFIG)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_promtool_check_rules():
-    promtool = require_tool("promtool")
+    promtool = required_binary("promtool", "prometheus")
     proc = subprocess.run([promtool, "check", "rules", str(RULES_FILE)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
@@ -1096,7 +1085,7 @@ PROMTOOL_TESTS = [
 
 
 def test_promtool_unit_tests_of_alerts(tmp_path):
-    promtool = require_tool("promtool")
+    promtool = required_binary("promtool", "prometheus")
     rules = tmp_path / "cem.rules.yml"
     rules.write_text(yaml.safe_dump(strip_annotations(rule_file()), sort_keys=False))
     tests = tmp_path / "cem.rules.test.yml"
@@ -1194,7 +1183,7 @@ def test_dashboard_promql_metric_names_are_known():
 
 def test_dashboard_promql_parses(tmp_path):
     """Every dashboard PromQL, wrapped as a recording rule, passes `promtool check rules` (a PromQL parse)."""
-    promtool = require_tool("promtool")
+    promtool = required_binary("promtool", "prometheus")
     exprs = [substitute_promql_vars(expr) for kind, expr in grafana_queries() if kind == "promql"]
     assert exprs and all("$" not in e for e in exprs)
     rules = {"groups": [{"name": "dashboards", "rules": [
@@ -1223,17 +1212,6 @@ def test_dashboard_sql_is_well_formed():
         # UInt64 columns must not be subtracted unsigned (NPS would wrap around to 1.8e19).
         assert not re.search(r"sum\(promoters\)\s*-\s*sum\(detractors\)", sql)
 
-
-# Tables the worker may not have created yet (columns as documented in the deployment brief).
-FALLBACK_DDL = {
-    "alerts": """CREATE TABLE IF NOT EXISTS cem.alerts (
-        alert_id String, type LowCardinality(String), severity LowCardinality(String), customer_id String,
-        channel LowCardinality(String), occurred_at DateTime64(3, 'UTC'), emitted_at DateTime64(3, 'UTC'),
-        reason String, recommended_action String) ENGINE = MergeTree ORDER BY (emitted_at, alert_id)""",
-    "model_metrics": """CREATE TABLE IF NOT EXISTS cem.model_metrics (
-        minute DateTime('UTC'), model LowCardinality(String), version UInt32, metric LowCardinality(String),
-        value Float64) ENGINE = MergeTree ORDER BY (model, metric, minute)""",
-}
 
 CHDB_SCRIPT = r"""
 import json, sys
@@ -1267,7 +1245,9 @@ def test_dashboard_sql_runs_on_chdb():
     """Every dashboard SQL, macros expanded, runs against the worker's own DDL in chDB (empty tables)."""
     pytest.importorskip("chdb")
     ddl_module = pytest.importorskip("sinks.clickhouse_ddl")
-    ddl = list(ddl_module.statements("cem")) + list(FALLBACK_DDL.values())
+    ddl = list(ddl_module.statements("cem"))
+    created = {m for stmt in ddl for m in re.findall(r"CREATE TABLE IF NOT EXISTS cem\.(\w+)", stmt)}
+    assert {"alerts", "model_metrics"} <= created, f"the worker's DDL creates only {sorted(created)}"
     queries = [substitute_macros(expr) for kind, expr in grafana_queries() if kind == "sql"]
     # init.sql and the users' GRANTs (with a grantee, as ClickHouse completes them) must at least parse.
     parse = [stmt for stmt in init_sql_statements()] + [f"{g} TO someone" for u in ("cem_writer", "grafana") for g in grants(u)]

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.embedded import publish
+from conftest import expected_kpis, kpi_by_channel, now_ms, run
+from pipeline.embedded import publish, received
 from processors.synthetic import JourneyGenerator
-from tests.conftest import now_ms, received, run
-from tests.test_pipeline import expected_kpis, kpi_by_channel
 
 pytestmark = pytest.mark.integration
 

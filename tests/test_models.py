@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 
 import pytest
 
-from pipeline.model_cli import add_model_parser, run_model_eval
+from pipeline.cli import build_parser
+from pipeline.model_cli import run_model_eval
 from processors.churn import (
     prior_risk,
     ChurnLabeler,
@@ -170,7 +170,7 @@ def test_label_from_scores(csat, nps, expected):
     assert SentimentModel.label_from_scores(csat=csat, nps=nps) is expected
 
 
-def test_sentiment_snapshot_round_trip(pretrained):
+def test_sentiment_snapshot_round_trip():
     model = SentimentModel.pretrained()
     model.learn("slow refund", False)
     copy = SentimentModel.from_bytes(model.to_bytes())
@@ -482,16 +482,10 @@ def test_evaluate_file_errors(tmp_path):
 # ---------------------------------------------------------------------------------------------------
 
 
-def _cli(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="cem")
-    add_model_parser(parser.add_subparsers(dest="command", required=True))
-    return parser.parse_args(argv)
-
-
 def test_model_cli_success(tmp_path, capsys):
     path = tmp_path / "x.tsv"
     path.write_text("Great help\t1\nAwful wait\t0\n")
-    args = _cli(["model", "eval", "--model", "sentiment", "--input", str(path), "--text-column", "0", "--label-column", "1"])
+    args = build_parser().parse_args(["model", "eval", "--model", "sentiment", "--input", str(path), "--text-column", "0", "--label-column", "1"])
     assert args.func is run_model_eval and args.handler is run_model_eval
     assert run_model_eval(args) == 0
     out = capsys.readouterr().out.strip().splitlines()
@@ -508,7 +502,7 @@ def test_model_cli_success(tmp_path, capsys):
 def test_model_cli_errors(tmp_path, capsys, argv, message):
     (tmp_path / "x.csv").write_text("a,y\n1,0\n")
     argv = [a.format(dir=tmp_path) for a in argv]
-    args = _cli(["model", "eval", "--model", "churn", *argv])
+    args = build_parser().parse_args(["model", "eval", "--model", "churn", *argv])
     assert run_model_eval(args) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and message in captured.err
@@ -516,4 +510,4 @@ def test_model_cli_errors(tmp_path, capsys, argv, message):
 
 def test_model_cli_rejects_unknown_model():
     with pytest.raises(SystemExit):
-        _cli(["model", "eval", "--model", "nps", "--input", "x", "--label-column", "y"])
+        build_parser().parse_args(["model", "eval", "--model", "nps", "--input", "x", "--label-column", "y"])

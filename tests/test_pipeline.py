@@ -2,49 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import pytest
-from aiokafka import AIOKafkaConsumer
 
-from pipeline.embedded import publish, publish_raw
-from processors.synthetic import JourneyGenerator, inject_bad_records, kpi_totals
+from conftest import expected_kpis, kpi_by_channel, now_ms, read_topic, run
+from pipeline.embedded import publish, publish_raw, received
+from processors.synthetic import DEFAULT_START_MS, JourneyGenerator, inject_bad_records
 from schemas.contract import HEADER_REASON, HEADER_SOURCE_OFFSET, HEADER_STAGE, TOPIC_DLQ, TOPIC_ENRICHED, Reason
 from schemas.codec import RecordEncoder
-from tests.conftest import now_ms, received, run, wait_drained
 
 pytestmark = pytest.mark.integration
-
-KPI_COLUMNS = (
-    "events", "revenue", "refunds", "csat_responses", "csat_satisfied", "nps_responses", "promoters", "detractors",
-    "ces_responses", "ces_sum", "complaints_opened", "complaints_resolved",
-)
-
-
-def kpi_by_channel(worker) -> dict[str, dict[str, float]]:
-    sums = ", ".join(f"sum({c})" for c in KPI_COLUMNS)
-    rows = worker.query(f"SELECT channel, {sums} FROM cem.kpi_minute GROUP BY channel")
-    return {row[0]: {c: round(float(v), 2) for c, v in zip(KPI_COLUMNS, row[1:])} for row in rows}
-
-
-def expected_kpis(events: list[dict]) -> dict[str, dict[str, float]]:
-    truth = kpi_totals(events)
-    return {ch: {c: round(float(cols[c]), 2) for c in KPI_COLUMNS} for ch, cols in truth.items()}
-
-
-async def consume_all(bootstrap: str, topic: str, expected: int, timeout_s: float = 20.0) -> list:
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest")
-    await consumer.start()
-    records = []
-    try:
-        async with asyncio.timeout(timeout_s):
-            while len(records) < expected:
-                for batch in (await consumer.getmany(timeout_ms=500)).values():
-                    records.extend(batch)
-    finally:
-        await consumer.stop()
-    return records
 
 
 def test_touchpoints_flow_into_exact_kpis_with_every_rejection_dead_lettered(broker, start_worker):
@@ -57,7 +25,7 @@ def test_touchpoints_flow_into_exact_kpis_with_every_rejection_dead_lettered(bro
     run(publish(broker.bootstrap, events[1500:], "json", timestamp_from_event=True))
     run(publish_raw(broker.bootstrap, [(key, value) for key, value, _ in bad], timestamp_ms=now_ms()))
     total_in = len(events) + len(redelivered) + len(bad)
-    status = wait_drained(worker, total_in)
+    status = worker.wait_drained(total_in)
 
     totals = status["totals"]
     processed = sum(totals["touchpoints_processed"].values())
@@ -72,14 +40,14 @@ def test_touchpoints_flow_into_exact_kpis_with_every_rejection_dead_lettered(bro
 
     stored = dict(worker.query("SELECT reason, count() FROM cem.dead_letters GROUP BY reason"))
     assert stored == {reason: int(n) for reason, n in dead.items()}
-    dlq = run(consume_all(broker.bootstrap, TOPIC_DLQ, len(bad)))
+    dlq = run(read_topic(broker.bootstrap, TOPIC_DLQ))
     originals = {value for _, value, _ in bad}
     assert {r.value for r in dlq} == originals, "dead letters keep the original bytes"
     headers = [dict(r.headers) for r in dlq]
     assert {h[HEADER_REASON].decode() for h in headers} == {r.value for r in Reason}
     assert all(HEADER_STAGE in h and HEADER_SOURCE_OFFSET in h for h in headers)
 
-    enriched = run(consume_all(broker.bootstrap, TOPIC_ENRICHED, len(events)))
+    enriched = run(read_topic(broker.bootstrap, TOPIC_ENRICHED))
     decoded = RecordEncoder("enriched").decode(enriched[0].value)
     assert decoded["event"]["customer_id"] == enriched[0].key.decode() and decoded["events_total"] >= 1
 
@@ -87,17 +55,17 @@ def test_touchpoints_flow_into_exact_kpis_with_every_rejection_dead_lettered(bro
     assert n_customers == len({e["customer_id"] for e in events})
 
 
-def test_kpis_need_no_wall_clock_a_second_worker_on_the_same_input_agrees(broker, start_worker, tmp_path):
+def test_kpis_need_no_wall_clock_a_second_worker_on_the_same_input_agrees(broker, start_worker):
     """Event time only: processing the same stream later gives identical per-minute rows."""
-    events = list(JourneyGenerator(customers=40, seed=11, start_ms=1_767_225_600_000).events(600))
+    events = list(JourneyGenerator(customers=40, seed=11, start_ms=DEFAULT_START_MS).events(600))
     run(publish(broker.bootstrap, events, "avro", timestamp_from_event=True))
     worker = start_worker()
-    wait_drained(worker, len(events))
+    worker.wait_drained(len(events))
     sql = "SELECT minute, channel, sum(events), sum(nps_responses), sum(revenue) FROM cem.kpi_minute GROUP BY minute, channel ORDER BY minute, channel"
     first = worker.query(sql)
     worker.kill()
     # a fresh app id = a new consumer group and new state: a full replay into a second database
     second = start_worker(app_id="cem-replay", clickhouse_database="cem_replay")
-    wait_drained(second, len(events))
+    second.wait_drained(len(events))
     assert second.query(sql.replace("cem.kpi_minute", "cem_replay.kpi_minute")) == first
     assert json.dumps(first)  # rows are plain JSON values

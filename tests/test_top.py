@@ -17,11 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import now_ms, required_binary, run, wait_drained
+from conftest import now_ms, required_binary, run
 from pipeline import top
 from pipeline.broker import free_port
 from pipeline.cli import main
 from pipeline.embedded import publish, publish_raw
+from processors.synthetic import kpi_totals
 
 ROOT = Path(__file__).resolve().parents[1]
 CHANNELS = ("web", "mobile_app", "email", "chat", "sms")
@@ -52,40 +53,26 @@ def make_events(n: int, start_ms: int, prefix: str = "e", customers: int = 37) -
     return events
 
 
-def expected_kpis(events: list[dict]) -> dict[str, dict]:
-    out: dict[str, dict] = {}
-    for e in events:
-        k = out.setdefault(e["channel"], {"events": 0, "promoters": 0, "detractors": 0, "nps_n": 0, "revenue": 0.0})
-        k["events"] += 1
-        if "nps" in e:
-            k["nps_n"] += 1
-            k["promoters"] += e["nps"] >= 9
-            k["detractors"] += e["nps"] <= 6
-        if e["type"] == "purchase":
-            k["revenue"] += e["amount"]
-        elif e["type"] == "refund":
-            k["revenue"] -= e["amount"]
-    return out
-
-
 def load(broker, worker, n: int = PER_CHANNEL * len(CHANNELS)) -> list[dict]:
     """Publish ``n`` touchpoints + a duplicate + an undecodable record; wait until all are committed."""
     events = make_events(n, now_ms() - 10 * 60_000)
     run(publish(broker.bootstrap, events + [events[0]], "json"))
     run(publish_raw(broker.bootstrap, [(b"c0", b"\x01garbage")]))
-    wait_drained(worker, n + 2)
+    worker.wait_drained(n + 2)
     wait_for_lag_gauge(worker)
     return events
 
 
 def wait_for_lag_gauge(worker, timeout_s: float = 15.0) -> dict[str, float]:
     """The worker sets cem_consumer_lag on a 2 s timer once it has partitions: wait for the first value."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        lag = top.fetch_lag(metrics_url(worker))
-        if lag or time.monotonic() > deadline:
-            return lag
-        time.sleep(0.2)
+    lag: dict[str, float] = {}
+
+    def has_lag(_status: dict) -> bool:
+        lag.update(top.fetch_lag(metrics_url(worker)))
+        return bool(lag)
+
+    worker.wait_until(has_lag, timeout_s, "the worker never exported cem_consumer_lag", interval_s=0.2)
+    return lag
 
 
 def cells(line: str) -> list[str]:
@@ -143,7 +130,7 @@ def test_unreachable_worker_is_shown_not_raised(capsys, tmp_path):
 def test_top_once_shows_channels_and_counts(broker, start_worker, tmp_path, capsys):
     worker = start_worker()
     events = load(broker, worker)
-    expected = expected_kpis(events)
+    expected = kpi_totals(events)
 
     # The data functions: what the frame is built from.
     snap = top.Collector(top.Target(status_url=worker.url, metrics_url=metrics_url(worker))).collect()
@@ -152,8 +139,8 @@ def test_top_once_shows_channels_and_counts(broker, start_worker, tmp_path, caps
     assert set(kpis) == set(CHANNELS)
     for channel, want in expected.items():
         assert kpis[channel]["events"] == want["events"] == PER_CHANNEL
-        assert kpis[channel]["nps_n"] == want["nps_n"]
-        assert kpis[channel]["nps"] == pytest.approx(100 * (want["promoters"] - want["detractors"]) / want["nps_n"])
+        assert kpis[channel]["nps_n"] == want["nps_responses"]
+        assert kpis[channel]["nps"] == pytest.approx(100 * (want["promoters"] - want["detractors"]) / want["nps_responses"])
         assert kpis[channel]["revenue"] == pytest.approx(want["revenue"])
     assert snap.lag is not None and set(snap.lag) == {"cem.touchpoints"} and snap.lag["cem.touchpoints"] == 0
 
@@ -194,10 +181,8 @@ def test_top_once_shows_channels_and_counts(broker, start_worker, tmp_path, caps
     assert rc == 0, out.out + out.err
     assert row_for(split_frame(out.out)[1], "sms")[1] == str(PER_CHANNEL)
 
-    # Alerts: once cem.alerts exists and has rows, the newest ones are shown.
-    from test_deploy import FALLBACK_DDL
-
-    worker.query(FALLBACK_DDL["alerts"])
+    # Alerts: the worker creates cem.alerts (sinks/clickhouse_ddl.py); once it has rows, the newest ones are shown.
+    assert worker.query("EXISTS TABLE cem.alerts") == [[1]]
     worker.query(
         "INSERT INTO cem.alerts (alert_id, type, severity, customer_id, channel, occurred_at, emitted_at, reason, "
         "recommended_action) VALUES ('a1', 'churn_risk', 'high', 'c7', 'web', now64(3), now64(3), "
