@@ -121,24 +121,28 @@ class DiagnosticTrainer(ModelTrainer):
     model gave each of them *before* learning any of the burst (``pre_burst``; None otherwise).
     Learns exactly what :class:`ModelTrainer` learns; only the extra predictions cost time."""
 
-    COLUMNS = ("tenure_days", "events_per_day", "sentiment_mean", "log_orders", "crm_tenure_months")
+    COLUMNS = ("events_per_day_7d", "activity_trend", "sentiment_mean", "purchases_28d", "crm_tenure_months")
 
     def __init__(self, churn: ChurnModel | None = None, holdout: float = 0.0) -> None:
         super().__init__(churn=churn)
         self.values: dict[str, list[float]] = {c: [] for c in self.COLUMNS}
         self.pre_burst: list[float | None] = []
+        self.snapshot_days: list[int | None] = []  # event-time day of each label's snapshot
         self.holdout = holdout
         self.held: list[tuple[bool, float]] = []  # (y, p) of held-out customers' labels: scored, never learned
 
     def _learn_churn(self, labeled, t):  # type: ignore[no-untyped-def]
+        labeled = [({k: v for k, v in x.items() if k != SNAPSHOT_T}, y, x.get(SNAPSHOT_T)) for x, y in labeled]
         if self.holdout:
             learn = []
-            for features, y in labeled:
+            for features, y, snapshot_t in labeled:
                 if held_out(str(features.get(CID)), self.holdout):
                     self.held.append((y, self.churn.predict_proba(features)))
                 else:
-                    learn.append((features, y))
+                    learn.append((features, y, snapshot_t))
             labeled = learn
+        self.snapshot_days.extend(-1 if s is None else int(s // DAY_MS) for _, _, s in labeled)
+        labeled = [(x, y) for x, y, _ in labeled]
         burst = bool(labeled) and all(y for _, y in labeled)  # ChurnLabeler.on_churn: one customer's snapshots
         for features, _ in labeled:
             for column, values in self.values.items():
@@ -149,6 +153,7 @@ class DiagnosticTrainer(ModelTrainer):
 
 
 CID = "__customer"  # --holdout: the snapshot's customer, for the trainer to route it (never a model input)
+SNAPSHOT_T = "__t"  # the snapshot's event time, for the leak checks (stripped before the model sees it)
 
 
 def held_out(customer_id: str, share: float) -> bool:
@@ -271,8 +276,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     and training.snapshots[-1][0] == customer_id:
                 scored.append((customer_id, training.snapshots[-1][1], enriched.churn_risk))
         counts["events"] += len(records)
-        if args.holdout:
-            training.snapshots = [(c, t, {**x, CID: c}) for c, t, x in training.snapshots]
+        training.snapshots = [(c, t, {**x, SNAPSHOT_T: t, **({CID: c} if args.holdout else {})})
+                              for c, t, x in training.snapshots]
         t0 = clock()
         counts["sweep_alerts"] += len(scoring.sweep(states.get))
         t1 = clock()
@@ -294,6 +299,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             ns["swap"] += clock() - t0
             counts["swaps"] += 1
     seconds = time.perf_counter() - started
+    t0 = clock()
+    trainer_blob = pack(trainer)  # what the trainer publishes on cem.models to resume from
+    snapshot = {"trainer_bytes": len(trainer_blob), "trainer_pack_ms": (clock() - t0) / 1e6,
+                "churn_bytes": len(pack(trainer.churn)), "sentiment_bytes": len(pack(trainer.sentiment))}
 
     n = max(1, counts["events"])
     per_event = {f"{stage}_us": ns[stage] / n / 1000 for stage in ("ingest", "sentiment", "churn", "alerts", "sweep")}
@@ -315,9 +324,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         pre = [(y, p if b is None else b) for (y, p, _), b in zip(pairs, trainer.pre_burst)]
         leak["pre_burst_roc_auc"] = roc_auc([y for y, _ in pre], [p for _, p in pre])
         leak["pre_burst_second_half_roc_auc"] = roc_auc([y for y, _ in pre[half:]], [p for _, p in pre[half:]])
-        # Only labels of snapshots taken on the same day compared (tenure_days ~ days since the stream
-        # started: every synthetic customer shows up within its first hours).
-        days = [int(v) if not math.isnan(v) else -1 for v in trainer.values["tenure_days"]]
+        # Only labels of snapshots taken on the same event-time day compared.
+        days = trainer.snapshot_days
         leak["same_snapshot_day_roc_auc"] = _matched_auc([(d, y, p) for d, (y, p, _) in zip(days, pairs)])
         leak["same_snapshot_day_pre_burst_roc_auc"] = _matched_auc([(d, y, p) for d, (y, p) in zip(days, pre)])
     return {
@@ -337,6 +345,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "training_churns": counts["training_churns"],
             "labeler_pending": labeler.size,
             "labeler_evicted": labeler.evicted,
+            "snapshots": snapshot,
         },
         "churn": {
             "trainer_quality": trainer.churn_quality.snapshot(),
@@ -401,6 +410,10 @@ def deployed_auc(scored: list[tuple[str, int, float]], churned: dict[str, int], 
         "from_day_positives": sum(y for _, y, _ in later),
         "from_day_time_matched_roc_auc": _matched_auc(later),
         "from_day_within_14d_time_matched_roc_auc": _matched_auc([r for r in near if r[0] >= first_negatives]),
+        "time_matched_by_horizon": {  # snapshot days [0, h), [h, 2h), ...: how the scorers improve
+            f"days_{k * span}_{(k + 1) * span}": round(_matched_auc([r for r in rows if r[0] // span == k]), 4)
+            for span in [max(1, horizon_ms // DAY_MS)] for k in range(int(max((r[0] for r in rows), default=0)) // span + 1)
+        },
     }
 
 

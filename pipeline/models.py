@@ -5,9 +5,9 @@
   it reads up to the topic's end before the worker takes input, so a restarted worker resumes with
   the last published models.
 * :class:`TrainerRuntime` hosts the :class:`processors.training.ModelTrainer` in whichever worker owns
-  the single partition of ``cem.model.training``. It resumes from the last ``trainer`` snapshot,
-  publishes snapshots of all three keys at an interval, and acks training records only once a
-  snapshot that includes them is durable, so a crash never loses or repeats a training example.
+  the single partition of ``cem.model.training``. It resumes from the last ``trainer`` checkpoint,
+  publishes the models often and its own state less often, and acks training records only once a
+  checkpoint that includes them is durable, so a crash never loses or repeats a training example.
 """
 
 from __future__ import annotations
@@ -99,22 +99,34 @@ class ModelFeed:
 
 
 class TrainerRuntime:
-    """Applies training records, publishes snapshots, acks what a durable snapshot covers."""
+    """Applies training records, publishes snapshots, acks what a durable snapshot covers.
+
+    Two cadences: the scorers' models (tens of KB) every ``publish_interval_s``, so workers score
+    with fresh weights; the trainer's own state (the labeler holds a horizon of feature snapshots,
+    tens of MB) every ``checkpoint_interval_s``, and only then are the training records it covers
+    acked. A restart resumes from the checkpoint and re-learns the records after it, exactly as
+    before (the trainer skips offsets it has applied, and learning is deterministic). Snapshots are
+    pickled in a thread, so the event loop keeps serving touchpoints and alerts meanwhile.
+    """
 
     def __init__(self, feed: ModelFeed, kafka: KafkaSink, clickhouse: ClickHouseSink, metrics: Metrics,
-                 publish_interval_s: float, new_trainer: Callable[[], ModelTrainer] = ModelTrainer):
+                 publish_interval_s: float, new_trainer: Callable[[], ModelTrainer] = ModelTrainer,
+                 checkpoint_interval_s: float = 60.0):
         self._feed = feed
         self._kafka = kafka
         self._clickhouse = clickhouse
         self._metrics = metrics
         self._interval = publish_interval_s
+        self._checkpoint_interval = max(publish_interval_s, checkpoint_interval_s)
         self._new_trainer = new_trainer  # when nothing was ever published
         self._lock = asyncio.Lock()
         self.trainer: ModelTrainer | None = None
-        self._unacked: list[Any] = []  # Faust events applied but not yet in a durable snapshot
-        self._last_publish = time.monotonic()
+        self._unacked: list[Any] = []  # Faust events applied but not yet in a durable checkpoint
+        self._unpublished = False  # records applied since the models were last published
+        self._last_publish = self._last_checkpoint = time.monotonic()
         self._drifts: dict[str, float] = {}
         self.published = 0
+        self.checkpoints = 0
 
     async def process(self, events: list[Any]) -> None:
         async with self._lock:
@@ -130,29 +142,38 @@ class TrainerRuntime:
                 else:
                     self.trainer.apply(batch, message.offset)
                 self._unacked.append(event)
+                self._unpublished = True
         if time.monotonic() - self._last_publish >= self._interval:
             await self.publish()
 
-    async def publish(self) -> None:
-        """Publish the three snapshots, then ack the training records they include."""
+    async def publish(self, checkpoint: bool = False) -> None:
+        """Publish the models; with ``checkpoint`` (or when one is due) the trainer's state too,
+        then ack the training records it includes."""
         async with self._lock:
             trainer = self.trainer
-            if trainer is None or not self._unacked:
+            if trainer is None or not self._unpublished and not (checkpoint and self._unacked):
                 return
-            events, self._unacked = self._unacked, []
-            self._last_publish = time.monotonic()
-            records = [
-                KafkaRecord(TOPIC_MODELS, key.encode(), pack(model), 0)
-                for key, model in ((MODEL_SENTIMENT, trainer.sentiment), (MODEL_CHURN, trainer.churn), (TRAINER, trainer))
-            ]
+            now = time.monotonic()
+            checkpoint = checkpoint or now - self._last_checkpoint >= self._checkpoint_interval
+            keys = [(MODEL_SENTIMENT, trainer.sentiment), (MODEL_CHURN, trainer.churn)]
+            if checkpoint:
+                keys.append((TRAINER, trainer))
+            records = await asyncio.to_thread(_pack_all, keys)  # the lock keeps the trainer still meanwhile
             rows = [model_metric_row(r) for r in trainer.take_metric_rows()]
             self._export(trainer)
+            events: list[Any] = []
+            if checkpoint:
+                events, self._unacked = self._unacked, []
+                self._last_checkpoint = now
+            self._unpublished = False
+            self._last_publish = now
         await self._kafka.write(records)
         await self._kafka.flush()
         await self._clickhouse.write(rows)
         for event in events:
             event.ack()
         self.published += 1
+        self.checkpoints += checkpoint
 
     def _export(self, trainer: ModelTrainer) -> None:
         # The version label is the model's name (e.g. churn-v1), not its label count: one series
@@ -167,8 +188,8 @@ class TrainerRuntime:
             self._drifts[model] = figures["drifts"]
 
     async def release(self) -> None:
-        """The training partition was revoked (or the worker stops): publish, then forget the state."""
-        await self.publish()
+        """The training partition was revoked (or the worker stops): checkpoint, then forget the state."""
+        await self.publish(checkpoint=True)
         self.trainer = None
 
 
@@ -185,6 +206,10 @@ async def read_to_end(consumer: AIOKafkaConsumer, partitions: list[TopicPartitio
         records += polled
         if not polled and all([await consumer.position(p) >= end[p] for p in partitions]):
             return records
+
+
+def _pack_all(snapshots: list[tuple[str, Any]]) -> list[KafkaRecord]:
+    return [KafkaRecord(TOPIC_MODELS, key.encode(), pack(snapshot), 0) for key, snapshot in snapshots]
 
 
 def training_record(batch: TrainingBatch) -> KafkaRecord:

@@ -37,6 +37,8 @@ class Settings:
     dedupe_horizon_s: float = 24 * 3600.0
     # Models: the trainer publishes snapshots to cem.models at most this often
     model_publish_interval_s: float = 5.0
+    # ... and checkpoint the trainer's own state (tens of MB: a horizon of labels waiting) this often
+    trainer_checkpoint_interval_s: float = 60.0
     churn_horizon_s: float = 30 * 24 * 3600.0  # a churn labels the snapshots of this much event time before it
     # Alerts: cem.alerts encoding (avro | json) and AlertConfig overrides, "churn_threshold=0.8,cooldown_ms=3600000"
     alert_format: str = "avro"

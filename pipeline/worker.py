@@ -147,6 +147,7 @@ class TouchpointWorker:
         self.trainer = TrainerRuntime(
             self.models, self.kafka, self.clickhouse, metrics, settings.model_publish_interval_s,
             functools.partial(ModelTrainer.for_horizon, int(settings.churn_horizon_s * 1000)),
+            settings.trainer_checkpoint_interval_s,
         )
         self._pending: list[tuple[list[Any], float]] = []  # (events, received wall time) awaiting ack
         self._lock = asyncio.Lock()

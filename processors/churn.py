@@ -18,7 +18,10 @@ import functools
 import heapq
 import math
 import re
+import zlib
 from typing import Mapping
+
+import orjson
 
 from river import base, compose, linear_model, optim
 
@@ -108,47 +111,51 @@ def _days(ms: float) -> float:
     return max(0.0, ms) / DAY_MS
 
 
-def _slog(value: float) -> float:
-    """Signed log1p: revenue and counts are heavy-tailed, and SGD dislikes huge raw values."""
-    return math.copysign(math.log1p(abs(value)), value)
-
-
 def churn_features(state: CustomerState, now_ms: int) -> Features:
     """The churn model's view of a customer at event time ``now_ms``.
 
-    Recency is measured from ``state.last_seen`` to ``now_ms``: call this before folding the
-    current touchpoint into the state to see the gap it ends, after folding it to see the state
-    as of this event (then recency is 0). Never uses the customer id.
+    Every feature compares customers of any age: rates and event-time decayed counts
+    (``CustomerState.recent``), gaps, shares and latest scores, never totals since the pipeline first
+    saw the customer. Totals grow with the observation window; a model fed them learns *when* a
+    snapshot was taken (labels of recent snapshots are churns, negatives are a horizon old) instead
+    of *who* churns. Tenure comes from the CRM profile: first sight is when watching began.
+    Recency is measured from ``state.last_seen`` to ``now_ms`` (0 when scored on the customer's own
+    touchpoint; then ``last_gap_days`` is the silence that touchpoint ended). Never uses the customer id.
 
     >>> s = CustomerState("c1", first_seen=0, last_seen=10 * DAY_MS, events_total=5,
     ...                   channel_events={"web": 4, "phone": 1}, orders=1, revenue=50.0,
-    ...                   last_purchase_at=2 * DAY_MS, last_nps=3, profile={"plan": "gold", "name": "Jo"})
+    ...                   last_purchase_at=2 * DAY_MS, last_nps=3, profile={"plan": "gold", "name": "Jo"},
+    ...                   recent={"events_7d": 2.0}, last_gap_ms=3 * DAY_MS)
     >>> x = churn_features(s, now_ms=12 * DAY_MS)
-    >>> x["recency_days"], x["tenure_days"], x["share_web"], x["days_since_purchase"]
-    (2.0, 12.0, 0.8, 10.0)
+    >>> x["recency_days"], x["last_gap_days"], x["share_web"], x["days_since_purchase"], round(x["events_per_day_7d"], 3)
+    (2.0, 3.0, 0.8, 10.0, 0.262)
     >>> x["nps"], x["nps_missing"], x["csat"], x["csat_missing"], x["crm_plan"], "crm_name" in x
     (3.0, 0.0, 3.0, 1.0, 'gold', False)
     """
     seen = state.events_total > 0
-    tenure = _days(now_ms - state.first_seen) if seen else 0.0
+    rate_7d = state.recent_rate("events_7d", now_ms) / 7.0
+    rate_28d = state.recent_rate("events_28d", now_ms) / 28.0
+    paid = state.revenue + state.refunds
     x: Features = {
         "recency_days": _days(now_ms - state.last_seen) if seen else 0.0,
-        "tenure_days": tenure,
-        "log_events": _slog(state.events_total),
-        "events_per_day": state.events_total / max(1.0, tenure),
-        "log_revenue": _slog(state.revenue),
-        "log_orders": _slog(state.orders),
-        "log_refunds": _slog(state.refunds),
-        "avg_order_value": (state.revenue + state.refunds) / state.orders if state.orders else 0.0,
-        "refund_share": state.refunds / (state.revenue + state.refunds) if state.revenue + state.refunds > 0 else 0.0,
+        "last_gap_days": _days(state.last_gap_ms or 0),
+        "mean_gap_days": _days(state.gap_ms_avg or 0),
+        "events_per_day_7d": rate_7d,
+        "events_per_day_28d": rate_28d,
+        "activity_trend": math.log((rate_7d + 0.1) / (rate_28d + 0.1)),  # < 0: slowing down
+        "purchases_28d": state.recent_rate("purchases_28d", now_ms),
+        "refunds_28d": state.recent_rate("refunds_28d", now_ms),
+        "complaints_28d": state.recent_rate("complaints_28d", now_ms),
+        "contacts_14d": state.recent_rate("contacts_14d", now_ms),
+        "avg_order_value": paid / state.orders if state.orders else 0.0,
+        "refund_share": state.refunds / paid if paid > 0 else 0.0,
         "never_purchased": 0.0 if state.last_purchase_at is not None else 1.0,
-        "days_since_purchase": _days(now_ms - state.last_purchase_at) if state.last_purchase_at is not None else tenure,
+        "days_since_purchase": min(90.0, _days(now_ms - state.last_purchase_at)) if state.last_purchase_at is not None else 0.0,
         "open_complaints": float(len(state.open_cases)),
         "oldest_open_complaint_days": _days(now_ms - min(state.open_cases.values())) if state.open_cases else 0.0,
-        "complaints_opened": float(state.complaints_opened),
         "mean_resolve_hours": (state.mean_resolve_s or 0.0) / 3600.0,
         "resolve_missing": 0.0 if state.complaints_resolved else 1.0,
-        "channel_switches": float(state.channel_switches),
+        "channel_switch_share": state.channel_switches / state.events_total if seen else 0.0,
         "journey_stage": state.journey_stage,
     }
     x.update(_sentiment_features(state))
@@ -239,7 +246,10 @@ class TabularEncoder(base.Transformer):
             self._plan(name)
 
     def _freeze(self, name: str, values: list[float]) -> None:
-        if len(set(values)) <= self.n_bins and all(v.is_integer() for v in values):
+        distinct = set(values)
+        if len(distinct) < 2:
+            return  # constant so far (a count nobody has yet): no bins until it varies
+        if len(distinct) <= self.n_bins and all(v.is_integer() for v in distinct):
             self.edges[name] = None
             return
         values.sort()
@@ -278,9 +288,12 @@ class TabularEncoder(base.Transformer):
             elif names is not None:
                 key = names.get(value)
                 if key is None:
-                    key = f"{name}={value:g}"
-                    if len(names) < 1024:  # a "discrete" feature that turns out not to be stays bounded
-                        names[value] = key
+                    # A new value of a discrete feature gets its own column only if it is a whole
+                    # number and there are few: a column per value of a continuous feature (which
+                    # looked discrete during warmup) would pick out single customers.
+                    if not value.is_integer() or len(names) >= 2 * self.n_bins:
+                        continue
+                    key = names[value] = f"{name}={value:g}"
                 out[key] = 1.0
         return out
 
@@ -293,14 +306,14 @@ class TabularEncoder(base.Transformer):
 _PRIOR_BIAS = -2.3
 _PRIOR_WEIGHTS = {
     "recency_days": 0.05, "days_since_purchase": 0.02, "open_complaints": 0.6, "oldest_open_complaint_days": 0.15,
-    "sentiment_mean": -1.2, "log_orders": -0.4,
+    "sentiment_mean": -1.2, "purchases_28d": -0.15,
 }
 
 
 def prior_risk(features: Features) -> float:
     """Churn risk from domain priors alone (see ``_PRIOR_WEIGHTS``), for the model's cold start.
 
-    >>> calm = {"recency_days": 1.0, "log_orders": 1.1, "sentiment_mean": 0.5, "nps": 9.0, "nps_missing": 0.0}
+    >>> calm = {"recency_days": 1.0, "purchases_28d": 3.0, "sentiment_mean": 0.5, "nps": 9.0, "nps_missing": 0.0}
     >>> angry = {"recency_days": 20.0, "open_complaints": 2.0, "oldest_open_complaint_days": 6.0,
     ...          "sentiment_mean": -0.8, "nps": 2.0, "nps_missing": 0.0, "csat": 1.0, "csat_missing": 0.0}
     >>> round(prior_risk(calm), 2), round(prior_risk(angry), 2)
@@ -395,21 +408,35 @@ class ChurnModel(Snapshot):
             out[name] = out.get(name, 0.0) + weights.get(column, 0.0) * value
         return out
 
-    def learn(self, features: Features, churned: bool) -> None:
-        self.pipeline.learn_one(features, bool(churned))
+    def observe(self, features: Features) -> None:
+        """Fit the encoder's scaling and bins on a customer as scored, label or not.
+
+        The trainer observes every snapshot when it arrives and learns labels with ``observe=False``:
+        labels come in bursts (a churn labels a month of one customer's snapshots at once), so an
+        encoder fitted on labels alone would fix its bins on a handful of customers and take, say,
+        their CRM tenures for the categories of a discrete feature.
+        """
+        self.pipeline.steps["TabularEncoder"].learn_one(features)
+
+    def learn(self, features: Features, churned: bool, observe: bool = True) -> None:
+        """Learn one label; ``observe=False`` when :meth:`observe` has already seen ``features``."""
+        if observe:
+            self.pipeline.learn_one(features, bool(churned))
+        else:
+            encoder, regression = self.pipeline.steps.values()
+            regression.learn_one(encoder.transform_one(features), bool(churned))
         self.n_labels += 1
         self.n_positive += bool(churned)
 
-    def learn_scored(self, features: Features, churned: bool) -> float:
+    def learn_scored(self, features: Features, churned: bool, observe: bool = True) -> float:
         """Test-then-train: :meth:`predict_proba` as of *before* learning the label, then :meth:`learn`.
 
         (Nothing to share between the two: the encoder updates its statistics before it encodes
         the example it learns, so the learned encoding is not the scored one.)
         """
         p = self.predict_proba(features)
-        self.learn(features, churned)
+        self.learn(features, churned, observe)
         return p
-
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -420,46 +447,53 @@ class ChurnModel(Snapshot):
 class ChurnLabeler(Snapshot):
     """Feature snapshots waiting for their label: churned within ``horizon_ms``, or not.
 
-    * :meth:`snapshot` keeps the features a customer was scored with (at most one per customer per
-      ``min_gap_ms`` of event time, at most ``max_per_customer`` per customer and ``max_total`` in
-      all: the oldest go first, unlabeled).
-    * :meth:`on_churn` labels the customer's snapshots from the ``horizon_ms`` before the churn
-      positive. Later ones (scored after churning) are dropped; older ones stay, to become negatives.
-    * :meth:`advance` releases snapshots older than ``watermark - horizon_ms`` as negatives: the
-      customer has had the whole horizon to churn and did not.
+    * :meth:`snapshot` keeps the features a customer was scored with: at most one per customer per
+      ``min_gap_ms`` of event time (default: a sixtieth of the horizon, 12 h for 30 days), at most
+      ``max_per_customer`` per customer and ``max_total`` in all (the oldest go first, unlabeled).
+      They are kept compressed (~0.4 KB each): the labeler holds a horizon of every customer.
+    * :meth:`on_churn` marks the customer's snapshots from the ``horizon_ms`` before the churn
+      positive. Later ones (scored after churning) are dropped; older ones stay negative.
+    * :meth:`advance` releases every snapshot older than ``watermark - horizon_ms`` with its label:
+      positive if marked, else negative (the customer had the whole horizon to churn and did not).
+
+    Both classes are released at the same age, a horizon after the snapshot. Releasing a positive
+    at the churn instead would train the model, at any moment, on recent positives against
+    horizon-old negatives: whatever drifts with time (counts still warming up, how many customers
+    have answered a survey yet) would separate the classes at training time and mean nothing when
+    every customer is scored on the same day. It also makes the trainer's progressive AUC the AUC
+    "at the horizon": each snapshot is scored by the model of the day its label became known.
 
     The watermark must lag event time by the lateness the pipeline allows: a churn event that
-    arrives after its snapshots were released as negatives cannot take them back. Customers who
-    have churned (``state.churned_at`` set) should not be snapshotted any more: there is nothing
-    left to predict, and their snapshots would come back as negatives.
+    arrives after its snapshots were released cannot take them back. Customers who have churned
+    (``state.churned_at`` set) are not snapshotted any more: there is nothing left to predict.
 
     Everything is in event time and ordered by (snapshot time, arrival), so the same input
     sequence gives the same labels.
 
     >>> labeler = ChurnLabeler(horizon_ms=30 * DAY_MS)
-    >>> labeler.snapshot("a", 0, {"f": 1.0}); labeler.snapshot("b", 0, {"f": 2.0})
-    True
-    True
-    >>> labeler.advance(29 * DAY_MS)          # b's horizon has not passed yet
+    >>> labeler.snapshot("a", 0, {"f": 1.0}), labeler.snapshot("b", 0, {"f": 2.0})
+    (True, True)
+    >>> labeler.on_churn("a", 10 * DAY_MS)    # a churned 10 days after its snapshot: 1 marked
+    1
+    >>> labeler.advance(29 * DAY_MS)          # the horizon has not passed yet
     []
-    >>> labeler.on_churn("a", 10 * DAY_MS)    # a churned 10 days after its snapshot
-    [({'f': 1.0}, True)]
-    >>> labeler.advance(31 * DAY_MS)          # b did not churn within 30 days
-    [({'f': 2.0}, False)]
+    >>> labeler.advance(31 * DAY_MS)          # a churned within 30 days, b did not
+    [({'f': 1.0}, True), ({'f': 2.0}, False)]
     """
 
     def __init__(
         self,
         horizon_ms: int = DEFAULT_HORIZON_MS,
-        min_gap_ms: int = HOUR_MS,
+        min_gap_ms: int | None = None,
         max_per_customer: int = 64,
-        max_total: int = 100_000,  # a snapshot of ~40 features is ~3 KB: ~300 MB at the cap
+        max_total: int = 200_000,  # ~0.4 KB each compressed: ~80 MB at the cap
     ):
         self.horizon_ms = horizon_ms
-        self.min_gap_ms = min_gap_ms
+        self.min_gap_ms = horizon_ms // 60 if min_gap_ms is None else min_gap_ms
         self.max_per_customer = max_per_customer
         self.max_total = max_total
-        self._pending: dict[str, dict[int, tuple[int, Features]]] = {}  # customer -> seq -> (t, x)
+        # customer -> seq -> [t, compressed features, churned]
+        self._pending: dict[str, dict[int, list]] = {}
         self._last_t: dict[str, int] = {}  # customer -> time of its latest kept snapshot
         self._queue: list[tuple[int, int, str]] = []  # heap of (t, seq, customer); stale entries skipped
         self._seq = 0
@@ -478,36 +512,35 @@ class ChurnLabeler(Snapshot):
         if self.size >= self.max_total:
             self._evict_oldest()
         self._seq += 1
-        self._pending.setdefault(customer_id, {})[self._seq] = (t_ms, dict(features))
+        self._pending.setdefault(customer_id, {})[self._seq] = [t_ms, _compress(features), False]
         heapq.heappush(self._queue, (t_ms, self._seq, customer_id))
         self._last_t[customer_id] = t_ms if last is None else max(last, t_ms)
         self.size += 1
         return True
 
-    def on_churn(self, customer_id: str, t_ms: int) -> list[tuple[Features, bool]]:
-        """Positives: the customer's snapshots from ``[t_ms - horizon, t_ms]``, oldest first."""
+    def on_churn(self, customer_id: str, t_ms: int) -> int:
+        """Mark the customer's snapshots from ``[t_ms - horizon, t_ms]`` positive; returns how many."""
         pending = self._pending.get(customer_id)
         if not pending:
-            return []
-        start = t_ms - self.horizon_ms
-        labeled = []
-        for seq, (t, x) in sorted(pending.items(), key=lambda item: (item[1][0], item[0])):
-            if t > t_ms:  # scored after churning: not a prediction of it
+            return 0
+        start, marked = t_ms - self.horizon_ms, 0
+        for seq, entry in list(pending.items()):
+            if entry[0] > t_ms:  # scored after churning: not a prediction of it
                 self._drop(customer_id, seq)
-            elif t >= start:
-                labeled.append((x, True))
-                self._drop(customer_id, seq)
-        return labeled
+            elif entry[0] >= start:
+                entry[2] = True
+                marked += 1
+        return marked
 
     def advance(self, watermark_ms: int) -> list[tuple[Features, bool]]:
-        """Negatives: every snapshot older than ``watermark_ms - horizon``, oldest first."""
+        """Labels: every snapshot older than ``watermark_ms - horizon``, oldest first."""
         cutoff = watermark_ms - self.horizon_ms
         released = []
         while self._queue and self._queue[0][0] < cutoff:
             t, seq, customer_id = heapq.heappop(self._queue)
             entry = self._pending.get(customer_id, {}).get(seq)
             if entry is not None:
-                released.append((entry[1], False))
+                released.append((_decompress(entry[1]), entry[2]))
                 self._drop(customer_id, seq)
         return released
 
@@ -531,3 +564,10 @@ class ChurnLabeler(Snapshot):
             self._queue = [e for e in self._queue if e[1] in self._pending.get(e[2], {})]
             heapq.heapify(self._queue)
 
+
+def _compress(features: Features) -> bytes:
+    return zlib.compress(orjson.dumps(features), 1)
+
+
+def _decompress(blob: bytes) -> Features:
+    return orjson.loads(zlib.decompress(blob))

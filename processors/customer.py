@@ -16,6 +16,7 @@ Everything is keyed on ``occurred_at``, never the wall clock, so replays give id
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -51,6 +52,27 @@ _STAGE_BY_TYPE = {
 
 _BROWSING = frozenset({"awareness", "consideration"})  # once a customer has ordered, browsing is retention
 
+# What a customer did *lately*: counts that decay exponentially in event time, each with its own time
+# constant, held as of ``state.last_seen``. Counts since first sight grow with how long the pipeline has
+# watched the customer, which says nothing about churn; these compare customers of any age.
+RECENT_WINDOWS_MS = {
+    "events_7d": 7 * DAY_MS,
+    "events_28d": 28 * DAY_MS,
+    "purchases_28d": 28 * DAY_MS,
+    "refunds_28d": 28 * DAY_MS,
+    "complaints_28d": 28 * DAY_MS,
+    "contacts_14d": 14 * DAY_MS,  # support contacts, calls and complaints: friction
+}
+_RECENT_BY_TYPE = {
+    "purchase": ("purchases_28d",),
+    "refund": ("refunds_28d",),
+    "complaint_opened": ("complaints_28d", "contacts_14d"),
+    "support_contact": ("contacts_14d",),
+    "call": ("contacts_14d",),
+}
+_MIN_WATCHED_MS = 7 * DAY_MS  # see CustomerState.recent_rate
+_GAP_ALPHA = 0.2  # weight of the newest gap in the moving average of gaps between touchpoints
+
 
 @dataclass(slots=True)
 class CustomerState:
@@ -79,6 +101,9 @@ class CustomerState:
     sentiment_n: int = 0
     sentiment_mean: float = 0.0  # exponentially weighted, see processors.models
     sentiment_last: float | None = None
+    recent: dict[str, float] = field(default_factory=dict)  # RECENT_WINDOWS_MS name -> count at last_seen
+    gap_ms_avg: float | None = None  # moving average of the event-time gaps between touchpoints
+    last_gap_ms: int | None = None  # the gap the latest touchpoint ended
     churn_risk: float | None = None
     churn_scored_at: int | None = None  # event time of the latest churn score
     churn_snapshot_at: int | None = None  # event time of the latest feature snapshot sent to training
@@ -100,6 +125,35 @@ class CustomerState:
     @property
     def mean_resolve_s(self) -> float | None:
         return self.resolve_s_total / self.complaints_resolved if self.complaints_resolved else None
+
+    def recent_count(self, name: str, now_ms: int) -> float:
+        """A decayed count (see ``RECENT_WINDOWS_MS``) as of event time ``now_ms``.
+
+        >>> s = CustomerState("c1")
+        >>> for day in (0, 1, 2):
+        ...     _ = apply(s, Touchpoint(f"e{day}", "c1", day * DAY_MS, "web", "purchase", amount=1.0), 0, day, 0)
+        >>> round(s.recent_count("purchases_28d", 2 * DAY_MS), 3), round(s.recent_count("purchases_28d", 30 * DAY_MS), 3)
+        (2.896, 1.065)
+        """
+        value = self.recent.get(name, 0.0)
+        if not value or now_ms <= self.last_seen:
+            return value
+        return value * math.exp((self.last_seen - now_ms) / RECENT_WINDOWS_MS[name])
+
+    def recent_rate(self, name: str, now_ms: int) -> float:
+        """A decayed count scaled to what a full window would hold: a customer watched for two days
+        has had two days' worth of chances to act, not 28 (bias correction, as in Adam's moments).
+        Observation shorter than a week counts as a week, so one early event is not a torrent.
+
+        >>> s = CustomerState("c1")
+        >>> _ = apply(s, Touchpoint("e1", "c1", 0, "web", "purchase", amount=1.0), 0, 1, 0)
+        >>> _ = apply(s, Touchpoint("e2", "c1", 9 * DAY_MS, "web", "purchase", amount=1.0), 0, 2, 0)
+        >>> round(s.recent_count("purchases_28d", 9 * DAY_MS), 2), round(s.recent_rate("purchases_28d", 9 * DAY_MS), 2)
+        (1.73, 6.28)
+        """
+        window = RECENT_WINDOWS_MS[name]
+        watched = max(_MIN_WATCHED_MS, now_ms - self.first_seen) if self.events_total else _MIN_WATCHED_MS
+        return self.recent_count(name, now_ms) / (-math.expm1(-watched / window))
 
 
 _STATE_FIELDS = tuple(f.name for f in fields(CustomerState))
@@ -208,6 +262,7 @@ def prune_seen(state: CustomerState, horizon_ms: int) -> None:
 def _fold(state: CustomerState, tp: Touchpoint) -> tuple[float | None, bool]:
     """Move the state on by one touchpoint; returns (complaint resolve time, channel switch)."""
     t = tp.occurred_at
+    _fold_recent(state, tp)
     if state.events_total == 0:
         state.first_seen = state.last_seen = t
     else:
@@ -233,6 +288,24 @@ def _fold(state: CustomerState, tp: Touchpoint) -> tuple[float | None, bool]:
             setattr(state, f"last_{score}", value)
     state.journey_stage = derive_stage(state, tp)
     return resolve_s, _fold_session(state, tp)
+
+
+def _fold_recent(state: CustomerState, tp: Touchpoint) -> None:
+    """Decay the recent counts to the new latest event time and count this touchpoint in them; a
+    late touchpoint counts with the weight it has by now. Runs before ``last_seen`` moves."""
+    t, recent = tp.occurred_at, state.recent
+    if state.events_total:
+        gap = t - state.last_seen
+        if gap > 0:
+            state.last_gap_ms = gap
+            state.gap_ms_avg = gap if state.gap_ms_avg is None else state.gap_ms_avg + _GAP_ALPHA * (gap - state.gap_ms_avg)
+            for name, value in recent.items():
+                recent[name] = value * math.exp(-gap / RECENT_WINDOWS_MS[name])
+    names = _RECENT_BY_TYPE.get(tp.type, ())
+    late = state.events_total and t < state.last_seen
+    for name in ("events_7d", "events_28d", *names):
+        weight = math.exp((t - state.last_seen) / RECENT_WINDOWS_MS[name]) if late else 1.0
+        recent[name] = recent.get(name, 0.0) + weight
 
 
 def _fold_complaint(state: CustomerState, tp: Touchpoint) -> float | None:

@@ -18,7 +18,8 @@ from processors.churn import (
     is_identifier,
     profile_features,
 )
-from processors.customer import DAY_MS, CustomerState
+from processors.customer import DAY_MS, CustomerState, apply
+from processors.touchpoint import Touchpoint
 from processors.evaluation import EvaluationError, evaluate_file, parse_label, roc_auc
 from processors.quality import BinaryQuality, SentimentQuality
 from processors.sentiment import SentimentModel, seed_corpus
@@ -205,7 +206,6 @@ def test_churn_features_are_relative_to_event_time():
     state = _state()
     x = churn_features(state, now_ms=25 * DAY_MS)
     assert x["recency_days"] == 5.0
-    assert x["tenure_days"] == 25.0
     assert x["days_since_purchase"] == 10.0
     assert x["oldest_open_complaint_days"] == 7.0
     assert x["mean_resolve_hours"] == 2.0
@@ -218,6 +218,37 @@ def test_churn_features_are_relative_to_event_time():
     # The same state and event time always give the same features (no wall clock).
     assert churn_features(state, 25 * DAY_MS) == x
     assert churn_features(state, 30 * DAY_MS)["recency_days"] == 10.0
+
+
+def test_churn_features_do_not_grow_with_how_long_a_customer_was_watched():
+    """Two customers with the same daily habits, watched 20 and 80 days: the same features. Totals
+    since first sight would tell the model when a snapshot was taken, not who churns."""
+    def watched(days: int) -> dict:
+        state = CustomerState("c1")
+        for day in range(days):
+            for i, kind in enumerate(("page_view", "purchase", "support_contact")):
+                apply(state, Touchpoint(f"e{day}-{i}", "c1", day * DAY_MS + i * HOUR_MS, "web", kind, amount=10.0 if kind == "purchase" else None), 0, day * 3 + i, 0)
+        return churn_features(state, (days - 1) * DAY_MS + 2 * HOUR_MS)
+
+    young, old = watched(20), watched(80)
+    for name in ("events_per_day_7d", "events_per_day_28d", "purchases_28d", "contacts_14d"):
+        assert young[name] == pytest.approx(old[name], rel=0.05), name
+    assert abs(young["activity_trend"]) < 0.05 and abs(old["activity_trend"]) < 0.05  # steady: neither speeding up nor slowing
+    assert old["events_per_day_7d"] == pytest.approx(3.0, rel=0.1)
+    assert old["purchases_28d"] == pytest.approx(28.0, rel=0.1)
+    assert not {"tenure_days", "log_events", "log_orders", "complaints_opened"} & set(old)
+
+
+def test_recent_counts_slow_down_when_a_customer_goes_quiet():
+    state = CustomerState("c1")
+    for day in range(30):
+        apply(state, Touchpoint(f"e{day}", "c1", day * DAY_MS, "web", "page_view"), 0, day, 0)
+    busy = churn_features(state, 29 * DAY_MS)
+    apply(state, Touchpoint("late", "c1", 50 * DAY_MS, "web", "login"), 0, 99, 0)  # 21 silent days
+    quiet = churn_features(state, 50 * DAY_MS)
+    assert quiet["events_per_day_7d"] < 0.25 * busy["events_per_day_7d"]  # the login itself still counts
+    assert quiet["activity_trend"] < busy["activity_trend"] - 0.5
+    assert quiet["last_gap_days"] == 21.0 and quiet["recency_days"] == 0.0
 
 
 def test_churn_features_never_hold_identifiers():
@@ -295,10 +326,13 @@ def test_labeler_positives_within_horizon_before_churn():
     lab.snapshot("a", 39 * DAY_MS, {"t": 39.0})
     lab.snapshot("a", 41 * DAY_MS, {"t": 41.0})  # after churn: not a prediction of it
     lab.snapshot("b", 20 * DAY_MS, {"t": 20.0})
-    assert lab.on_churn("a", 40 * DAY_MS) == [({"t": 15.0}, True), ({"t": 39.0}, True)]
-    assert lab.on_churn("a", 40 * DAY_MS) == []  # labeled once only
-    assert lab.size == 2  # a@0 stays, to become a negative; b untouched
+    assert lab.on_churn("a", 40 * DAY_MS) == 2
+    assert lab.size == 4  # a@41 dropped; the rest wait for their horizon
     assert lab.advance(40 * DAY_MS) == [({"t": 0.0}, False)]
+    # Both classes are released a horizon after their snapshot, never earlier.
+    assert lab.advance(45 * DAY_MS + 1) == [({"t": 15.0}, True)]
+    assert lab.advance(69 * DAY_MS + 1) == [({"t": 20.0}, False), ({"t": 39.0}, True)]
+    assert lab.size == 0
 
 
 def test_labeler_negatives_only_after_horizon():
@@ -307,7 +341,12 @@ def test_labeler_negatives_only_after_horizon():
     assert lab.advance(40 * DAY_MS) == []  # exactly the horizon: churn could still come
     assert lab.advance(40 * DAY_MS + 1) == [({"t": 10.0}, False)]
     assert lab.advance(400 * DAY_MS) == []
-    assert lab.on_churn("a", 41 * DAY_MS) == []  # already released
+    assert lab.on_churn("a", 41 * DAY_MS) == 0  # already released
+
+
+def test_labeler_default_gap_is_a_sixtieth_of_the_horizon():
+    lab = ChurnLabeler(horizon_ms=30 * DAY_MS)
+    assert lab.snapshot("a", 0, {}) and not lab.snapshot("a", 12 * HOUR_MS - 1, {}) and lab.snapshot("a", 12 * HOUR_MS, {})
 
 
 def test_labeler_throttles_per_customer_and_caps():
@@ -511,3 +550,55 @@ def test_model_cli_errors(tmp_path, capsys, argv, message):
 def test_model_cli_rejects_unknown_model():
     with pytest.raises(SystemExit):
         build_parser().parse_args(["model", "eval", "--model", "nps", "--input", "x", "--label-column", "y"])
+
+
+# ---------------------------------------------------------------------------------------------------
+# The trainer's two publishing cadences (pipeline wiring, with in-memory sinks)
+# ---------------------------------------------------------------------------------------------------
+
+
+class _Recorder:
+    """Stands in for the Kafka and ClickHouse sinks: keeps what is written."""
+
+    def __init__(self) -> None:
+        self.records: list = []
+
+    async def write(self, records) -> None:
+        self.records.extend(records)
+
+    async def flush(self) -> None:
+        pass
+
+
+class _TrainingEvent:
+    def __init__(self, offset: int, batch) -> None:
+        from types import SimpleNamespace
+
+        self.message = SimpleNamespace(partition=0, offset=offset, value=json.dumps(batch.to_record()).encode())
+        self.acked = False
+
+    def ack(self) -> None:
+        self.acked = True
+
+
+async def test_trainer_publishes_models_often_and_acks_only_at_a_checkpoint():
+    from pipeline.metrics import Metrics
+    from pipeline.models import TRAINER, TrainerRuntime
+    from processors.scoring import TrainingBatch
+    from processors.training import ModelTrainer, unpack
+
+    feed = type("Feed", (), {"trainer": lambda self: None})()
+    kafka, clickhouse = _Recorder(), _Recorder()
+    runtime = TrainerRuntime(feed, kafka, clickhouse, Metrics(), publish_interval_s=0.0, checkpoint_interval_s=3600.0)
+    first = _TrainingEvent(0, TrainingBatch(texts=[("Great help, thank you", True, 0)], watermark_ms=1))
+    await runtime.process([first])  # due at once (interval 0): the models go out, no checkpoint yet
+    assert [r.key for r in kafka.records] == [b"sentiment", b"churn"] and not first.acked
+    second = _TrainingEvent(1, TrainingBatch(texts=[("Rude and slow", False, 1)], watermark_ms=2))
+    await runtime.process([second])
+    assert len(kafka.records) == 4 and not first.acked and not second.acked
+    await runtime.publish()  # nothing learned since: nothing published
+    assert len(kafka.records) == 4
+    await runtime.release()  # revoked or stopping: a checkpoint, then the acks
+    assert [r.key for r in kafka.records[4:]] == [b"sentiment", b"churn", TRAINER.encode()] and first.acked and second.acked
+    resumed = unpack(kafka.records[-1].value, ModelTrainer)
+    assert resumed.trained_through == 1 and resumed.sentiment.n_learned == 2
