@@ -291,7 +291,7 @@ class TabularEncoder(base.Transformer):
                     # A new value of a discrete feature gets its own column only if it is a whole
                     # number and there are few: a column per value of a continuous feature (which
                     # looked discrete during warmup) would pick out single customers.
-                    if not value.is_integer() or len(names) >= 2 * self.n_bins:
+                    if value != int(value) or len(names) >= 2 * self.n_bins:
                         continue
                     key = names[value] = f"{name}={value:g}"
                 out[key] = 1.0
