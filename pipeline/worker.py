@@ -29,6 +29,7 @@ from collections import deque
 from typing import Any, Iterable
 
 import faust
+from mode.utils.queues import FlowControlEvent
 from faust.sensors import Monitor
 import orjson
 
@@ -137,7 +138,8 @@ class TouchpointWorker:
         self.scoring = TouchpointScoring(alerts=AlertEngine(AlertConfig.from_spec(settings.alert_rules)))
         self.alert_encoder = RecordEncoder("alert") if settings.alert_format == "avro" else None
         self.alert_latencies: deque[float] = deque(maxlen=20_000)  # receipt -> alert acked, seconds
-        self.kafka = KafkaSink(settings.kafka_bootstrap, KafkaObserver(metrics), client_id=f"{settings.app_id}-sink")
+        self.kafka = KafkaSink(settings.kafka_bootstrap, KafkaObserver(metrics), client_id=f"{settings.app_id}-sink",
+                               priority_topics=frozenset({TOPIC_ALERTS}))
         client = connect(settings.clickhouse_url, settings.clickhouse_user, settings.clickhouse_password)
         self.clickhouse = ClickHouseSink(
             client, settings.clickhouse_database, COLUMNS, metrics,
@@ -439,6 +441,22 @@ class QuietMonitor(Monitor):
         pass
 
 
+class KeepQueuedOnResume(FlowControlEvent):
+    """Faust's flow control, minus emptying the stream queues on resume.
+
+    After table recovery Faust resumes partitions, seeks them to the committed offsets (a dozen
+    broker round trips), then calls ``flow_control.resume()``, which in ``mode`` also clears every
+    stream queue. Records fetched during the seeks are in the queue and the consumer's position is
+    already past them, so the ones still queued at that moment were lost: never processed, never
+    fetched again, and skipped for good by the next commit (a restart with nothing committed read
+    51 of 52 records). Revocation still clears the queues explicitly (``suspend`` + ``clear``).
+    """
+
+    def resume(self) -> None:
+        self._suspend.clear()
+        self._resume.set()
+
+
 def create_app(settings: Settings, metrics: Metrics | None = None) -> tuple[faust.App, TouchpointWorker]:
     """The Faust app and its worker runtime, wired together."""
     metrics = metrics or Metrics()
@@ -463,6 +481,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> tuple[faus
         table_cleanup_interval=3600.0,
         consumer_auto_offset_reset="earliest",
     )
+    app.flow_control = KeepQueuedOnResume(loop=app.loop)  # before any stream or channel is created
     touchpoints = app.topic(
         TOPIC_TOUCHPOINTS, key_type=bytes, value_type=bytes,
         key_serializer="raw", value_serializer="raw", partitions=settings.partitions,
