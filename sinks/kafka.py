@@ -34,10 +34,17 @@ class KafkaRecord:
 class KafkaSink:
     """Buffers records per (topic, partition) in producer batches; ``flush`` sends and awaits acks."""
 
-    def __init__(self, bootstrap: str, observer: SinkObserver | None = None, client_id: str = "cem-sink"):
+    def __init__(self, bootstrap: str, observer: SinkObserver | None = None, client_id: str = "cem-sink",
+                 priority_topics: frozenset[str] = frozenset()):
         self._bootstrap = bootstrap
+        self._priority_topics = priority_topics
         self._client_id = client_id
         self._producer: AIOKafkaProducer | None = None  # created in start(): it needs the running loop
+        # ``priority_topics`` (alerts) go out on a producer of their own: aiokafka keeps one request
+        # in flight per broker connection, so on the bulk producer an alert would wait behind a
+        # second's worth of enriched events and changelogs (or a model snapshot) being acked. One
+        # producer per topic, whichever path sends it, keeps each partition in order.
+        self._priority: AIOKafkaProducer | None = None
         self._observer = observer or NullObserver()
         self._partitioner = DefaultPartitioner()
         self._partitions: dict[str, list[int]] = {}
@@ -47,23 +54,28 @@ class KafkaSink:
         self._shipped: list[asyncio.Future] = []  # shipped deliveries that later sends wait for
         self._flush_lock = asyncio.Lock()
         self._started = False
-        self._tracked: set[str] = set()
+        self._tracked: set[tuple[str, bool]] = set()  # (topic, on the priority producer)
 
     async def start(self) -> None:
         if not self._started:
             # Idempotent producers are refused by some Kafka-protocol brokers (Tansu); at-least-once
             # plus idempotent sinks downstream does not need them.
-            self._producer = AIOKafkaProducer(
-                bootstrap_servers=self._bootstrap,
-                client_id=self._client_id,
-                acks="all",
-                enable_idempotence=False,
-                linger_ms=5,
-                max_batch_size=1 << 20,
-                max_request_size=64 << 20,  # model snapshots (cem.models allows as much)
-            )
+            self._producer = self._new_producer(self._client_id, linger_ms=5)
+            self._priority = self._new_producer(f"{self._client_id}-priority", linger_ms=0)
             await self._producer.start()
+            await self._priority.start()
             self._started = True
+
+    def _new_producer(self, client_id: str, linger_ms: int) -> AIOKafkaProducer:
+        return AIOKafkaProducer(
+            bootstrap_servers=self._bootstrap,
+            client_id=client_id,
+            acks="all",
+            enable_idempotence=False,
+            linger_ms=linger_ms,
+            max_batch_size=1 << 20,
+            max_request_size=64 << 20,  # model snapshots (cem.models allows as much)
+        )
 
     async def write(self, rows: Iterable[KafkaRecord]) -> None:
         for record in rows:
@@ -119,6 +131,7 @@ class KafkaSink:
                 await self.flush()
             finally:
                 await self._producer.stop()
+                await self._priority.stop()
                 self._started = False
 
     async def _send(self, slot: tuple[str, int], batch: object, count: int, shipped: bool = False) -> asyncio.Future | None:
@@ -128,13 +141,15 @@ class KafkaSink:
             shipped_before, self._shipped = self._shipped, []
             await asyncio.gather(*shipped_before)  # a failure propagates: nothing after it is sent
         topic, partition = slot
-        if topic not in self._tracked:
+        priority = topic in self._priority_topics
+        producer = self._priority if priority else self._producer
+        if (topic, priority) not in self._tracked:
             # aiokafka fetches metadata for *all* topics until one is tracked, then only for tracked
             # ones, dropping the rest from its view: batches for an untracked topic then wait
-            # forever for a leader. Track every topic we write to.
-            await self._producer.client.add_topic(topic)
-            self._tracked.add(topic)
-        future = await self._producer.send_batch(batch, topic, partition=partition)
+            # forever for a leader. Track every topic we write to, on the producer that writes it.
+            await producer.client.add_topic(topic)
+            self._tracked.add((topic, priority))
+        future = await producer.send_batch(batch, topic, partition=partition)
         self._in_flight.append((topic, count, future))
         return future
 
