@@ -4,7 +4,8 @@ file evaluates on a real Prometheus scraping a real worker, and every dashboard 
 One module-scoped stack (Tansu broker, ``cem worker``, Prometheus on loopback scraping the worker every second
 with deploy/prometheus/rules/cem.rules.yml loaded) is fed two waves of touchpoints, so every counter that the
 traffic touches has increased between two scrapes and rates are > 0. Wave contents: valid touchpoints on five
-channels with NPS/CSAT/CES/amounts/texts, a redelivered duplicate, and three bad records with different
+channels with NPS/CSAT/CES/amounts/texts, survey comments whose score labels their text (so the trainer learns
+them and writes ``cem.model_metrics``), a redelivered duplicate, and three bad records with different
 dead-letter reasons.
 """
 
@@ -36,11 +37,13 @@ from test_deploy import (
     substitute_macros,
     substitute_promql_vars,
 )
-from test_top import CHANNELS, make_events
+from processors.sentiment import MODEL_NAME as SENTIMENT_MODEL, SentimentModel
+from test_top import CHANNELS, TEXTS, make_events
 
 pytestmark = pytest.mark.integration
 
 WAVE = 150  # valid touchpoints per wave (30 per channel)
+COMMENTS = 10  # labelled survey comments (text + NPS/CSAT) added to each wave
 
 # Dashboard/rule expressions that must return at least one series with a finite value > 0 after the traffic.
 CORE_NONEMPTY = {
@@ -65,11 +68,7 @@ MAY_BE_EMPTY = {
 }
 
 # Alerting rules are conditions: in a healthy stack they are (mostly) empty; only parse + evaluate is asserted.
-# SQL panels allowed to return no rows, with the reason (every other panel must return rows):
-SQL_MAY_BE_EMPTY = {
-    # No wave event carries both text and a score, and nobody churns: the trainer has no label to report.
-    "Model metrics (ClickHouse)": "model_metrics rows are written per minute with labels; the waves carry none",
-}
+# Every dashboard SQL panel must return rows (Model metrics too: the waves carry labelled survey comments).
 
 
 def prometheus_binary() -> str:
@@ -167,6 +166,32 @@ def bad_records(base_ms: int) -> list[tuple[bytes, bytes]]:
     ]
 
 
+def wave_events(start_ms: int, prefix: str) -> list[dict]:
+    """WAVE touchpoints from make_events plus COMMENTS survey comments among them (half a second after their
+    neighbour, same customer, in event-time order) whose score labels their text: promoter and satisfied
+    (NPS 10, CSAT 5) on the praise, detractor and dissatisfied (NPS 2, CSAT 1) on the complaint. These are
+    the sentiment trainer's labels (SentimentModel.label_from_scores)."""
+    events = make_events(WAVE, start_ms, prefix=prefix)
+    after = {3 + 14 * n: n for n in range(COMMENTS)}  # every channel, both labels
+    out = []
+    for i, event in enumerate(events):
+        out.append(event)
+        if i in after:
+            n = after[i]
+            positive = n % 2 == 0
+            out.append({"event_id": f"{prefix}comment{n}", "customer_id": event["customer_id"],
+                        "occurred_at": event["occurred_at"] + 500, "channel": event["channel"],
+                        "type": "survey_response", "text": TEXTS[0 if positive else 1],
+                        "nps": 10 if positive else 2, "csat": 5 if positive else 1})
+    return out
+
+
+def labelled(events: list[dict]) -> int:
+    """How many of ``events`` the sentiment trainer learns from."""
+    return sum(bool(e.get("text")) and SentimentModel.label_from_scores(e.get("csat"), e.get("nps")) is not None
+               for e in events)
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     binary = prometheus_binary()
@@ -184,7 +209,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             # Wave 1 creates the labelled series; after Prometheus has scraped them, wave 2 increases them,
             # so rate() and histogram_quantile() see an increase between two samples.
             for wave in range(2):
-                events = make_events(WAVE, base + wave * WAVE * 1000, prefix=f"w{wave}-")
+                events = wave_events(base + wave * WAVE * 1000, prefix=f"w{wave}-")
                 bad = bad_records(base)
                 run(publish(broker.bootstrap, events + [events[0]], "json"))  # + a redelivered duplicate
                 run(publish_raw(broker.bootstrap, bad))
@@ -197,6 +222,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                     lambda: prometheus.value('sum(cem_processing_latency_seconds_count{stage="committed"})') == expected,
                     f"prometheus did not see {expected} committed touchpoints")
             st.bad_reasons = {"undecodable", "unknown_enum", "out_of_range"}
+            # The trainer learns the labelled comments and, at its next publish, writes their quality figures to
+            # cem.model_metrics (the version column counts the stream labels learned): wait for the last label.
+            labels = labelled(st.events)
+            assert labels == 2 * COMMENTS
+            worker.wait_until(
+                lambda _: worker.query(
+                    f"SELECT max(version) FROM cem.model_metrics WHERE model = '{SENTIMENT_MODEL}'")[0][0] == labels,
+                30, f"the trainer did not write model_metrics for {labels} sentiment labels", interval_s=0.2)
             # The recording rules have evaluated on the final data (evaluation_interval 1s), the lag gauge
             # (set on a 2 s timer once the worker has partitions) has been scraped and recorded, and so has the
             # model quality gauge (set when the trainer publishes, every model_publish_interval_s = 5 s).
@@ -316,7 +349,7 @@ def test_every_dashboard_sql_runs_on_the_workers_chdb(stack: Stack):
             failures.append(f"{origin}: {str(exc).splitlines()[0][:300]}\n  {sql}")
             continue
         results[t["panel"]] = rows
-        if not rows and t["panel"] not in SQL_MAY_BE_EMPTY:
+        if not rows:
             empty.append(f"{origin}: {sql}")
     assert not failures, "dashboard SQL that chDB rejects:\n" + "\n".join(failures)
     assert not empty, "dashboard SQL with no rows after the test traffic:\n" + "\n".join(empty)
@@ -335,3 +368,8 @@ def test_every_dashboard_sql_runs_on_the_workers_chdb(stack: Stack):
     assert len(results["Recent dead letters (ClickHouse)"]) == 2 * len(stack.bad_reasons)
     customers = {e["customer_id"] for e in stack.events}
     assert results["Unique customers"][0][0] == len(customers)
+    # The trainer's figures as of its last label: every sentiment metric at version = the labels sent.
+    series = {row[1] for row in results["Model metrics (ClickHouse)"]}
+    version = f" v{labelled(stack.events)}"
+    final = {s.split()[1] for s in series if s.startswith(f"{SENTIMENT_MODEL} ") and s.endswith(version)}
+    assert final >= {"accuracy", "macro_f1", "labels"}, series
