@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -66,7 +67,22 @@ def run_worker(settings: Settings) -> None:
         pass
     from faust.worker import Worker
 
+    _tune_gc()
     Worker(app, loglevel=FAUST_LOG_LEVELS.get(settings.log_level, "warn"), quiet=True).execute_from_commandline()
+
+
+# The worker holds hundreds of thousands of long-lived containers (customer states, dedupe ids, the
+# labeler's pending snapshots); CPython's default thresholds (700, 10, 10) ran a full collection
+# over all of them every ~2 s, each 150-300 ms with the event loop stopped: the alert-latency tail
+# (measured at 1,600 events/s: p99 310-345 ms with the defaults, 119 ms with these). Fewer, larger
+# young collections; full ones rarely. Objects alive at start (code, models) are frozen out of it.
+GC_THRESHOLDS = (50_000, 20, 100)
+
+
+def _tune_gc() -> None:
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def _no_query(sql: str) -> tuple[list[str], list[tuple]]:

@@ -492,8 +492,8 @@ class ChurnLabeler(Snapshot):
         self.min_gap_ms = horizon_ms // 60 if min_gap_ms is None else min_gap_ms
         self.max_per_customer = max_per_customer
         self.max_total = max_total
-        # customer -> seq -> [t, compressed features, churned]
-        self._pending: dict[str, dict[int, list]] = {}
+        # customer -> seq -> (t, compressed features, churned)
+        self._pending: dict[str, dict[int, tuple[int, bytes, bool]]] = {}
         self._last_t: dict[str, int] = {}  # customer -> time of its latest kept snapshot
         self._queue: list[tuple[int, int, str]] = []  # heap of (t, seq, customer); stale entries skipped
         self._seq = 0
@@ -512,7 +512,8 @@ class ChurnLabeler(Snapshot):
         if self.size >= self.max_total:
             self._evict_oldest()
         self._seq += 1
-        self._pending.setdefault(customer_id, {})[self._seq] = [t_ms, _compress(features), False]
+        # A tuple of atomic values: untracked by the garbage collector, and there are ~100k of them.
+        self._pending.setdefault(customer_id, {})[self._seq] = (t_ms, _compress(features), False)
         heapq.heappush(self._queue, (t_ms, self._seq, customer_id))
         self._last_t[customer_id] = t_ms if last is None else max(last, t_ms)
         self.size += 1
@@ -528,7 +529,7 @@ class ChurnLabeler(Snapshot):
             if entry[0] > t_ms:  # scored after churning: not a prediction of it
                 self._drop(customer_id, seq)
             elif entry[0] >= start:
-                entry[2] = True
+                pending[seq] = (entry[0], entry[1], True)
                 marked += 1
         return marked
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Sequence
 
 from processors.touchpoint import Touchpoint
 from schemas.contract import DAY_MS
@@ -109,7 +109,7 @@ class CustomerState:
     churn_snapshot_at: int | None = None  # event time of the latest feature snapshot sent to training
     churned_at: int | None = None
     profile: dict[str, str] = field(default_factory=dict)  # CRM attributes from cem.customers
-    seen: dict[str, list[int]] = field(default_factory=dict)  # event_id -> [occurred_at, source offset]
+    seen: dict[str, Sequence[int]] = field(default_factory=dict)  # event_id -> (occurred_at, source offset)
     # What the alert rules remember (a processors.alerts.CustomerAlertState, or its dict when read
     # back from the changelog); typed loosely because the alert rules build on this module.
     alerting: Any = None
@@ -120,7 +120,9 @@ class CustomerState:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "CustomerState":
-        return cls(**{k: v for k, v in data.items() if k in _STATE_FIELDS})
+        state = cls(**{k: v for k, v in data.items() if k in _STATE_FIELDS})
+        state.seen = {event_id: tuple(seen) for event_id, seen in state.seen.items()}  # JSON gave lists
+        return state
 
     @property
     def mean_resolve_s(self) -> float | None:
@@ -247,7 +249,7 @@ def apply(
     previous_last_seen = state.last_seen if state.events_total else None
     recency_s = None if previous_last_seen is None else max(0, tp.occurred_at - previous_last_seen) / 1000.0
     resolve_s, switched = _fold(state, tp)
-    state.seen[tp.event_id] = [tp.occurred_at, source_offset]
+    state.seen[tp.event_id] = (tp.occurred_at, source_offset)  # a tuple of ints: not tracked by the GC
     if len(state.seen) > 64 and len(state.seen) % 64 == 0:  # amortised; frees memory, decides nothing
         prune_seen(state, dedupe_horizon_ms)
     return Outcome.NEW, _enriched(state, tp, source_partition, source_offset, received_at, recency_s, resolve_s, switched)
