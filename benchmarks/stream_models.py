@@ -300,8 +300,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             counts["swaps"] += 1
     seconds = time.perf_counter() - started
     t0 = clock()
-    trainer_blob = pack(trainer)  # what the trainer publishes on cem.models to resume from
-    snapshot = {"trainer_bytes": len(trainer_blob), "trainer_pack_ms": (clock() - t0) / 1e6,
+    labeler_blob = trainer.labeler.to_bytes()  # the bulk of the trainer's checkpoint on cem.models
+    snapshot = {"labeler_bytes": len(labeler_blob), "labeler_pickle_ms": (clock() - t0) / 1e6,
+                "labeler_bytes_per_pending": len(labeler_blob) / max(1, trainer.labeler.size),
                 "churn_bytes": len(pack(trainer.churn)), "sentiment_bytes": len(pack(trainer.sentiment))}
 
     n = max(1, counts["events"])
@@ -345,6 +346,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "training_churns": counts["training_churns"],
             "labeler_pending": labeler.size,
             "labeler_evicted": labeler.evicted,
+            "labeler_refused": labeler.refused,
             "snapshots": snapshot,
         },
         "churn": {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter as Tally
+from typing import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -38,6 +39,18 @@ class Metrics:
         self.model_drift = Counter("cem_model_drift", "Drifts detected on a model's error stream (ADWIN).", ["model"], registry=r)
         self.alerts = Counter("cem_alerts", "Alerts produced, by type and severity.", ["type", "severity"], registry=r)
         self.alert_latency = Histogram("cem_alert_latency_seconds", "Worker receipt -> alert produced.", buckets=LATENCY_BUCKETS, registry=r)
+
+    def start_at_zero(self, tables: Iterable[str], topics: Iterable[str], models: Iterable[str]) -> None:
+        """Create the error and drift series at 0 for every label value known up front: a labelled
+        counter otherwise has no series until its first increment, so ``rate()`` panels and
+        ``increase(...) > 0`` rules see "no data" on a healthy worker, and the first error of a new
+        series has no earlier sample to differ from."""
+        for table in tables:
+            self.ch_errors.labels(table)
+        for topic in topics:
+            self.produce_errors.labels(topic)
+        for model in models:
+            self.model_drift.labels(model)
 
     def count(self, counter: Counter, tally: Tally) -> None:
         """Add a batch's tally in one call per label set: cheaper than one ``inc`` per record."""

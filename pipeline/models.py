@@ -3,7 +3,8 @@
 * :class:`ModelFeed` follows the compacted ``cem.models`` topic from its start with a plain aiokafka
   consumer (no group: every worker reads every snapshot) and hot-swaps the scorers' models. On start
   it reads up to the topic's end before the worker takes input, so a restarted worker resumes with
-  the last published models.
+  the last published models, and with the last checkpoint of its alert engine (the channel anomaly
+  detectors and the value quantile are models too: of each channel's and of the customers' normal).
 * :class:`TrainerRuntime` hosts the :class:`processors.training.ModelTrainer` in whichever worker owns
   the single partition of ``cem.model.training``. It resumes from the last ``trainer`` checkpoint,
   publishes the models often and its own state less often, and acks training records only once a
@@ -15,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -35,6 +36,16 @@ log = logging.getLogger("cem.models")
 
 Swap = Callable[[str, Any], None]
 TRAINER = "trainer"  # the cem.models key of the trainer's own state
+ALERT_ENGINE = "alerts/"  # + a worker's touchpoint partitions: its alert engine (channel detectors, ...)
+
+
+def alert_engine_key(partitions: Iterable[int]) -> str:
+    """The cem.models key of the alert engine of the worker that reads ``partitions``.
+
+    >>> alert_engine_key([3, 0, 1])
+    'alerts/0,1,3'
+    """
+    return ALERT_ENGINE + ",".join(str(p) for p in sorted(partitions))
 
 
 class ModelFeed:
@@ -77,13 +88,17 @@ class ModelFeed:
         """Keep the newest snapshot per key; hand the scorers' models over (the newest only)."""
         for record in records:
             key = (record.key or b"").decode()
-            if key in self.KINDS and record.value:
+            if (key in self.KINDS or key.startswith(ALERT_ENGINE)) and record.value:
                 self.latest[key] = record.value
         arrived = {r.key for r in records}
         for key in (MODEL_SENTIMENT, MODEL_CHURN):
             if key.encode() in arrived and key in self.latest:
                 self._on_model(key, unpack(self.latest[key], self.KINDS[key]))
                 self.loaded += 1
+
+    def alert_engine(self, key: str) -> bytes | None:
+        """The last alert-engine checkpoint published under ``key`` (see :func:`alert_engine_key`)."""
+        return self.latest.get(key)
 
     def trainer(self) -> ModelTrainer | None:
         """The last published trainer state, or None if none was ever published."""

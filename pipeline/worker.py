@@ -34,15 +34,17 @@ from faust.sensors import Monitor
 import orjson
 
 from pipeline.metrics import KafkaObserver, Metrics
-from pipeline.models import ModelFeed, TrainerRuntime, training_record
+from pipeline.models import ModelFeed, TrainerRuntime, alert_engine_key, training_record
 from pipeline.settings import Settings
 from processors.alerts import Alert, AlertConfig, AlertEngine
+from processors.churn import MODEL_NAME as CHURN_MODEL_NAME
 from processors.customer import CustomerState
 from processors.training import ModelTrainer
 from processors.ingest import DeadLetter, Ingestor, Kind, Result, SourceRecord
 from processors.kpi import csat_satisfied, nps_category, signed_revenue
 from processors.profile import ProfileRejected, parse_profile
 from processors.scoring import TouchpointScoring, TrainingBatch, alert_state
+from processors.sentiment import MODEL_NAME as SENTIMENT_MODEL_NAME
 from schemas.codec import AvroCodec, EnrichedEncoder, RecordEncoder, SchemaRegistry
 from schemas.contract import (
     HEADER_DETAIL,
@@ -57,6 +59,7 @@ from schemas.contract import (
     TOPIC_CUSTOMERS,
     TOPIC_DLQ,
     TOPIC_ENRICHED,
+    TOPIC_MODELS,
     TOPIC_TOUCHPOINTS,
     TOPIC_TRAINING,
     Stage,
@@ -130,6 +133,8 @@ class TouchpointWorker:
     def __init__(self, settings: Settings, metrics: Metrics, states: CustomerStates):
         self.settings = settings
         self.metrics = metrics
+        metrics.start_at_zero(COLUMNS, (TOPIC_ENRICHED, TOPIC_DLQ, TOPIC_ALERTS, TOPIC_TRAINING, TOPIC_MODELS),
+                              (CHURN_MODEL_NAME, SENTIMENT_MODEL_NAME))
         self.states = states
         registry = SchemaRegistry.from_config(_paths(settings.schema_files), _confluent_ids(settings.confluent_ids))
         self.codec = AvroCodec(registry)
@@ -158,12 +163,19 @@ class TouchpointWorker:
         self.last_committed: float | None = None
         self.committed_records = 0
         self._flushing: asyncio.Future | None = None
+        self.engine_key: str | None = None  # set at start
+        self._engine_checkpoint: bytes | None = None  # the alert engine after the last processed batch
         self.started = False
 
-    async def start(self) -> None:
+    async def start(self, partitions: Iterable[int] = ()) -> None:
+        """``partitions``: the touchpoint partitions this worker reads, which name its alert engine."""
         await self.kafka.start()
         await self.clickhouse.start()
         await self.models.start()  # the last published models, before the first score
+        self.engine_key = alert_engine_key(partitions)
+        checkpoint = self.models.alert_engine(self.engine_key)
+        if checkpoint is not None:  # the same partitions as before a restart: carry on where it was
+            self.scoring.alerts = AlertEngine.from_bytes(checkpoint, self.scoring.alerts.config)
         self.scoring.alerts.track(s.alerting for s in self.states.all() if s.alerting is not None)
         self.started = True
 
@@ -214,6 +226,8 @@ class TouchpointWorker:
         enriched_at = time.time()
         self.metrics.latency.labels("enriched").observe(enriched_at - received)
         self.metrics.last_batch.set(enriched_at)
+        # The engine as of this batch, whose outputs are all written: what the next flush checkpoints.
+        self._engine_checkpoint = self.scoring.alerts.to_bytes()
         self._pending.append((events, received))
         await self._maybe_flush()
 
@@ -288,9 +302,18 @@ class TouchpointWorker:
             future.add_done_callback(delivered)
 
     async def flush(self) -> None:
-        """Make all outputs durable, then ack their inputs (so Faust may commit the offsets)."""
+        """Make all outputs durable, then ack their inputs (so Faust may commit the offsets).
+
+        The alert engine is checkpointed with every flush after touchpoints, as of the last batch
+        whose outputs (state changelogs included) this flush sends: a restart resumes the channel
+        minutes and detectors that match the customer states, so a replay neither misses a channel
+        alert nor makes a new one.
+        """
         async with self._lock:
             pending, self._pending = self._pending, []
+            checkpoint, self._engine_checkpoint = self._engine_checkpoint, None
+            if checkpoint is not None and self.engine_key is not None:
+                await self.kafka.write([KafkaRecord(TOPIC_MODELS, self.engine_key.encode(), checkpoint, 0)])
             await self.kafka.flush()
             await self.clickhouse.flush()
             committed = time.time()
@@ -499,7 +522,8 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> tuple[faus
     async def started() -> None:
         async with starting:  # three agents, one start
             if not worker.started:
-                await worker.start()
+                assigned = app.consumer.assignment()
+                await worker.start(tp.partition for tp in assigned if tp.topic == TOPIC_TOUCHPOINTS)
 
     @app.agent(touchpoints, name="touchpoints")
     async def process_touchpoints(stream: faust.StreamT) -> None:

@@ -70,7 +70,7 @@ _RECENT_BY_TYPE = {
     "support_contact": ("contacts_14d",),
     "call": ("contacts_14d",),
 }
-_MIN_WATCHED_MS = 7 * DAY_MS  # see CustomerState.recent_rate
+_MIN_WATCHED_MS = 7 * DAY_MS  # see CustomerState.recent_rates
 _GAP_ALPHA = 0.2  # weight of the newest gap in the moving average of gaps between touchpoints
 
 
@@ -128,34 +128,31 @@ class CustomerState:
     def mean_resolve_s(self) -> float | None:
         return self.resolve_s_total / self.complaints_resolved if self.complaints_resolved else None
 
-    def recent_count(self, name: str, now_ms: int) -> float:
-        """A decayed count (see ``RECENT_WINDOWS_MS``) as of event time ``now_ms``.
-
-        >>> s = CustomerState("c1")
-        >>> for day in (0, 1, 2):
-        ...     _ = apply(s, Touchpoint(f"e{day}", "c1", day * DAY_MS, "web", "purchase", amount=1.0), 0, day, 0)
-        >>> round(s.recent_count("purchases_28d", 2 * DAY_MS), 3), round(s.recent_count("purchases_28d", 30 * DAY_MS), 3)
-        (2.896, 1.065)
-        """
-        value = self.recent.get(name, 0.0)
-        if not value or now_ms <= self.last_seen:
-            return value
-        return value * math.exp((self.last_seen - now_ms) / RECENT_WINDOWS_MS[name])
-
-    def recent_rate(self, name: str, now_ms: int) -> float:
-        """A decayed count scaled to what a full window would hold: a customer watched for two days
-        has had two days' worth of chances to act, not 28 (bias correction, as in Adam's moments).
-        Observation shorter than a week counts as a week, so one early event is not a torrent.
+    def recent_rates(self, now_ms: int) -> dict[str, float]:
+        """The decayed counts (see ``RECENT_WINDOWS_MS``) as of event time ``now_ms``, each scaled to
+        what a full window would hold: a customer watched for two days has had two days' worth of
+        chances to act, not 28 (bias correction, as in Adam's moments). Observation shorter than a
+        week counts as a week, so one early event is not a torrent.
 
         >>> s = CustomerState("c1")
         >>> _ = apply(s, Touchpoint("e1", "c1", 0, "web", "purchase", amount=1.0), 0, 1, 0)
         >>> _ = apply(s, Touchpoint("e2", "c1", 9 * DAY_MS, "web", "purchase", amount=1.0), 0, 2, 0)
-        >>> round(s.recent_count("purchases_28d", 9 * DAY_MS), 2), round(s.recent_rate("purchases_28d", 9 * DAY_MS), 2)
+        >>> round(s.recent["purchases_28d"], 2), round(s.recent_rates(9 * DAY_MS)["purchases_28d"], 2)
         (1.73, 6.28)
+        >>> round(s.recent_rates(37 * DAY_MS)["purchases_28d"], 2)   # a silent month later
+        0.87
         """
-        window = RECENT_WINDOWS_MS[name]
         watched = max(_MIN_WATCHED_MS, now_ms - self.first_seen) if self.events_total else _MIN_WATCHED_MS
-        return self.recent_count(name, now_ms) / (-math.expm1(-watched / window))
+        idle = max(0, now_ms - self.last_seen)
+        rates = {}
+        for name, window in RECENT_WINDOWS_MS.items():
+            value = self.recent.get(name, 0.0)
+            if value:
+                value /= -math.expm1(-watched / window)
+                if idle:
+                    value *= math.exp(-idle / window)
+            rates[name] = value
+        return rates
 
 
 _STATE_FIELDS = tuple(f.name for f in fields(CustomerState))

@@ -110,7 +110,7 @@ class ChurnScorer:
     >>> _, enriched = apply(state, Touchpoint("e1", "c1", 0, "web", "purchase", amount=5.0), 0, 1, 0)
     >>> risk = scorer.score(enriched, state, new=True, batch=batch)
     >>> round(risk, 3), state.churn_risk == risk == enriched.churn_risk, len(batch.snapshots)
-    (0.048, True, 1)
+    (0.039, True, 1)
     >>> _, enriched = apply(state, Touchpoint("e2", "c1", 1000, "web", "account_closed"), 0, 2, 0)
     >>> scorer.score(enriched, state, new=True, batch=batch), batch.churns
     (None, [('c1', 1000)])

@@ -359,10 +359,23 @@ def test_labeler_throttles_per_customer_and_caps():
     assert lab.size == 3 and lab.evicted == 2  # per-customer cap drops the oldest
     for c in "bcd":
         lab.snapshot(c, 10 * HOUR_MS, {"i": 0.0})
-    assert lab.size == 5 and lab.evicted == 3  # global cap drops the globally oldest
+    assert lab.size == 5 and lab.evicted == 2 and lab.refused == 1  # full: the newest is refused, the oldest kept
     released = lab.advance(10**15)
-    assert [x["i"] for x, _ in released] == [4.0, 5.0, 0.0, 0.0, 0.0]
+    assert [x["i"] for x, _ in released] == [3.0, 4.0, 5.0, 0.0, 0.0]
     assert lab.size == 0
+
+
+def test_labeler_keeps_labels_flowing_with_more_customers_than_it_can_hold():
+    """50 customers scored hourly against room for 10: labels still come, horizon after horizon
+    (evicting the oldest instead would drop every snapshot before its label was known)."""
+    lab = ChurnLabeler(horizon_ms=DAY_MS, min_gap_ms=HOUR_MS, max_total=10)
+    released = []
+    for hour in range(24 * 4):
+        for c in range(50):
+            lab.snapshot(f"c{c}", hour * HOUR_MS, {"hour": float(hour)})
+        released += lab.advance(hour * HOUR_MS)
+        assert lab.size <= 10
+    assert len(released) >= 30 and {x["hour"] // 24 for x, _ in released} == {0.0, 1.0, 2.0}
 
 
 def test_labeler_is_deterministic_and_snapshots():

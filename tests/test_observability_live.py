@@ -59,13 +59,9 @@ CORE_NONEMPTY = {
 MAY_BE_EMPTY = {
     # Need history: an `offset 1h` comparison has no samples in a 1-minute-old Prometheus.
     "CemThroughputDrop": "rate(...[10m] offset 1h): no data an hour ago",
-    # Drift needs a model whose quality degrades over a long stream: never in a run this short (no series).
-    "cem_model_drift_total": "model drift counter never incremented in a short run",
-    # Produce errors and ClickHouse insert errors do not happen on a healthy stack (labelled counters: no series).
-    "cem_kafka_produce_errors_total": "no produce error happened",
-    "cem_clickhouse_insert_errors_total": "no insert error happened",
-    "cem:clickhouse_insert_errors:rate5m": "recorded from the insert errors",
 }
+# (Error and drift counters start at 0 for every known table, topic and model, so their panels and
+# recording rules have data on a healthy stack too.)
 
 # Alerting rules are conditions: in a healthy stack they are (mostly) empty; only parse + evaluate is asserted.
 # Every dashboard SQL panel must return rows (Model metrics too: the waves carry labelled survey comments).
