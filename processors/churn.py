@@ -26,7 +26,7 @@ import orjson
 from river import base, compose, linear_model, optim
 
 from processors.customer import CustomerState
-from schemas.contract import CHANNELS, DAY_MS, HOUR_MS
+from schemas.contract import CHANNELS, DAY_MS
 from processors.snapshot import Snapshot
 
 MODEL_NAME = "churn-v1"

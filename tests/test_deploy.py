@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 from conftest import required_binary
+from pipeline.broker import MODEL_MAX_BYTES
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -82,7 +83,9 @@ TOPICS = {  # name -> compacted
     "cem.customers": True,
     "cem.models": True,
     "cem-customer_state-changelog": True,
+    "cem.model.training": False,
 }
+SINGLE_PARTITION = {"cem.model.training"}  # each model trains in one place, in one order
 CLICKHOUSE_TABLES = {
     "touchpoints_enriched", "kpi_minute", "customer_state", "dead_letters",
     "model_metrics", "alerts",
@@ -566,10 +569,13 @@ def test_create_topics_script(tmp_path):
     assert set(topics) == set(TOPICS)
     for name, compacted in TOPICS.items():
         t = topics[name]
-        assert t["partitions"] == PARTITIONS and t["rf"] == 1 and t["bootstrap"] == "kafka:9092" and t["if_not_exists"]
+        partitions = 1 if name in SINGLE_PARTITION else PARTITIONS
+        assert t["partitions"] == partitions and t["rf"] == 1 and t["bootstrap"] == "kafka:9092" and t["if_not_exists"]
         assert t["configs"]["cleanup.policy"] == ("compact" if compacted else "delete"), name
         assert "min.insync.replicas" not in t["configs"]
     assert int(topics["cem.touchpoints.dlq"]["configs"]["retention.ms"]) >= 7 * 86_400_000
+    # The trainer's checkpoint is tens of MB: the topic must take what the pipeline's producers send.
+    assert int(topics["cem.models"]["configs"]["max.message.bytes"]) == MODEL_MAX_BYTES
 
 
 def test_create_topics_production_replication(tmp_path):

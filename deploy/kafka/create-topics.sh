@@ -31,18 +31,19 @@ fi
 
 DAY_MS=86400000
 
-# create NAME CONFIG...   (every topic gets $PARTITIONS partitions)
+# create NAME CONFIG...   (every topic gets $PARTITIONS partitions; TOPIC_PARTITIONS=n create ... overrides)
 create() {
   local name=$1
   shift
+  local partitions=${TOPIC_PARTITIONS:-$PARTITIONS}
   local args=()
   local config
   for config in "$@" ${durability[@]+"${durability[@]}"}; do
     args+=(--config "$config")
   done
-  echo "topic ${name}: ${PARTITIONS} partitions, replication ${RF}, ${*:-defaults}"
+  echo "topic ${name}: ${partitions} partitions, replication ${RF}, ${*:-defaults}"
   "$KAFKA_TOPICS" "${common[@]}" --create --if-not-exists --topic "$name" \
-    --partitions "$PARTITIONS" --replication-factor "$RF" ${args[@]+"${args[@]}"}
+    --partitions "$partitions" --replication-factor "$RF" ${args[@]+"${args[@]}"}
 }
 
 # Input, keyed by customer_id.
@@ -54,8 +55,13 @@ create cem.alerts               cleanup.policy=delete "retention.ms=$((7 * DAY_M
 # Latest value per key: CRM profiles by customer_id, model snapshots, the Faust state-table changelog
 # (Faust app id `cem`, table `customer_state`; co-partitioned with cem.touchpoints).
 create cem.customers                  cleanup.policy=compact
-create cem.models                     cleanup.policy=compact
+# Model snapshots and checkpoints (the trainer's holds a horizon of pending churn labels: tens of MB;
+# the pipeline's producers and ModelFeed allow 64 MB, pipeline/broker.py MODEL_MAX_BYTES).
+create cem.models                     cleanup.policy=compact max.message.bytes=67108864
 create cem-customer_state-changelog   cleanup.policy=compact
+# Training examples, one partition so each model trains in one place and one order; records are acked
+# at the trainer's checkpoint (every minute), so a week of retention is ample.
+TOPIC_PARTITIONS=1 create cem.model.training cleanup.policy=delete "retention.ms=$((7 * DAY_MS))"
 
 # --if-not-exists leaves an existing topic alone: make sure the co-partitioned ones really match, since a
 # state table whose changelog has a different partition count silently loses state on rebalance.
