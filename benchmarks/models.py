@@ -119,7 +119,7 @@ def bench_churn(data: Path) -> dict[str, Any]:
     # The same replay, scored on its second half only: how good the model is once it has learned
     # from ~5,000 labels (the offline models train on ~8,000).
     half = len(examples) // 2
-    predictions = list(replay(ChurnModel(), examples))[half:]
+    predictions = list(replay(ChurnModel(prior_labels=0), examples))[half:]  # as evaluate_file
     return {
         "rows": online["rows"],
         "features": online["features"],

@@ -319,6 +319,16 @@ _PRIOR_WEIGHTS = {
 }
 
 
+def _sigmoid(log_odds: float) -> float:
+    if log_odds < -500:
+        return 0.0
+    return 1.0 / (1.0 + math.exp(-log_odds))
+
+
+def _prior_log_odds(features: Features) -> float:
+    return _PRIOR_BIAS + sum(prior_contributions(features).values())
+
+
 def prior_risk(features: Features) -> float:
     """Churn risk from domain priors alone (see ``_PRIOR_WEIGHTS``), for the model's cold start.
 
@@ -328,12 +338,7 @@ def prior_risk(features: Features) -> float:
     >>> round(prior_risk(calm), 2), round(prior_risk(angry), 2)
     (0.04, 0.99)
     """
-    return 1.0 / (1.0 + math.exp(-(_PRIOR_BIAS + sum(prior_contributions(features).values()))))
-
-
-def _logit(p: float) -> float:
-    p = min(max(p, 1e-9), 1.0 - 1e-9)
-    return math.log(p / (1.0 - p))
+    return _sigmoid(_prior_log_odds(features))
 
 
 def prior_contributions(features: Features) -> dict[str, float]:
@@ -405,12 +410,12 @@ class ChurnModel(Snapshot):
         the model has ``min_labels`` labels of both classes."""
         if self._cold:
             return prior_risk(features)
-        p = self.pipeline.predict_proba_one(features).get(True, 0.0)
+        encoder, regression = self.pipeline.steps.values()
+        log_odds = regression._raw_dot_one(encoder.transform_one(features))  # River's own, before its sigmoid
         w = self._prior_share
-        if not w:
-            return p
-        log_odds = (1 - w) * _logit(p) + w * _logit(prior_risk(features))
-        return 1.0 / (1.0 + math.exp(-log_odds))
+        if w:
+            log_odds = (1 - w) * log_odds + w * _prior_log_odds(features)
+        return _sigmoid(log_odds)
 
     @property
     def _prior_share(self) -> float:
@@ -523,7 +528,7 @@ class ChurnLabeler(Snapshot):
         horizon_ms: int = DEFAULT_HORIZON_MS,
         min_gap_ms: int | None = None,
         max_per_customer: int = 64,
-        max_total: int = 150_000,  # ~0.26 KB each compressed: ~45 MB checkpoint at the cap (< 64 MB)
+        max_total: int = 100_000,  # ~0.43 KB each in a checkpoint (~0.26 KB of it the features): ~45 MB < 64 MB
     ):
         self.horizon_ms = horizon_ms
         self.min_gap_ms = horizon_ms // 60 if min_gap_ms is None else min_gap_ms
@@ -586,10 +591,18 @@ class ChurnLabeler(Snapshot):
         return released
 
     def __getstate__(self) -> dict:
-        # Checkpoints carry only live heap entries (lazy deletion may leave up to 4x as many stale).
-        self._queue = [e for e in self._queue if e[1] in self._pending.get(e[2], {})]
+        # The pending snapshots are the state; the time index and the per-customer latest time are
+        # derived from them, so a checkpoint leaves them out (pickling ~100k tuples less: pickle
+        # holds the GIL, and the worker's event loop waits for it).
+        return {k: v for k, v in self.__dict__.items() if k not in ("_queue", "_last_t")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._queue = [(entry[0], seq, customer_id) for customer_id, pending in self._pending.items()
+                       for seq, entry in pending.items()]
         heapq.heapify(self._queue)
-        return self.__dict__
+        self._last_t = {customer_id: max(entry[0] for entry in pending.values())
+                        for customer_id, pending in self._pending.items()}
 
     def _drop(self, customer_id: str, seq: int) -> None:
         # The heap entry, if still there, stays and is skipped when popped (lazy deletion).

@@ -76,7 +76,7 @@ def evaluate_file(
             quality.update(y, p >= 0.5)
         result.update(quality.snapshot(), model_version=sentiment.version)
     else:
-        churn = ChurnModel()
+        churn = ChurnModel(prior_labels=0)  # the CX prior knows the pipeline's features, not a file's columns
         binary = BinaryQuality()
         ys, ps = [], []
         for y, p in replay(churn, examples):

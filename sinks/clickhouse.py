@@ -18,6 +18,7 @@ Exactness under at-least-once processing rests on three things, in this order:
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 import hashlib
 import logging
 import threading
@@ -55,7 +56,8 @@ class _Buffer:
 def connect(url: str, user: str = "default", password: str = "", database: str | None = None) -> Any:
     """A clickhouse-connect client for a server URL or an embedded ``chdb://`` path."""
     if url.startswith("chdb://"):
-        return clickhouse_connect.get_client(dsn=url)
+        # clickhouse-connect reads chdb://./dir as host "." and database "dir": make the path absolute.
+        return clickhouse_connect.get_client(dsn=f"chdb://{Path(url.removeprefix('chdb://')).resolve()}")
     return clickhouse_connect.get_client(dsn=url, username=user, password=password, database=database or "default")
 
 
