@@ -40,7 +40,8 @@ customer's state before its first event, like ``cem.customers`` does.
   plus the lazy churn-contribution wrapper and the alert-state lookup; the per-batch sweep reported
   beside it). Ingest, training and the model swap are
   reported for context; they are not scoring cost (training runs in the trainer, once per label).
-  Timings include what a stream pays: cold caches, GC pauses; the timer's own overhead is reported.
+  Timings include what a stream pays: cold caches, GC pauses (under the worker's GC settings,
+  ``pipeline.runner.tune_gc``); the timer's own overhead is reported.
 
 Prints one JSON object on stdout and a markdown table on stderr.
 """
@@ -61,6 +62,7 @@ sys.path.insert(0, str(REPO))
 
 import orjson  # noqa: E402
 
+from pipeline.runner import tune_gc  # noqa: E402
 from processors.churn import ChurnModel  # noqa: E402
 from processors.customer import DAY_MS, CustomerState  # noqa: E402
 from processors.evaluation import roc_auc  # noqa: E402
@@ -235,6 +237,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     events = gen.events(args.events)
     offset = 0
     last_t = args.start_ms
+    tune_gc()  # the worker's settings: the pauses measured are the ones a worker would have
     started = time.perf_counter()
     while last_t < end_ms:
         records = []

@@ -67,7 +67,7 @@ def run_worker(settings: Settings) -> None:
         pass
     from faust.worker import Worker
 
-    _tune_gc()
+    tune_gc()
     Worker(app, loglevel=FAUST_LOG_LEVELS.get(settings.log_level, "warn"), quiet=True).execute_from_commandline()
 
 
@@ -79,7 +79,8 @@ def run_worker(settings: Settings) -> None:
 GC_THRESHOLDS = (50_000, 20, 100)
 
 
-def _tune_gc() -> None:
+def tune_gc() -> None:
+    """The worker's garbage-collector settings (the benchmarks run under them too)."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
