@@ -1,14 +1,15 @@
 """``cem run``: the embedded default, supervised from this process.
 
 Starts the Tansu broker, creates the topics, starts the worker (``cem worker``, a child process that
-owns chDB), publishes synthetic traffic at ``--rate``, shows progress each second, and on Ctrl-C or
-after ``--duration`` drains: waits until every published record is committed, stops the worker
+owns chDB), publishes synthetic traffic at ``--rate``, shows progress each second, and on Ctrl-C,
+SIGTERM or after ``--duration`` drains: waits until every published record is committed, stops the worker
 (which flushes), then prints one JSON summary line.
 """
 
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
 import time
 from pathlib import Path
@@ -42,6 +43,9 @@ def run_embedded(
     if running_worker_url(data_dir):
         raise CliError(f"a worker is already running on {data_dir}: stop it or pass another --data-dir")
     settings = embedded_settings(settings, data_dir, broker_port)
+    # SIGTERM (a supervisor, `docker stop`, `timeout`) drains and stops like Ctrl-C; by default it
+    # would end this process at once and leave the broker and the worker running, orphaned.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     started = time.monotonic()
     with EmbeddedBroker(broker_port, log_file=data_dir / "broker.log") as broker:
         ensure_topics(broker.bootstrap, settings.partitions)

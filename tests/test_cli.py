@@ -39,3 +39,44 @@ def test_clear_errors_instead_of_tracebacks(tmp_path, capsys):
     assert "cem: error:" in capsys.readouterr().err
     assert main(["generate"]) == 2
     assert "--output" in capsys.readouterr().err
+
+
+def test_cem_run_drains_and_stops_its_children_on_sigterm(tmp_path):
+    """A supervisor's SIGTERM (docker stop, systemd, timeout) is Ctrl-C: drain, stop the worker and the
+    broker, print the summary. By default Python would die at once and orphan both."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from pipeline.broker import free_port
+
+    broker_port = free_port()
+    env = {**os.environ, "CEM_METRICS_PORT": str(free_port()), "CEM_WEB_PORT": str(free_port())}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "run", "--rate", "50", "--data-dir", str(tmp_path), "--broker-port", str(broker_port)],
+        cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    try:
+        for line in process.stderr:  # progress goes to stderr; wait for traffic to flow
+            if line.startswith("[") and " processed " in line and int(line.split(" processed ")[1].split()[0]) > 0:
+                break
+        worker_pid = json.loads((tmp_path / "worker.json").read_text())["pid"]
+        process.send_signal(signal.SIGTERM)
+        out, _ = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["published"] == summary["processed"] > 0
+    try:
+        os.kill(worker_pid, 0)
+        worker_alive = True
+    except ProcessLookupError:
+        worker_alive = False
+    assert not worker_alive
+    with socket.socket() as sock:
+        assert sock.connect_ex(("127.0.0.1", broker_port)) != 0  # the broker is gone too
