@@ -9,6 +9,7 @@ SIGTERM or after ``--duration`` drains: waits until every published record is co
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 import time
@@ -44,8 +45,10 @@ def run_embedded(
         raise CliError(f"a worker is already running on {data_dir}: stop it or pass another --data-dir")
     settings = embedded_settings(settings, data_dir, broker_port)
     # SIGTERM (a supervisor, `docker stop`, `timeout`) drains and stops like Ctrl-C; by default it
-    # would end this process at once and leave the broker and the worker running, orphaned.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # would end this process at once and leave the broker and the worker running, orphaned. It is
+    # turned into a SIGINT, so that inside asyncio.run the traffic task is cancelled the way Ctrl-C
+    # cancels it (between sends, with its count of what was published intact).
+    signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
     started = time.monotonic()
     with EmbeddedBroker(broker_port, log_file=data_dir / "broker.log") as broker:
         ensure_topics(broker.bootstrap, settings.partitions)

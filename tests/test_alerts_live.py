@@ -181,7 +181,10 @@ def test_models_learn_while_running_and_a_restarted_worker_resumes_from_the_last
     )
     learned = status["models"]
     assert learned["sentiment"] != "sentiment-v1+0"
-    rows = worker.query("SELECT model, max(version), argMax(value, version) FROM cem.model_metrics WHERE metric IN ('roc_auc', 'macro_f1') GROUP BY model ORDER BY model")
+    quality = "SELECT model, max(version), argMax(value, version) FROM cem.model_metrics WHERE metric IN ('roc_auc', 'macro_f1') GROUP BY model ORDER BY model"
+    # The scorers swap models when the publish is on cem.models; its metric rows reach ClickHouse with the next flush.
+    worker.wait_until(lambda _: len(worker.query(quality)) == 2, 30, "no model_metrics rows for both models", interval_s=0.2)
+    rows = worker.query(quality)
     assert [r[0] for r in rows] == ["churn-v1", "sentiment-v1"] and all(0.0 <= float(r[2]) <= 1.0 for r in rows)  # a short stream: present and sane, not good
     risk = worker.query("SELECT countIf(churn_risk IS NOT NULL), uniqExact(round(churn_risk, 3)) FROM cem.touchpoints_enriched")
     assert risk[0][0] > 1000 and risk[0][1] > 50  # every customer scored, and the scores move
