@@ -98,8 +98,11 @@ class KafkaSink:
         (alerts); returns their delivery futures. Whatever is sent after them, by any path, is sent
         only once they are acked: a state changelog is never durable without the alerts before it."""
         futures = []
-        for slot in [slot for slot in self._batches if slot[0] == topic]:
-            future = await self._send(slot, self._batches.pop(slot), self._counts.pop(slot), shipped=True)
+        # Detach all of the topic's batches before the first await: a flush running meanwhile takes
+        # whatever is left in self._batches (a pop after an await could find its slot gone).
+        detached = [(slot, self._batches.pop(slot), self._counts.pop(slot)) for slot in list(self._batches) if slot[0] == topic]
+        for slot, batch, count in detached:
+            future = await self._send(slot, batch, count, shipped=True)
             if future is not None:
                 futures.append(future)
         self._shipped += futures
