@@ -168,11 +168,17 @@ class DroppingChurnModel(ChurnModel):
 
     DROP: frozenset[str] = frozenset()
 
-    def predict_proba(self, features):  # type: ignore[no-untyped-def]
-        return super().predict_proba({k: v for k, v in features.items() if k not in self.DROP})
+    def _kept(self, features):  # type: ignore[no-untyped-def]
+        return {k: v for k, v in features.items() if k not in self.DROP}
 
-    def learn(self, features, churned):  # type: ignore[no-untyped-def]
-        super().learn({k: v for k, v in features.items() if k not in self.DROP}, churned)
+    def predict_proba(self, features):  # type: ignore[no-untyped-def]
+        return super().predict_proba(self._kept(features))
+
+    def observe(self, features):  # type: ignore[no-untyped-def]
+        super().observe(self._kept(features))
+
+    def learn(self, features, churned, observe=True):  # type: ignore[no-untyped-def]
+        super().learn(self._kept(features), churned, observe)
 
 
 def _matched_auc(rows: list[tuple[int, bool, float]]) -> float:
