@@ -19,6 +19,9 @@ class Snapshot:
     TypeError: snapshot holds a int, not a Snapshot
     """
 
+    # Whether publishing should zlib the pickle; False where the bulk is compressed already.
+    compress_on_publish = True
+
     def to_bytes(self) -> bytes:
         return pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL)
 

@@ -55,6 +55,10 @@ class ModelTrainer(Snapshot):
     [('churn-v1', 'drifts'), ('churn-v1', 'labels'), ('churn-v1', 'log_loss')]
     """
 
+    # Its bulk, the labeler's pending features, is compressed already: zlib over tens of MB of it
+    # would cost a second for nothing.
+    compress_on_publish = False
+
     def __init__(
         self,
         sentiment: SentimentModel | None = None,
@@ -136,9 +140,8 @@ class ModelTrainer(Snapshot):
 
 
 def pack(snapshot: Snapshot) -> bytes:
-    """A snapshot as published on ``cem.models``: pickled, then zlib (features compress ~5x). The
-    trainer's state is left uncompressed: its bulk, the labeler's pending features, is compressed
-    already, and zlib over tens of MB of it would cost a second for nothing.
+    """A snapshot as published on ``cem.models``: pickled, then zlib (features compress ~5x) unless
+    the snapshot says its bulk is compressed already (``compress_on_publish``, the trainer's state).
 
     >>> unpack(pack(ChurnModel()), ChurnModel).version
     'churn-v1+0'
@@ -146,7 +149,7 @@ def pack(snapshot: Snapshot) -> bytes:
     -1
     """
     raw = snapshot.to_bytes()
-    return raw if isinstance(snapshot, ModelTrainer) else zlib.compress(raw, 1)
+    return zlib.compress(raw, 1) if snapshot.compress_on_publish else raw
 
 
 def unpack(data: bytes, kind: type[Snapshot]) -> Snapshot:
