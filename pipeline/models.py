@@ -141,7 +141,6 @@ class TrainerRuntime:
         self._last_publish = self._last_checkpoint = time.monotonic()
         self._drifts: dict[str, float] = {}
         self.published = 0
-        self.checkpoints = 0
 
     async def process(self, events: list[Any]) -> None:
         async with self._lock:
@@ -188,7 +187,6 @@ class TrainerRuntime:
         for event in events:
             event.ack()
         self.published += 1
-        self.checkpoints += checkpoint
 
     def _export(self, trainer: ModelTrainer) -> None:
         # The version label is the model's name (e.g. churn-v1), not its label count: one series
@@ -223,8 +221,13 @@ async def read_to_end(consumer: AIOKafkaConsumer, partitions: list[TopicPartitio
             return records
 
 
+def model_record(key: str, value: bytes) -> KafkaRecord:
+    """One record of the compacted, single-partition ``cem.models``: the latest value per key wins."""
+    return KafkaRecord(TOPIC_MODELS, key.encode(), value, 0)
+
+
 def _pack_all(snapshots: list[tuple[str, Any]]) -> list[KafkaRecord]:
-    return [KafkaRecord(TOPIC_MODELS, key.encode(), pack(snapshot), 0) for key, snapshot in snapshots]
+    return [model_record(key, pack(snapshot)) for key, snapshot in snapshots]
 
 
 def training_record(batch: TrainingBatch) -> KafkaRecord:

@@ -34,7 +34,7 @@ from faust.sensors import Monitor
 import orjson
 
 from pipeline.metrics import KafkaObserver, Metrics
-from pipeline.models import ModelFeed, TrainerRuntime, alert_engine_key, training_record
+from pipeline.models import ModelFeed, TrainerRuntime, alert_engine_key, model_record, training_record
 from pipeline.settings import Settings
 from processors.alerts import Alert, AlertConfig, AlertEngine
 from processors.churn import MODEL_NAME as CHURN_MODEL_NAME
@@ -313,7 +313,7 @@ class TouchpointWorker:
             pending, self._pending = self._pending, []
             checkpoint, self._engine_checkpoint = self._engine_checkpoint, None
             if checkpoint is not None and self.engine_key is not None:
-                await self.kafka.write([KafkaRecord(TOPIC_MODELS, self.engine_key.encode(), checkpoint, 0)])
+                await self.kafka.write([model_record(self.engine_key, checkpoint)])
             await self.kafka.flush()
             await self.clickhouse.flush()
             committed = time.time()
