@@ -54,7 +54,7 @@ class KafkaSink:
         self._shipped: list[asyncio.Future] = []  # shipped deliveries that later sends wait for
         self._flush_lock = asyncio.Lock()
         self._started = False
-        self._tracked: set[tuple[str, bool]] = set()  # (topic, on the priority producer)
+        self._tracked: set[str] = set()  # topics added to their producer's metadata
 
     async def start(self) -> None:
         if not self._started:
@@ -144,14 +144,13 @@ class KafkaSink:
             shipped_before, self._shipped = self._shipped, []
             await asyncio.gather(*shipped_before)  # a failure propagates: nothing after it is sent
         topic, partition = slot
-        priority = topic in self._priority_topics
-        producer = self._priority if priority else self._producer
-        if (topic, priority) not in self._tracked:
+        producer = self._priority if topic in self._priority_topics else self._producer
+        if topic not in self._tracked:
             # aiokafka fetches metadata for *all* topics until one is tracked, then only for tracked
             # ones, dropping the rest from its view: batches for an untracked topic then wait
             # forever for a leader. Track every topic we write to, on the producer that writes it.
             await producer.client.add_topic(topic)
-            self._tracked.add((topic, priority))
+            self._tracked.add(topic)
         future = await producer.send_batch(batch, topic, partition=partition)
         self._in_flight.append((topic, count, future))
         return future
