@@ -420,7 +420,7 @@ class ChurnModel(Snapshot):
     @property
     def _prior_share(self) -> float:
         """The prior's weight in the log-odds: ``prior_labels / (labels + prior_labels)``."""
-        k = getattr(self, "prior_labels", 0)  # snapshots from before the blend have none
+        k = self.prior_labels
         return k / (self.n_labels + k) if k else 0.0
 
     def contributions(self, features: Features) -> dict[str, float]:
