@@ -410,8 +410,12 @@ class ChurnModel(Snapshot):
         the model has ``min_labels`` labels of both classes."""
         if self._cold:
             return prior_risk(features)
-        encoder, regression = self.pipeline.steps.values()
-        log_odds = regression._raw_dot_one(encoder.transform_one(features))  # River's own, before its sigmoid
+        return self._proba(self.pipeline.steps["TabularEncoder"].transform_one(features), features)
+
+    def _proba(self, encoded: dict, features: Features) -> float:
+        """The learned model's log-odds on ``encoded`` (River's own, before its sigmoid), blended
+        with the prior's on ``features``."""
+        log_odds = self.pipeline.steps["LogisticRegression"]._raw_dot_one(encoded)
         w = self._prior_share
         if w:
             log_odds = (1 - w) * log_odds + w * _prior_log_odds(features)
@@ -461,21 +465,34 @@ class ChurnModel(Snapshot):
         """Learn one label; ``observe=False`` when :meth:`observe` has already seen ``features``."""
         if observe:
             self.pipeline.learn_one(features, bool(churned))
+            self._count(churned)
         else:
-            encoder, regression = self.pipeline.steps.values()
-            regression.learn_one(encoder.transform_one(features), bool(churned))
-        self.n_labels += 1
-        self.n_positive += bool(churned)
+            self._learn_encoded(self.pipeline.steps["TabularEncoder"].transform_one(features), churned)
 
     def learn_scored(self, features: Features, churned: bool, observe: bool = True) -> float:
         """Test-then-train: :meth:`predict_proba` as of *before* learning the label, then :meth:`learn`.
 
-        (Nothing to share between the two: the encoder updates its statistics before it encodes
-        the example it learns, so the learned encoding is not the scored one.)
+        With ``observe=False`` (the trainer's way: the encoder saw the snapshot when it arrived) the
+        encoder does not move between the two, so ``features`` are encoded once for both. With
+        ``observe=True`` the encoder updates its statistics first, and the learned encoding is not
+        the scored one.
         """
-        p = self.predict_proba(features)
-        self.learn(features, churned, observe)
+        if observe:
+            p = self.predict_proba(features)
+            self.learn(features, churned)
+            return p
+        encoded = self.pipeline.steps["TabularEncoder"].transform_one(features)
+        p = prior_risk(features) if self._cold else self._proba(encoded, features)
+        self._learn_encoded(encoded, churned)
         return p
+
+    def _learn_encoded(self, encoded: dict, churned: bool) -> None:
+        self.pipeline.steps["LogisticRegression"].learn_one(encoded, bool(churned))
+        self._count(churned)
+
+    def _count(self, churned: bool) -> None:
+        self.n_labels += 1
+        self.n_positive += bool(churned)
 
 
 # ---------------------------------------------------------------------------------------------------
