@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
+from pipeline.broker import free_port
 from pipeline.cli import main
 
 
@@ -44,15 +51,6 @@ def test_clear_errors_instead_of_tracebacks(tmp_path, capsys):
 def test_cem_run_drains_and_stops_its_children_on_sigterm(tmp_path):
     """A supervisor's SIGTERM (docker stop, systemd, timeout) is Ctrl-C: drain, stop the worker and the
     broker, print the summary. By default Python would die at once and orphan both."""
-    import os
-    import signal
-    import socket
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    from pipeline.broker import free_port
-
     broker_port = free_port()
     env = {**os.environ, "CEM_METRICS_PORT": str(free_port()), "CEM_WEB_PORT": str(free_port())}
     process = subprocess.Popen(
