@@ -148,6 +148,9 @@ def churn_features(state: CustomerState, now_ms: int) -> Features:
         "refunds_28d": recent["refunds_28d"],
         "complaints_28d": recent["complaints_28d"],
         "contacts_14d": recent["contacts_14d"],
+        # Carts left without a purchase, smoothed (one cart bought is not 100%): dissatisfied
+        # customers abandon more.
+        "cart_abandonment_28d": max(0.0, recent["carts_28d"] - recent["purchases_28d"]) / (recent["carts_28d"] + 1.0),
         "avg_order_value": paid / state.orders if state.orders else 0.0,
         "refund_share": state.refunds / paid if paid > 0 else 0.0,
         "never_purchased": 0.0 if state.last_purchase_at is not None else 1.0,
@@ -307,8 +310,9 @@ class TabularEncoder(base.Transformer):
 # The cold-start prior: log-odds weights a CX analyst would set before any label exists (the churn
 # counterpart of the sentiment seed corpus). Each is a documented churn driver: time since the last
 # contact and purchase, open complaints, negative sentiment, detractor and dissatisfied scores, high
-# effort; loyalty (orders) lowers it. Calibrated so an engaged customer sits near 10% and a customer
-# with every warning sign near 90%; replaced by the learned model once labels arrive.
+# effort, a short CRM tenure (new customers leave most); recent purchases lower it. Calibrated so an
+# engaged customer sits near 10% and a customer with every warning sign near 90%; faded out by the
+# learned model as labels arrive.
 _PRIOR_BIAS = -2.3
 _PRIOR_WEIGHTS = {
     "recency_days": 0.05, "days_since_purchase": 0.02, "open_complaints": 0.6, "oldest_open_complaint_days": 0.15,
@@ -317,6 +321,25 @@ _PRIOR_WEIGHTS = {
     # repeated contacts and complaints lately.
     "activity_trend": -1.0, "last_gap_days": 0.05, "contacts_14d": 0.05, "complaints_28d": 0.05,
 }
+
+
+_PRIOR_TENURE_WEIGHT = 0.5  # per log-month of CRM tenure, around a year
+_PRIOR_TENURE_PIVOT_MONTHS = 12.0
+# A CRM tenure attribute and its unit in months (``cem.customers`` sends ``tenure_months``).
+_TENURE_UNITS = {"crm_tenure_months": 1.0, "crm_tenure": 1.0, "crm_tenure_days": 1 / 30.44, "crm_tenure_years": 12.0}
+
+
+def _tenure_months(features: Features) -> float | None:
+    """The customer's CRM tenure in months, if the profile carries one as a number.
+
+    >>> _tenure_months({"crm_tenure_days": 365.0}), _tenure_months({"crm_tenure_months": "long"})
+    (11.99..., None)
+    """
+    for name, months_per_unit in _TENURE_UNITS.items():
+        value = features.get(name)
+        if value.__class__ is float and value >= 0:
+            return value * months_per_unit
+    return None
 
 
 def _sigmoid(log_odds: float) -> float:
@@ -352,6 +375,10 @@ def prior_contributions(features: Features) -> dict[str, float]:
         value = features.get(name)
         if value.__class__ is float and value:
             terms[name] = weight * min(value, 30.0)
+    months = _tenure_months(features)
+    if months is not None and months != _PRIOR_TENURE_PIVOT_MONTHS:
+        # New customers churn more: + up to 1.3 at zero months, - past a year, in log-months.
+        terms["crm_tenure"] = _PRIOR_TENURE_WEIGHT * (math.log1p(_PRIOR_TENURE_PIVOT_MONTHS) - math.log1p(months))
     for score, pivot, weight in (("nps", 7.0, 0.25), ("csat", 3.0, 0.6), ("ces", -4.0, 0.3)):
         if not features.get(f"{score}_missing", 1.0):
             # Below the pivot (detractors, dissatisfied) or, for effort, above it.

@@ -62,6 +62,7 @@ RECENT_WINDOWS_MS = {
     "refunds_28d": 28 * DAY_MS,
     "complaints_28d": 28 * DAY_MS,
     "contacts_14d": 14 * DAY_MS,  # support contacts, calls and complaints: friction
+    "carts_28d": 28 * DAY_MS,  # add-to-carts: with purchases_28d, how often a cart is abandoned
 }
 _RECENT_BY_TYPE = {
     "purchase": ("purchases_28d",),
@@ -69,6 +70,7 @@ _RECENT_BY_TYPE = {
     "complaint_opened": ("complaints_28d", "contacts_14d"),
     "support_contact": ("contacts_14d",),
     "call": ("contacts_14d",),
+    "add_to_cart": ("carts_28d",),
 }
 _MIN_WATCHED_MS = 7 * DAY_MS  # see CustomerState.recent_rates
 _GAP_ALPHA = 0.2  # weight of the newest gap in the moving average of gaps between touchpoints

@@ -251,6 +251,30 @@ def test_recent_counts_slow_down_when_a_customer_goes_quiet():
     assert quiet["last_gap_days"] == 21.0 and quiet["recency_days"] == 0.0
 
 
+def test_cart_abandonment_counts_carts_left_without_a_purchase():
+    def shopper(buys_every: int) -> float:
+        state = CustomerState("c1")
+        for day in range(28):
+            apply(state, Touchpoint(f"c{day}", "c1", day * DAY_MS, "web", "add_to_cart"), 0, 2 * day, 0)
+            if day % buys_every == 0:
+                apply(state, Touchpoint(f"p{day}", "c1", day * DAY_MS + HOUR_MS, "web", "purchase", amount=5.0), 0, 2 * day + 1, 0)
+        return churn_features(state, 28 * DAY_MS)["cart_abandonment_28d"]
+
+    assert shopper(1) == 0.0  # every cart bought
+    assert 0.6 < shopper(4) < 0.75 < shopper(28) < 1.0  # three carts in four, then all but one, left
+    assert churn_features(CustomerState("new"), 0)["cart_abandonment_28d"] == 0.0
+
+
+def test_prior_ranks_new_customers_riskier_and_reads_the_tenure_unit():
+    engaged = {"recency_days": 1.0, "purchases_28d": 3.0}
+    new, year, veteran = ({**engaged, "crm_tenure_months": m} for m in (1.0, 12.0, 96.0))
+    assert prior_risk(new) > prior_risk(year) > prior_risk(veteran)
+    assert prior_risk(year) == prior_risk(engaged)  # a year is the pivot: no term
+    assert prior_risk({**engaged, "crm_tenure_years": 8.0}) == pytest.approx(prior_risk(veteran))
+    assert prior_risk({**engaged, "crm_tenure_months": "unknown"}) == prior_risk(engaged)
+    assert prior_risk(new) < 0.5  # a newcomer with no warning sign is not a likely churner
+
+
 def test_churn_features_never_hold_identifiers():
     x = churn_features(_state(), 25 * DAY_MS)
     assert "c9" not in x.values()
