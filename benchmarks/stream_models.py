@@ -31,7 +31,8 @@ customer's state before its first event, like ``cem.customers`` does.
   is), also from day 31 on (scorers trained on both classes). (2) ``leak_checks``: a churn's
   positives come as one burst and each is scored after the model learned its predecessors (near
   duplicates): the AUC with every burst scored by the model before it; and labels of the same
-  snapshot day only. (3) diagnostics, off by default: ``--holdout`` (a share of customers whose
+  snapshot day only. (3) diagnostics, off by default: ``--ceiling`` (:func:`feature_ceiling`: are
+  the early tenths hard for any linear model on these features?), ``--holdout`` (a share of customers whose
   labels the trainer scores but never learns) and ``--drop-features`` (the model ignores them).
 * Cost: ``time.perf_counter_ns`` around each stage call, summed and divided by ALL events (not only
   the scored ones): sentiment (events with text) and churn (rescoring is throttled: signal events and
@@ -125,8 +126,9 @@ class DiagnosticTrainer(ModelTrainer):
 
     COLUMNS = ("events_per_day_7d", "activity_trend", "sentiment_mean", "purchases_28d", "crm_tenure_months")
 
-    def __init__(self, churn: ChurnModel | None = None, holdout: float = 0.0) -> None:
+    def __init__(self, churn: ChurnModel | None = None, holdout: float = 0.0, keep_labels: bool = False) -> None:
         super().__init__(churn=churn)
+        self.kept: list[tuple[dict, bool]] | None = [] if keep_labels else None  # --ceiling: every label, in order
         self.values: dict[str, list[float]] = {c: [] for c in self.COLUMNS}
         self.pre_burst: list[float | None] = []
         self.snapshot_days: list[int | None] = []  # event-time day of each label's snapshot
@@ -135,6 +137,8 @@ class DiagnosticTrainer(ModelTrainer):
 
     def _learn_churn(self, labeled, t):  # type: ignore[no-untyped-def]
         labeled = [({k: v for k, v in x.items() if k != SNAPSHOT_T}, y, x.get(SNAPSHOT_T)) for x, y in labeled]
+        if self.kept is not None:
+            self.kept.extend((features, y) for features, y, _ in labeled)
         if self.holdout:
             learn = []
             for features, y, snapshot_t in labeled:
@@ -180,6 +184,14 @@ class DroppingChurnModel(ChurnModel):
     def learn(self, features, churned, observe=True):  # type: ignore[no-untyped-def]
         super().learn(self._kept(features), churned, observe)
 
+    def learn_scored(self, features, churned, observe=True):  # type: ignore[no-untyped-def]
+        # The trainer's path (observe=False encodes directly): without this the customer id
+        # (--holdout, --ceiling) became a one-hot column and the trainer's AUC 0.91.
+        return super().learn_scored(self._kept(features), churned, observe)
+
+    def contributions(self, features):  # type: ignore[no-untyped-def]
+        return super().contributions(self._kept(features))
+
 
 def _matched_auc(rows: list[tuple[int, bool, float]]) -> float:
     """ROC AUC within groups (``rows`` are ``(group, y, score)``), pooled over the groups'
@@ -218,9 +230,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     clock = time.perf_counter_ns
     ns = dict.fromkeys(("ingest", "sentiment", "churn", "alerts", "sweep", "train", "swap"), 0)
     ingestor = Ingestor(AvroCodec())
-    if args.drop_features or args.holdout:
+    tag_customer = bool(args.holdout or args.ceiling)  # snapshots carry their customer (never a model input)
+    if args.drop_features or tag_customer:
         DroppingChurnModel.DROP = frozenset(filter(None, args.drop_features.split(","))) | {CID}
-        churn, trainer = TimedChurn(ns, DroppingChurnModel()), DiagnosticTrainer(DroppingChurnModel(), args.holdout)
+        churn = TimedChurn(ns, DroppingChurnModel())
+        trainer = DiagnosticTrainer(DroppingChurnModel(), args.holdout, keep_labels=args.ceiling)
     else:
         churn, trainer = TimedChurn(ns), DiagnosticTrainer()
     scoring = TouchpointScoring(TimedSentiment(ns), churn)
@@ -285,7 +299,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     and training.snapshots[-1][0] == customer_id:
                 scored.append((customer_id, training.snapshots[-1][1], enriched.churn_risk))
         counts["events"] += len(records)
-        training.snapshots = [(c, t, {**x, SNAPSHOT_T: t, **({CID: c} if args.holdout else {})})
+        training.snapshots = [(c, t, {**x, SNAPSHOT_T: t, **({CID: c} if tag_customer else {})})
                               for c, t, x in training.snapshots]
         t0 = clock()
         counts["sweep_alerts"] += len(scoring.sweep(states.get))
@@ -372,6 +386,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                          trainer.lateness_ms, engine.watermark_ms, args.start_ms),
             } if args.holdout else None,
             "leak_checks": leak,
+            "ceiling": feature_ceiling(trainer.kept, pairs) if trainer.kept and not args.holdout else None,
             "feature_auc_on_labels": diagnostics,
             "model_version": trainer.churn.version,
             "top_weights": top_weights(trainer.churn),
@@ -392,6 +407,46 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         "seconds": seconds,
     }
+
+
+def feature_ceiling(kept: list[tuple[dict, bool]], pairs: list[tuple[bool, float, int]]) -> dict[str, Any]:
+    """``--ceiling``: how well a logistic regression on these features can rank each early tenth of
+    the labels, beside what the online model did on the same rows.
+
+    Customers are split in two halves by a hash of their id. Offline logistic regressions (all the
+    passes they want, scaled features, categories one-hot) are fitted on half B's labels and score
+    half A's: customers they never saw, so nothing is remembered. ``same_tenth`` is fitted on B's
+    labels of the same tenth (snapshots of the same days: what those days' features can tell, in
+    hindsight), ``later`` on B's labels of the run's second half. When neither does better than the
+    online model did at the time, an early tenth is as hard as the features make it, not a model
+    still learning.
+    """
+    import numpy as np
+    from sklearn.feature_extraction import DictVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    in_a = np.array([held_out(str(x[CID]), 0.5) for x, _ in kept])
+    X = DictVectorizer(sparse=False).fit_transform([{k: v for k, v in x.items() if k != CID} for x, _ in kept])
+    y = np.array([label for _, label in kept])
+    n, index = len(kept), np.arange(len(kept))
+
+    def fitted_scores(train: Any) -> Any:
+        model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000)).fit(X[train], y[train])
+        return model.predict_proba(X)[:, 1]
+
+    later = fitted_scores(~in_a & (index >= n // 2))
+    tenths = []
+    for i in range(5):
+        tenth = (index >= i * n // 10) & (index < (i + 1) * n // 10)
+        same = fitted_scores(~in_a & tenth)
+        rows = np.flatnonzero(in_a & tenth)
+        truth = [bool(y[r]) for r in rows]
+        tenths.append({"labels": len(rows), "online": roc_auc([pairs[r][0] for r in rows], [pairs[r][1] for r in rows]),
+                       "same_tenth": roc_auc(truth, [same[r] for r in rows]),
+                       "later": roc_auc(truth, [later[r] for r in rows])})
+    return {"by_tenth_customers_a": tenths}
 
 
 def deployed_auc(scored: list[tuple[str, int, float]], churned: dict[str, int], horizon_ms: int, lateness_ms: int,
@@ -481,6 +536,10 @@ def markdown(result: dict[str, Any]) -> str:
             f"| held-out customers, scorers' risks vs truth, same day, from day {h['deployed']['from_day']} | "
             f"{h['deployed']['from_day_labels']} | {h['deployed']['from_day_positives']} | {h['deployed']['from_day_time_matched_roc_auc']:.3f} |",
         ]
+    if c["ceiling"]:
+        lines += [f"| tenth {i + 1}, half A's customers: online / offline LR on half B's same tenth / on B's later labels "
+                  f"| {t['labels']} | | {t['online']:.3f} / {t['same_tenth']:.3f} / {t['later']:.3f} |"
+                  for i, t in enumerate(c["ceiling"]["by_tenth_customers_a"])]
     auc = ", ".join(f"{k} {v:.3f}" for k, v in c["feature_auc_on_labels"].items() if v is not None)
     lines += ["", f"one feature alone as the score, on the trainer's labels: {auc}"]
     lines += [
@@ -516,6 +575,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drop-features", default="", help="diagnostic: comma-separated churn features the model ignores")
     parser.add_argument("--holdout", type=float, default=0.0,
                         help="diagnostic: share of customers whose churn labels the trainer scores but never learns")
+    parser.add_argument("--ceiling", action="store_true",
+                        help="diagnostic: an offline logistic regression on other customers' later labels, on each early tenth")
     args = parser.parse_args(argv)
     if args.days <= 30:
         print("warning: churn labels need more than 30 days of event time", file=sys.stderr)
