@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))
 
 from river import facto, forest, linear_model, optim, tree  # noqa: E402
 
-from processors.churn import ChurnModel, TabularEncoder, _sigmoid  # noqa: E402
+from processors.churn import ChurnModel, TabularEncoder  # noqa: E402
 from processors.evaluation import read_labeled, roc_auc  # noqa: E402
 
 Rows = list[tuple[dict, bool]]
