@@ -28,12 +28,12 @@ customer's state before its first event, like ``cem.customers`` does.
   risk each scorer gave at each training snapshot (hot-swapped model, at scoring time) against the
   generator's ground truth (churned within 30 days after it?), pooled and "time matched" (only
   snapshots of the same event-time day ranked against each other, as a live ranking of customers
-  is), also from day 31 on (scorers trained on both classes). (2) ``leak_checks``: a churn's
-  positives come as one burst and each is scored after the model learned its predecessors (near
-  duplicates): the AUC with every burst scored by the model before it; and labels of the same
-  snapshot day only. (3) diagnostics, off by default: ``--ceiling`` (:func:`feature_ceiling`: are
+  is), also from day 31 on (scorers trained on both classes). (2) ``leak_checks``: the trainer's
+  labels of the same snapshot day only (what drifts with time cannot separate them). (3) diagnostics, off by default: ``--ceiling`` (:func:`feature_ceiling`: are
   the early tenths hard for any linear model on these features?), ``--holdout`` (a share of customers whose
-  labels the trainer scores but never learns) and ``--drop-features`` (the model ignores them).
+  labels the trainer scores but never learns: by the time a churner's snapshot is labeled, the
+  trainer has learned the customer's earlier ones, positives included, and this measures what that
+  knowledge adds) and ``--drop-features`` (the model ignores them).
 * Cost: ``time.perf_counter_ns`` around each stage call, summed and divided by ALL events (not only
   the scored ones): sentiment (events with text) and churn (rescoring is throttled: signal events and
   browsing at most every 6 h) timed inside their ``score`` (:class:`TimedSentiment`,
@@ -120,9 +120,8 @@ class RecordingQuality(BinaryQuality):
 
 class DiagnosticTrainer(ModelTrainer):
     """The pipeline's trainer, also keeping, per churn label it learns (in the order its quality
-    tracker sees them), a few feature values and, for a churn's burst of positives, the score the
-    model gave each of them *before* learning any of the burst (``pre_burst``; None otherwise).
-    Learns exactly what :class:`ModelTrainer` learns; only the extra predictions cost time."""
+    tracker sees them), a few feature values and the snapshot's day. Learns exactly what
+    :class:`ModelTrainer` learns (``--holdout`` aside)."""
 
     COLUMNS = ("events_per_day_7d", "activity_trend", "sentiment_mean", "purchases_28d", "crm_tenure_months")
 
@@ -130,7 +129,6 @@ class DiagnosticTrainer(ModelTrainer):
         super().__init__(churn=churn)
         self.kept: list[tuple[dict, bool]] | None = [] if keep_labels else None  # --ceiling: every label, in order
         self.values: dict[str, list[float]] = {c: [] for c in self.COLUMNS}
-        self.pre_burst: list[float | None] = []
         self.snapshot_days: list[int | None] = []  # event-time day of each label's snapshot
         self.holdout = holdout
         self.held: list[tuple[bool, float]] = []  # (y, p) of held-out customers' labels: scored, never learned
@@ -149,12 +147,10 @@ class DiagnosticTrainer(ModelTrainer):
             labeled = learn
         self.snapshot_days.extend(-1 if s is None else int(s // DAY_MS) for _, _, s in labeled)
         labeled = [(x, y) for x, y, _ in labeled]
-        burst = bool(labeled) and all(y for _, y in labeled)  # ChurnLabeler.on_churn: one customer's snapshots
         for features, _ in labeled:
             for column, values in self.values.items():
                 value = features.get(column)
                 values.append(value if isinstance(value, float) else math.nan)
-            self.pre_burst.append(self.churn.predict_proba(features) if burst else None)
         super()._learn_churn(labeled, t)
 
 
@@ -339,19 +335,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     truth = gen.ground_truth()["churned"]
     diagnostics: dict[str, Any] = {}
     leak: dict[str, Any] = {}
-    if len(trainer.pre_burst) == len(pairs) and all(len(v) == len(pairs) for v in trainer.values.values()):
+    if len(trainer.snapshot_days) == len(pairs) and all(len(v) == len(pairs) for v in trainer.values.values()):
         ys = [y for y, _, _ in pairs]
         for column, values in trainer.values.items():
             kept = [(y, v) for y, v in zip(ys, values) if not math.isnan(v)]
             diagnostics[column] = roc_auc([y for y, _ in kept], [v for _, v in kept]) if kept else None
-        # Positives scored before the model learned any snapshot of the same churn (no within-burst leak).
-        pre = [(y, p if b is None else b) for (y, p, _), b in zip(pairs, trainer.pre_burst)]
-        leak["pre_burst_roc_auc"] = roc_auc([y for y, _ in pre], [p for _, p in pre])
-        leak["pre_burst_second_half_roc_auc"] = roc_auc([y for y, _ in pre[half:]], [p for _, p in pre[half:]])
         # Only labels of snapshots taken on the same event-time day compared.
         days = trainer.snapshot_days
         leak["same_snapshot_day_roc_auc"] = _matched_auc([(d, y, p) for d, (y, p, _) in zip(days, pairs)])
-        leak["same_snapshot_day_pre_burst_roc_auc"] = _matched_auc([(d, y, p) for d, (y, p) in zip(days, pre)])
     return {
         "settings": {k: v for k, v in vars(args).items()},
         "stream": {
@@ -521,10 +512,7 @@ def markdown(result: dict[str, Any]) -> str:
     leak = c["leak_checks"]
     if leak:
         lines += [
-            f"| trainer's labels, each churn's positives scored before learning any of them | | | {leak['pre_burst_roc_auc']:.3f} |",
-            f"| same, second half | | | {leak['pre_burst_second_half_roc_auc']:.3f} |",
             f"| trainer's labels, same snapshot day only | | | {leak['same_snapshot_day_roc_auc']:.3f} |",
-            f"| trainer's labels, same snapshot day, before each churn's burst | | | {leak['same_snapshot_day_pre_burst_roc_auc']:.3f} |",
         ]
     lines += [f"| tenth {i + 1} | {t['labels']} | {t['positives']} | {t['roc_auc']:.3f} |" for i, t in enumerate(c["by_tenth"])]
     h = c["holdout"]
