@@ -432,17 +432,27 @@ class ChurnModel(Snapshot):
         """Too few labels, or one class only: the prior answers."""
         return self.n_labels < self.min_labels or not 0 < self.n_positive < self.n_labels
 
+    @property
+    def _encoder(self) -> TabularEncoder:
+        return self.pipeline.steps["TabularEncoder"]
+
+    @property
+    def _regression(self) -> linear_model.LogisticRegression:
+        return self.pipeline.steps["LogisticRegression"]
+
     def predict_proba(self, features: Features) -> float:
         """``p(churn within the horizon | features)`` in ``[0, 1]``; the :func:`prior_risk` until
         the model has ``min_labels`` labels of both classes."""
+        return self._score(features)
+
+    def _score(self, features: Features, encoded: dict | None = None) -> float:
+        """:meth:`predict_proba`, on ``features`` already ``encoded`` if given: the learned model's
+        log-odds (River's own, before its sigmoid) blended with the prior's."""
         if self._cold:
             return prior_risk(features)
-        return self._proba(self.pipeline.steps["TabularEncoder"].transform_one(features), features)
-
-    def _proba(self, encoded: dict, features: Features) -> float:
-        """The learned model's log-odds on ``encoded`` (River's own, before its sigmoid), blended
-        with the prior's on ``features``."""
-        log_odds = self.pipeline.steps["LogisticRegression"]._raw_dot_one(encoded)
+        if encoded is None:
+            encoded = self._encoder.transform_one(features)
+        log_odds = self._regression._raw_dot_one(encoded)
         w = self._prior_share
         if w:
             log_odds = (1 - w) * log_odds + w * _prior_log_odds(features)
@@ -467,11 +477,10 @@ class ChurnModel(Snapshot):
         """
         if self._cold:
             return prior_contributions(features)
-        encoder, regression = self.pipeline.steps.values()
-        weights = regression.weights
+        weights = self._regression.weights
         w = self._prior_share
         out: dict[str, float] = {}
-        for column, value in encoder.transform_one(features).items():
+        for column, value in self._encoder.transform_one(features).items():
             name = column.split("#", 1)[0].split("=", 1)[0]
             out[name] = out.get(name, 0.0) + (1 - w) * weights.get(column, 0.0) * value
         for name, term in (prior_contributions(features).items() if w else ()):
@@ -482,19 +491,18 @@ class ChurnModel(Snapshot):
         """Fit the encoder's scaling and bins on a customer as scored, label or not.
 
         The trainer observes every snapshot when it arrives and learns labels with ``observe=False``:
-        labels come in bursts (a churn labels a month of one customer's snapshots at once), so an
-        encoder fitted on labels alone would fix its bins on a handful of customers and take, say,
-        their CRM tenures for the categories of a discrete feature.
+        labels arrive a horizon after their snapshots, so an encoder fitted on labels alone would
+        have no scale and no bins for the model's first month, and would then fix its bins on
+        whichever few customers were labeled first (taking, say, their CRM tenures for the
+        categories of a discrete feature).
         """
-        self.pipeline.steps["TabularEncoder"].learn_one(features)
+        self._encoder.learn_one(features)
 
     def learn(self, features: Features, churned: bool, observe: bool = True) -> None:
         """Learn one label; ``observe=False`` when :meth:`observe` has already seen ``features``."""
         if observe:
-            self.pipeline.learn_one(features, bool(churned))
-            self._count(churned)
-        else:
-            self._learn_encoded(self.pipeline.steps["TabularEncoder"].transform_one(features), churned)
+            self.observe(features)
+        self._learn_encoded(self._encoder.transform_one(features), churned)
 
     def learn_scored(self, features: Features, churned: bool, observe: bool = True) -> float:
         """Test-then-train: :meth:`predict_proba` as of *before* learning the label, then :meth:`learn`.
@@ -508,13 +516,13 @@ class ChurnModel(Snapshot):
             p = self.predict_proba(features)
             self.learn(features, churned)
             return p
-        encoded = self.pipeline.steps["TabularEncoder"].transform_one(features)
-        p = prior_risk(features) if self._cold else self._proba(encoded, features)
+        encoded = self._encoder.transform_one(features)
+        p = self._score(features, encoded)
         self._learn_encoded(encoded, churned)
         return p
 
     def _learn_encoded(self, encoded: dict, churned: bool) -> None:
-        self.pipeline.steps["LogisticRegression"].learn_one(encoded, bool(churned))
+        self._regression.learn_one(encoded, bool(churned))
         self._count(churned)
 
     def _count(self, churned: bool) -> None:
