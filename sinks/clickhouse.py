@@ -18,12 +18,12 @@ Exactness under at-least-once processing rests on three things, in this order:
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 import hashlib
 import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 import clickhouse_connect

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
@@ -66,6 +66,10 @@ class KafkaSink:
             await self._priority.start()
             self._started = True
 
+    def _producer_for(self, topic: str) -> AIOKafkaProducer:
+        """The producer that builds and sends ``topic``'s batches: always the same one per topic."""
+        return self._priority if topic in self._priority_topics else self._producer
+
     def _new_producer(self, client_id: str, linger_ms: int) -> AIOKafkaProducer:
         return AIOKafkaProducer(
             bootstrap_servers=self._bootstrap,
@@ -84,12 +88,12 @@ class KafkaSink:
                 partition = await self._partition_for(record.topic, record.key)
             slot = (record.topic, partition)
             batch = self._batches.get(slot)
-            if batch is None:
-                batch = self._batches[slot] = self._producer.create_batch()
-            if batch.append(key=record.key, value=record.value, timestamp=record.timestamp_ms, headers=list(record.headers)) is None:
+            if batch is not None and not _append(batch, record):
                 await self._send(slot, self._batches.pop(slot), self._counts.pop(slot))  # full: ship it
-                batch = self._batches[slot] = self._producer.create_batch()
-                if batch.append(key=record.key, value=record.value, timestamp=record.timestamp_ms, headers=list(record.headers)) is None:
+                batch = None
+            if batch is None:
+                batch = self._batches[slot] = self._producer_for(record.topic).create_batch()
+                if not _append(batch, record):
                     raise ValueError(f"record for {record.topic} is larger than the producer's max batch size")
             self._counts[slot] = self._counts.get(slot, 0) + 1
 
@@ -144,7 +148,7 @@ class KafkaSink:
             shipped_before, self._shipped = self._shipped, []
             await asyncio.gather(*shipped_before)  # a failure propagates: nothing after it is sent
         topic, partition = slot
-        producer = self._priority if topic in self._priority_topics else self._producer
+        producer = self._producer_for(topic)
         if topic not in self._tracked:
             # aiokafka fetches metadata for *all* topics until one is tracked, then only for tracked
             # ones, dropping the rest from its view: batches for an untracked topic then wait
@@ -161,3 +165,9 @@ class KafkaSink:
             found = await self._producer.partitions_for(topic)
             partitions = self._partitions[topic] = sorted(found)
         return self._partitioner(key, partitions, partitions)
+
+
+def _append(batch: Any, record: KafkaRecord) -> bool:
+    """Add ``record`` to a producer batch; False if the batch is full."""
+    metadata = batch.append(key=record.key, value=record.value, timestamp=record.timestamp_ms, headers=list(record.headers))
+    return metadata is not None
