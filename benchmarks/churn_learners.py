@@ -52,8 +52,9 @@ def prequential(rows: Rows, score_then_learn: Callable[[dict, bool], float]) -> 
 
 
 def encoded_regression(regression: Any, crosses: bool = False, replay: int = 0) -> Callable[[dict, bool], float]:
-    """ChurnModel's encoder into ``regression`` (a River linear or factorization model)."""
-    encoder, rng, memory, seen = TabularEncoder(), random.Random(0), [], [0]
+    """ChurnModel's encoder into ``regression`` (a River linear or factorization model); with
+    ``replay``, that many past rows (a uniform reservoir of 5,000) relearned after each row."""
+    encoder, rng, memory, rows_seen = TabularEncoder(), random.Random(0), [], itertools.count(1)
 
     def encode(x: dict) -> dict:
         columns = encoder.transform_one(x)
@@ -62,19 +63,23 @@ def encoded_regression(regression: Any, crosses: bool = False, replay: int = 0) 
             columns.update({f"{a}&{b}": 1.0 for a, b in itertools.combinations(onehots, 2)})
         return columns
 
+    def remember(x: dict, y: bool) -> None:
+        seen = next(rows_seen)
+        if len(memory) < 5000:
+            memory.append((x, y))
+        elif (j := rng.randrange(seen)) < 5000:
+            memory[j] = (x, y)
+
     def step(x: dict, y: bool) -> float:
         encoder.learn_one(x)
         columns = encode(x)
         p = regression.predict_proba_one(columns).get(True, 0.0)
         regression.learn_one(columns, y)
-        seen[0] += 1
-        if len(memory) < 5000:
-            memory.append((x, y))
-        elif (j := rng.randrange(seen[0])) < 5000:
-            memory[j] = (x, y)
-        for _ in range(replay):
-            past_x, past_y = memory[rng.randrange(len(memory))]
-            regression.learn_one(encode(past_x), past_y)
+        if replay:
+            remember(x, y)
+            for _ in range(replay):
+                past_x, past_y = memory[rng.randrange(len(memory))]
+                regression.learn_one(encode(past_x), past_y)
         return p
 
     return step

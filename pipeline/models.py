@@ -165,7 +165,7 @@ class TrainerRuntime:
         then ack the training records it includes."""
         async with self._lock:
             trainer = self.trainer
-            if trainer is None or not self._unpublished and not (checkpoint and self._unacked):
+            if trainer is None or not (self._unpublished or checkpoint and self._unacked):
                 return
             now = time.monotonic()
             checkpoint = checkpoint or now - self._last_checkpoint >= self._checkpoint_interval
