@@ -127,26 +127,29 @@ class DiagnosticTrainer(ModelTrainer):
 
     def __init__(self, churn: ChurnModel | None = None, holdout: float = 0.0, keep_labels: bool = False) -> None:
         super().__init__(churn=churn)
-        self.kept: list[tuple[dict, bool]] | None = [] if keep_labels else None  # --ceiling: every label, in order
+        # --ceiling: every label, in order, with its customer
+        self.kept: list[tuple[dict, bool, str | None]] | None = [] if keep_labels else None
         self.values: dict[str, list[float]] = {c: [] for c in self.COLUMNS}
         self.snapshot_days: list[int | None] = []  # event-time day of each label's snapshot
         self.holdout = holdout
         self.held: list[tuple[bool, float]] = []  # (y, p) of held-out customers' labels: scored, never learned
 
     def _learn_churn(self, labeled, t):  # type: ignore[no-untyped-def]
-        labeled = [({k: v for k, v in x.items() if k != SNAPSHOT_T}, y, x.get(SNAPSHOT_T)) for x, y in labeled]
+        # The run loop tags each snapshot with its time and, for --holdout and --ceiling, its
+        # customer (the labels come back without either); the tags stop here, before any model.
+        rows = [({k: v for k, v in x.items() if k not in TAGS}, y, x.get(SNAPSHOT_T), x.get(CID)) for x, y in labeled]
         if self.kept is not None:
-            self.kept.extend((features, y) for features, y, _ in labeled)
+            self.kept.extend((features, y, customer) for features, y, _, customer in rows)
         if self.holdout:
             learn = []
-            for features, y, snapshot_t in labeled:
-                if held_out(str(features.get(CID)), self.holdout):
-                    self.held.append((y, self.churn.predict_proba(features)))
+            for row in rows:
+                if held_out(str(row[3]), self.holdout):
+                    self.held.append((row[1], self.churn.predict_proba(row[0])))
                 else:
-                    learn.append((features, y, snapshot_t))
-            labeled = learn
-        self.snapshot_days.extend(-1 if s is None else int(s // DAY_MS) for _, _, s in labeled)
-        labeled = [(x, y) for x, y, _ in labeled]
+                    learn.append(row)
+            rows = learn
+        self.snapshot_days.extend(-1 if s is None else int(s // DAY_MS) for _, _, s, _ in rows)
+        labeled = [(x, y) for x, y, _, _ in rows]
         for features, _ in labeled:
             for column, values in self.values.items():
                 value = features.get(column)
@@ -154,8 +157,9 @@ class DiagnosticTrainer(ModelTrainer):
         super()._learn_churn(labeled, t)
 
 
-CID = "__customer"  # --holdout: the snapshot's customer, for the trainer to route it (never a model input)
-SNAPSHOT_T = "__t"  # the snapshot's event time, for the leak checks (stripped before the model sees it)
+CID = "__customer"  # --holdout, --ceiling: the snapshot's customer, for the trainer to route it
+SNAPSHOT_T = "__t"  # the snapshot's event time, for the leak checks
+TAGS = frozenset({CID, SNAPSHOT_T})  # stripped by DiagnosticTrainer before the model sees a label
 
 
 def held_out(customer_id: str, share: float) -> bool:
@@ -164,7 +168,8 @@ def held_out(customer_id: str, share: float) -> bool:
 
 class DroppingChurnModel(ChurnModel):
     """Diagnostic only (``--drop-features``): :class:`ChurnModel` blind to some features, in the
-    scorers and in the trainer alike (a pickle round trip keeps the class)."""
+    scorers and in the trainer alike (a pickle round trip keeps the class); every method that takes
+    features drops them."""
 
     DROP: frozenset[str] = frozenset()
 
@@ -181,8 +186,6 @@ class DroppingChurnModel(ChurnModel):
         super().learn(self._kept(features), churned, observe)
 
     def learn_scored(self, features, churned, observe=True):  # type: ignore[no-untyped-def]
-        # The trainer's path (observe=False encodes directly): without this the customer id
-        # (--holdout, --ceiling) became a one-hot column and the trainer's AUC 0.91.
         return super().learn_scored(self._kept(features), churned, observe)
 
     def contributions(self, features):  # type: ignore[no-untyped-def]
@@ -226,13 +229,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     clock = time.perf_counter_ns
     ns = dict.fromkeys(("ingest", "sentiment", "churn", "alerts", "sweep", "train", "swap"), 0)
     ingestor = Ingestor(AvroCodec())
-    tag_customer = bool(args.holdout or args.ceiling)  # snapshots carry their customer (never a model input)
-    if args.drop_features or tag_customer:
-        DroppingChurnModel.DROP = frozenset(filter(None, args.drop_features.split(","))) | {CID}
-        churn = TimedChurn(ns, DroppingChurnModel())
-        trainer = DiagnosticTrainer(DroppingChurnModel(), args.holdout, keep_labels=args.ceiling)
-    else:
-        churn, trainer = TimedChurn(ns), DiagnosticTrainer()
+    tag_customer = bool(args.holdout or args.ceiling)
+    DroppingChurnModel.DROP = frozenset(filter(None, args.drop_features.split(",")))
+    model = DroppingChurnModel if DroppingChurnModel.DROP else ChurnModel
+    churn = TimedChurn(ns, model())
+    trainer = DiagnosticTrainer(model(), args.holdout, keep_labels=args.ceiling)
     scoring = TouchpointScoring(TimedSentiment(ns), churn)
     engine = scoring.alerts
     quality = trainer.churn_quality = RecordingQuality()
@@ -377,7 +378,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                          trainer.lateness_ms, engine.watermark_ms, args.start_ms),
             } if args.holdout else None,
             "leak_checks": leak,
-            "ceiling": feature_ceiling(trainer.kept, pairs) if trainer.kept and not args.holdout else None,
+            "ceiling": feature_ceiling(trainer.kept, pairs) if trainer.kept else None,
             "feature_auc_on_labels": diagnostics,
             "model_version": trainer.churn.version,
             "top_weights": top_weights(trainer.churn),
@@ -400,7 +401,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def feature_ceiling(kept: list[tuple[dict, bool]], pairs: list[tuple[bool, float, int]]) -> dict[str, Any]:
+def feature_ceiling(kept: list[tuple[dict, bool, str | None]], pairs: list[tuple[bool, float, int]]) -> dict[str, Any]:
     """``--ceiling``: how well a logistic regression on these features can rank each early tenth of
     the labels, beside what the online model did on the same rows.
 
@@ -418,9 +419,9 @@ def feature_ceiling(kept: list[tuple[dict, bool]], pairs: list[tuple[bool, float
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    in_a = np.array([held_out(str(x[CID]), 0.5) for x, _ in kept])
-    X = DictVectorizer(sparse=False).fit_transform([{k: v for k, v in x.items() if k != CID} for x, _ in kept])
-    y = np.array([label for _, label in kept])
+    in_a = np.array([held_out(str(customer), 0.5) for _, _, customer in kept])
+    X = DictVectorizer(sparse=False).fit_transform([x for x, _, _ in kept])
+    y = np.array([label for _, label, _ in kept])
     n, index = len(kept), np.arange(len(kept))
 
     def fitted_scores(train: Any) -> Any:
@@ -455,6 +456,7 @@ def deployed_auc(scored: list[tuple[str, int, float]], churned: dict[str, int], 
         elif (at is None or at > t + horizon_ms) and t + horizon_ms + lateness_ms < watermark_ms:
             rows.append(((t - start_ms) // DAY_MS, False, risk))
             near.append(rows[-1])
+    span = max(1, horizon_ms // DAY_MS)  # days in a horizon
     first_negatives = horizon_ms // DAY_MS + 1  # the first day whose scorers had learned from negatives
     later = [r for r in rows if r[0] >= first_negatives]
     return {
@@ -469,7 +471,7 @@ def deployed_auc(scored: list[tuple[str, int, float]], churned: dict[str, int], 
         "from_day_within_14d_time_matched_roc_auc": _matched_auc([r for r in near if r[0] >= first_negatives]),
         "time_matched_by_horizon": {  # snapshot days [0, h), [h, 2h), ...: how the scorers improve
             f"days_{k * span}_{(k + 1) * span}": round(_matched_auc([r for r in rows if r[0] // span == k]), 4)
-            for span in [max(1, horizon_ms // DAY_MS)] for k in range(int(max((r[0] for r in rows), default=0)) // span + 1)
+            for k in range(int(max((r[0] for r in rows), default=0)) // span + 1)
         },
     }
 
@@ -566,6 +568,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ceiling", action="store_true",
                         help="diagnostic: an offline logistic regression on other customers' later labels, on each early tenth")
     args = parser.parse_args(argv)
+    if args.ceiling and args.holdout:
+        parser.error("--ceiling compares the online model on every customer: use it without --holdout")
     if args.days <= 30:
         print("warning: churn labels need more than 30 days of event time", file=sys.stderr)
     result = run(args)
