@@ -42,7 +42,7 @@ customer's state before its first event, like ``cem.customers`` does.
   beside it). Ingest, training and the model swap are
   reported for context; they are not scoring cost (training runs in the trainer, once per label).
   Timings include what a stream pays: cold caches, GC pauses (under the worker's GC settings,
-  ``pipeline.runner.tune_gc``); the timer's own overhead is reported.
+  ``pipeline.app.main.tune_gc``); the timer's own overhead is reported.
 
 Prints one JSON object on stdout and a markdown table on stderr.
 """
@@ -63,7 +63,7 @@ sys.path.insert(0, str(REPO))
 
 import orjson  # noqa: E402
 
-from pipeline.runner import tune_gc  # noqa: E402
+from pipeline.app.main import tune_gc  # noqa: E402
 from processors.churn import ChurnModel  # noqa: E402
 from processors.customer import DAY_MS, CustomerState  # noqa: E402
 from processors.evaluation import roc_auc  # noqa: E402

@@ -29,6 +29,7 @@ TOPIC_MODELS = "cem.models"  # compacted: the latest snapshot per key (sentiment
 MODEL_SENTIMENT = "sentiment"
 MODEL_CHURN = "churn"
 
+MODEL_MAX_BYTES = 64 << 20  # cem.models: a trainer checkpoint holds the pending churn feature snapshots
 MAX_RECORD_BYTES = 1024 * 1024  # larger records are dead-lettered as `oversize`
 MAX_FUTURE_MS = DAY_MS  # occurred_at more than this ahead of the record timestamp
 

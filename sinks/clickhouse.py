@@ -40,7 +40,7 @@ INSERT_SETTINGS = {
 
 @dataclass(slots=True)
 class TableRow:
-    """One row for ``table``, in the column order of :data:`sinks.clickhouse_rows.COLUMNS`."""
+    """One row for ``table``, in the column order of :data:`pipeline.app.rows.COLUMNS`."""
 
     table: str
     values: list[Any]

@@ -16,10 +16,10 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
-from pipeline.broker import EmbeddedBroker, ensure_topics, free_port
-from pipeline.embedded import WorkerProcess
-from pipeline.models import read_to_end
-from pipeline.run import embedded_settings
+from pipeline.runtime.broker import EmbeddedBroker, ensure_topics, free_port
+from pipeline.runtime.embedded import WorkerProcess
+from pipeline.app.models import read_to_end
+from pipeline.runtime.run import embedded_settings
 from pipeline.settings import Settings
 from processors.synthetic import KPI_COLUMNS, kpi_totals
 

@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from conftest import read_topic, run
-from pipeline.embedded import publish
+from pipeline.runtime.embedded import publish
 from processors.alerts import AlertConfig, AlertEngine
 from processors.customer import CustomerState
 from processors.ingest import Ingestor, Kind, SourceRecord
@@ -198,7 +198,7 @@ def test_models_learn_while_running_and_a_restarted_worker_resumes_from_the_last
 
 async def last_snapshots(bootstrap: str) -> dict:
     """The latest model per key on cem.models, as a restarted worker would load it."""
-    from pipeline.models import ModelFeed
+    from pipeline.app.models import ModelFeed
 
     loaded: dict = {}
     feed = ModelFeed(bootstrap, loaded.__setitem__)

@@ -14,9 +14,9 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from conftest import run
-from pipeline import alerts_cli
-from pipeline.alerts_cli import Deduper, decode_value, format_json, format_text, matches, normalize
-from pipeline.broker import free_port
+from pipeline.cli import alerts as alerts_cli
+from pipeline.cli.alerts import Deduper, decode_value, format_json, format_text, matches, normalize
+from pipeline.runtime.broker import free_port
 from pipeline.cli import build_parser
 from processors.alerts import AlertConfig, detractor_alert, example_enriched
 from processors.synthetic import DEFAULT_START_MS as T0  # 2026-01-01T00:00:00Z

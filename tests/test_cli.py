@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline.broker import free_port
+from pipeline.runtime.broker import free_port
 from pipeline.cli import main
 
 

@@ -27,7 +27,7 @@ import pytest
 import yaml
 
 from conftest import required_binary
-from pipeline.broker import MODEL_MAX_BYTES
+from schemas.contract import MODEL_MAX_BYTES
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -1268,8 +1268,8 @@ def test_dashboard_sql_runs_on_chdb():
 
 
 def test_metric_contract_matches_the_worker():
-    """The names used here are the ones pipeline.metrics registers (when the worker's code is present)."""
-    metrics = pytest.importorskip("pipeline.metrics")
+    """The names used here are the ones pipeline.app.metrics registers (when the worker's code is present)."""
+    metrics = pytest.importorskip("pipeline.app.metrics")
     registry = metrics.Metrics().registry
     counters, histograms, gauges = set(), set(), set()
     for family in registry.collect():

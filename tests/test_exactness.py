@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from conftest import expected_kpis, kpi_by_channel, now_ms, run
-from pipeline.embedded import publish, received
+from pipeline.runtime.embedded import publish
+from pipeline.views.client import received
 from processors.synthetic import JourneyGenerator
 
 pytestmark = pytest.mark.integration

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from pipeline.cli import build_parser
-from pipeline.model_cli import run_model_eval
+from pipeline.cli.model import run_model_eval
 from processors.churn import (
     prior_risk,
     ChurnLabeler,
@@ -619,8 +619,8 @@ class _TrainingEvent:
 
 
 async def test_trainer_publishes_models_often_and_acks_only_at_a_checkpoint():
-    from pipeline.metrics import Metrics
-    from pipeline.models import TRAINER, TrainerRuntime
+    from pipeline.app.metrics import Metrics
+    from pipeline.app.models import TRAINER, TrainerRuntime
     from processors.scoring import TrainingBatch
     from processors.training import ModelTrainer, unpack
 

@@ -27,9 +27,9 @@ import pytest
 import yaml
 
 from conftest import PARTITIONS, now_ms, required_binary, run, worker_settings
-from pipeline.broker import EmbeddedBroker, ensure_topics, free_port
-from pipeline.embedded import WorkerProcess, publish, publish_raw
-from pipeline.processes import spawn, stop
+from pipeline.runtime.broker import EmbeddedBroker, ensure_topics, free_port
+from pipeline.runtime.embedded import WorkerProcess, publish, publish_raw
+from pipeline.runtime.processes import spawn, stop
 from test_deploy import (
     RULES_FILE,
     all_rules,

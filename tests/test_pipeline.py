@@ -7,7 +7,8 @@ import json
 import pytest
 
 from conftest import expected_kpis, kpi_by_channel, now_ms, read_topic, run
-from pipeline.embedded import publish, publish_raw, received
+from pipeline.runtime.embedded import publish, publish_raw
+from pipeline.views.client import received
 from processors.synthetic import DEFAULT_START_MS, JourneyGenerator, inject_bad_records
 from schemas.contract import HEADER_REASON, HEADER_SOURCE_OFFSET, HEADER_STAGE, TOPIC_DLQ, TOPIC_ENRICHED, Reason
 from schemas.codec import RecordEncoder

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 
 from conftest import now_ms, required_binary, run
-from pipeline import top
-from pipeline.broker import free_port
+from pipeline.views import top
+from pipeline.runtime.broker import free_port
 from pipeline.cli import main
-from pipeline.embedded import publish, publish_raw
+from pipeline.runtime.embedded import publish, publish_raw
 from processors.synthetic import kpi_totals
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -173,7 +173,7 @@ def test_top_once_shows_channels_and_counts(broker, start_worker, tmp_path, caps
     assert row_for(kpi_part, "chat")[1] == str(PER_CHANNEL)
     assert row_for(pipeline_part, "consumer lag cem.touchpoints")[1] == "0"
 
-    # Through pipeline.query.run_query (the --clickhouse-url path; a chdb:// URL whose engine a live worker holds
+    # Through pipeline.views.query.run_query (the --clickhouse-url path; a chdb:// URL whose engine a live worker holds
     # is read through that worker, as `cem query` does).
     rc = main(["top", "--status-url", worker.url, "--clickhouse-url", f"chdb://{tmp_path / 'clickhouse'}",
                "--once", "--interval", "0.05"])

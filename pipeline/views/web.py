@@ -16,7 +16,7 @@ log = logging.getLogger("cem.web")
 
 
 def _default(value: Any) -> Any:
-    from pipeline.query import json_cell
+    from pipeline.views.query import json_cell
 
     cell = json_cell(value)
     return cell if cell is not value else str(value)

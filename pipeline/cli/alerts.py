@@ -343,7 +343,7 @@ def run_alerts_tail(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry point (``python -m pipeline.alerts_cli tail ...``)."""
+    """Stand-alone entry point (``python -m pipeline.cli.alerts tail ...``)."""
     parser = argparse.ArgumentParser(prog="cem")
     add_alerts_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["alerts", *(sys.argv[1:] if argv is None else argv)])

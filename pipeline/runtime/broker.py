@@ -11,9 +11,9 @@ from pathlib import Path
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from pipeline.processes import spawn, stop
+from pipeline.runtime.processes import spawn, stop
 from schemas.contract import (
-    TOPIC_ALERTS, TOPIC_CUSTOMERS, TOPIC_DLQ, TOPIC_ENRICHED, TOPIC_MODELS, TOPIC_TOUCHPOINTS, TOPIC_TRAINING,
+    MODEL_MAX_BYTES, TOPIC_ALERTS, TOPIC_CUSTOMERS, TOPIC_DLQ, TOPIC_ENRICHED, TOPIC_MODELS, TOPIC_TOUCHPOINTS, TOPIC_TRAINING,
 )
 
 
@@ -81,9 +81,6 @@ class EmbeddedBroker:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-MODEL_MAX_BYTES = 64 << 20  # a trainer snapshot holds the pending churn feature snapshots
 
 
 async def create_topics(bootstrap: str, partitions: int) -> None:

@@ -9,7 +9,7 @@ Per touchpoint the worker also scores sentiment and churn risk with the latest p
 and runs the alert rules; alerts are shipped to ``cem.alerts`` at the end of their batch (not at the
 next flush), and a flush acks them before it writes the state changelog, so a state that says "alert
 fired" is never durable without the alert. The examples for training go, once per batch, to the
-single-partition training topic, whose owner runs :class:`pipeline.models.TrainerRuntime`.
+single-partition training topic, whose owner runs :class:`pipeline.app.models.TrainerRuntime`.
 
 Why batches and a hand-written changelog: Faust's per-event table writes go through its producer
 buffer one record at a time (~190 µs each here); Faust tables can only be set from per-event
@@ -33,8 +33,8 @@ from mode.utils.queues import FlowControlEvent
 from faust.sensors import Monitor
 import orjson
 
-from pipeline.metrics import KafkaObserver, Metrics
-from pipeline.models import ModelFeed, TrainerRuntime, alert_engine_key, model_record, training_record
+from pipeline.app.metrics import KafkaObserver, Metrics
+from pipeline.app.models import ModelFeed, TrainerRuntime, alert_engine_key, model_record, training_record
 from pipeline.settings import Settings
 from processors.alerts import Alert, AlertConfig, AlertEngine
 from processors.churn import MODEL_NAME as CHURN_MODEL_NAME
@@ -65,7 +65,7 @@ from schemas.contract import (
     Stage,
 )
 from sinks.clickhouse import ClickHouseSink, TableRow, connect
-from sinks.clickhouse_rows import COLUMNS, alert_row, customer_state_row, dead_letter_row, enriched_row
+from pipeline.app.rows import COLUMNS, alert_row, customer_state_row, dead_letter_row, enriched_row
 from sinks.kafka import KafkaRecord, KafkaSink
 
 log = logging.getLogger("cem.worker")

@@ -21,15 +21,15 @@ from typing import Any, Callable, Iterable
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from pipeline.broker import MODEL_MAX_BYTES
-from pipeline.metrics import Metrics
+from schemas.contract import MODEL_MAX_BYTES
+from pipeline.app.metrics import Metrics
 from processors.churn import ChurnModel
 from processors.scoring import TrainingBatch
 from processors.sentiment import SentimentModel
 from processors.training import ModelTrainer, pack, unpack
 from schemas.contract import MODEL_CHURN, MODEL_SENTIMENT, TOPIC_MODELS, TOPIC_TRAINING
 from sinks.clickhouse import ClickHouseSink
-from sinks.clickhouse_rows import model_metric_row
+from pipeline.app.rows import model_metric_row
 from sinks.kafka import KafkaRecord, KafkaSink
 
 log = logging.getLogger("cem.models")

@@ -7,7 +7,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-from pipeline.embedded import query_worker, running_worker_url
+from pipeline.views.client import query_worker, running_worker_url
 from pipeline.settings import Settings
 
 

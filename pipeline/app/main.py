@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 from prometheus_client import start_http_server
 
-from pipeline.metrics import Metrics
+from pipeline.app.metrics import Metrics
 from pipeline.settings import Settings
-from pipeline.web import start_status_server
-from pipeline.worker import create_app
+from pipeline.views.client import write_run_file
+from pipeline.views.web import start_status_server
+from pipeline.app.worker import create_app
 
 FAUST_LOG_LEVELS = {"debug": "debug", "info": "info", "warn": "warn", "warning": "warn", "error": "error"}
 
@@ -58,7 +57,7 @@ def run_worker(settings: Settings) -> None:
     # /query only for the embedded engine (which nobody else can open); a server has its own SQL door.
     query = worker.clickhouse.query_with_columns if settings.embedded_clickhouse else _no_query
     start_status_server(settings.web_port, status, query)
-    _write_run_file(settings)
+    write_run_file(settings)
     try:
         import uvloop  # measured: ~20% more events/s through Faust's per-message machinery
 
@@ -88,18 +87,6 @@ def tune_gc() -> None:
 
 def _no_query(sql: str) -> tuple[list[str], list[tuple]]:
     raise PermissionError("/query is only served for the embedded chDB; query the ClickHouse server directly")
-
-
-def _write_run_file(settings: Settings) -> None:
-    """Tell `cem query` / `cem top` where this worker answers (embedded default)."""
-    if not settings.embedded_clickhouse:
-        return
-    data_dir = Path(settings.data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    (data_dir / "worker.json").write_text(json.dumps({
-        "pid": os.getpid(), "web_port": settings.web_port, "metrics_port": settings.metrics_port,
-        "clickhouse_url": settings.clickhouse_url,
-    }))
 
 
 def _quiet_client_logs(level: str) -> None:

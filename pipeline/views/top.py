@@ -87,7 +87,7 @@ def resolve_sources(target: Target) -> Sources:
 
 def read_run_file(data_dir: Path) -> dict | None:
     """The live worker's ``worker.json`` under ``data_dir`` (None if absent or its process is gone)."""
-    from pipeline.embedded import running_worker
+    from pipeline.views.client import running_worker
 
     return running_worker(data_dir)
 
@@ -97,20 +97,20 @@ def _strip(url: str | None) -> str | None:
 
 
 def _worker_query(url: str, sql: str) -> tuple[list[str], list[Any]]:
-    from pipeline.embedded import query_worker
+    from pipeline.views.client import query_worker
 
     return query_worker(url, sql, timeout_s=10.0)  # short: the view refreshes every second
 
 
 def _server_query(settings: Any, sql: str) -> tuple[list[str], list[Any]]:
-    from pipeline.query import run_query
+    from pipeline.views.query import run_query
 
     return run_query(settings, sql)
 
 
 # -- fetching -------------------------------------------------------------------------------------
 def fetch_status(status_url: str, timeout_s: float = HTTP_TIMEOUT_S) -> dict:
-    from pipeline.embedded import fetch_status as worker_status
+    from pipeline.views.client import fetch_status as worker_status
 
     return worker_status(status_url, timeout_s)
 

@@ -80,19 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--data-dir", default=None, help="default: a fresh temporary directory")
     bench.set_defaults(handler=_bench)
 
-    _add_optional(sub, "pipeline.model_cli", "add_model_parser")
-    _add_optional(sub, "pipeline.alerts_cli", "add_alerts_parser")
-    _add_optional(sub, "pipeline.top", "add_top_parser")
+    from pipeline.cli.alerts import add_alerts_parser
+    from pipeline.cli.model import add_model_parser
+    from pipeline.views.top import add_top_parser
+
+    add_model_parser(sub)
+    add_alerts_parser(sub)
+    add_top_parser(sub)
     return parser
-
-
-def _add_optional(sub: Any, module: str, function: str) -> None:
-    """Sub-commands that live in their own modules (models, alerts, top)."""
-    try:
-        mod = __import__(module, fromlist=[function])
-    except ImportError:
-        return
-    getattr(mod, function)(sub)
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -101,14 +96,14 @@ def _settings(**overrides: Any) -> Settings:
 
 # -- handlers -----------------------------------------------------------------------------------
 def _worker(args: argparse.Namespace) -> int:
-    from pipeline.runner import run_worker
+    from pipeline.app.main import run_worker
 
     run_worker(_settings())
     return 0
 
 
 def _run(args: argparse.Namespace) -> int:
-    from pipeline.run import run_embedded
+    from pipeline.runtime.run import run_embedded
 
     settings = _settings(data_dir=args.data_dir, partitions=args.partitions)
     summary = run_embedded(settings, args.duration, args.rate, args.customers, args.seed, args.broker_port)
@@ -132,7 +127,7 @@ def _generate(args: argparse.Namespace) -> int:
         truth.write_text(json.dumps(generator.ground_truth(), default=str, indent=1))
         print(json.dumps({"events": len(events), "output": str(path), "ground_truth": str(truth)}))
     if args.bootstrap:
-        from pipeline.run import publish_at_rate
+        from pipeline.runtime.run import publish_at_rate
 
         sent = asyncio.run(publish_at_rate(args.bootstrap, events, args.rate, args.format))
         print(json.dumps({"events": sent, "bootstrap": args.bootstrap, "format": args.format}))
@@ -140,8 +135,8 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _publish(args: argparse.Namespace) -> int:
-    from pipeline.publish import check_file
-    from pipeline.embedded import publish
+    from pipeline.cli.publish import check_file
+    from pipeline.runtime.embedded import publish
 
     if not args.file.exists():
         raise CliError(f"{args.file}: no such file")
@@ -161,7 +156,7 @@ def _publish(args: argparse.Namespace) -> int:
 
 
 def _query(args: argparse.Namespace) -> int:
-    from pipeline.query import run_query, render
+    from pipeline.views.query import run_query, render
 
     settings = _settings(data_dir=args.data_dir, clickhouse_url=args.clickhouse_url)
     if args.clickhouse_url is None and args.data_dir is not None:
@@ -175,12 +170,9 @@ def _query(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from pipeline.bench import run_bench
+    from pipeline.runtime.bench import run_bench
 
     result = run_bench(args.events, args.customers, args.partitions, args.seed, args.data_dir)
     print(json.dumps(result))
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -16,11 +16,10 @@ import time
 from pathlib import Path
 from typing import Iterable
 
-from pipeline.broker import EmbeddedBroker, ensure_topics
-from pipeline.embedded import (
-    TouchpointPublisher, WorkerProcess, publish, publish_profiles, received, running_worker_url, total,
-)
+from pipeline.runtime.broker import EmbeddedBroker, ensure_topics
+from pipeline.runtime.embedded import TouchpointPublisher, WorkerProcess, publish, publish_profiles
 from pipeline.settings import Settings
+from pipeline.views.client import received, running_worker_url, total
 
 PROGRESS_EVERY_S = 1.0
 
@@ -162,7 +161,7 @@ def _summary(status: dict, produced: int, elapsed_s: float) -> dict:
 
 def _row_counts(settings: Settings) -> dict[str, int]:
     """Row counts, read directly from chDB now that the worker has released it."""
-    from pipeline.query import run_query
+    from pipeline.views.query import run_query
 
     db = settings.clickhouse_database
     sql = " UNION ALL ".join(

@@ -17,9 +17,10 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer
 
-from pipeline.broker import EmbeddedBroker, ensure_topics, free_port
-from pipeline.embedded import WorkerProcess, publish, total
-from pipeline.run import embedded_settings
+from pipeline.runtime.broker import EmbeddedBroker, ensure_topics, free_port
+from pipeline.runtime.embedded import WorkerProcess, publish
+from pipeline.views.client import total
+from pipeline.runtime.run import embedded_settings
 from pipeline.settings import Settings
 from schemas.contract import TOPIC_TOUCHPOINTS
 

@@ -1,0 +1,1 @@
+"""The worker: the Faust app and its agents, the commit protocol, the model lifecycle."""

@@ -1,0 +1,1 @@
+"""The embedded runtime: the Tansu broker, child processes and their supervision, the benchmark."""

@@ -1,0 +1,77 @@
+"""Clients of a running worker's web endpoints, and where an embedded worker answers.
+
+``cem run``, ``cem query``, ``cem top``, ``cem bench`` and the tests talk to a worker through these.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from pipeline.settings import Settings
+
+
+class WorkerError(RuntimeError):
+    pass
+
+
+def total(totals: dict, name: str) -> int:
+    """A counter's total over its labels, from ``/status`` totals (0 if it has none yet)."""
+    return int(sum(totals.get(name, {}).values()))
+
+
+def received(status: dict) -> int:
+    """Input records the worker has read, from its ``/status``."""
+    return total(status["totals"], "touchpoints_received")
+
+
+def query_worker(url: str, sql: str, timeout_s: float = 60.0) -> tuple[list[str], list[list]]:
+    """SQL through a running worker's ``/query``; ClickHouse's refusal comes back as :class:`WorkerError`."""
+    request = urllib.request.Request(f"{url}/query", data=sql.encode(), method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            body = json.load(response)
+    except urllib.error.HTTPError as exc:  # the worker answers a bad query with 400 {"error": ...}
+        try:
+            message = json.loads(exc.read() or b"{}").get("error") or str(exc)
+        except ValueError:
+            message = str(exc)
+        raise WorkerError(message) from None
+    return body["columns"], body["rows"]
+
+
+def fetch_status(url: str, timeout_s: float = 5.0) -> dict:
+    """A running worker's ``/status``."""
+    with urllib.request.urlopen(f"{url}/status", timeout=timeout_s) as response:
+        return json.load(response)
+
+
+def running_worker(data_dir: Path) -> dict | None:
+    """The ``worker.json`` of a live worker that holds the chDB engine under ``data_dir``, if any."""
+    try:
+        info = json.loads((Path(data_dir) / "worker.json").read_text())
+        os.kill(info["pid"], 0)
+    except (OSError, ValueError, KeyError):  # absent, unreadable, or its process is gone
+        return None
+    return info
+
+
+def running_worker_url(data_dir: Path) -> str | None:
+    """The status URL of a live worker that holds the chDB engine under ``data_dir``, if any."""
+    info = running_worker(data_dir)
+    return f"http://127.0.0.1:{info['web_port']}" if info else None
+
+
+def write_run_file(settings: Settings) -> None:
+    """Tell `cem query` / `cem top` where this worker answers (embedded default)."""
+    if not settings.embedded_clickhouse:
+        return
+    data_dir = Path(settings.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / "worker.json").write_text(json.dumps({
+        "pid": os.getpid(), "web_port": settings.web_port, "metrics_port": settings.metrics_port,
+        "clickhouse_url": settings.clickhouse_url,
+    }))
