@@ -45,8 +45,9 @@ from typing import Any, Callable, Iterable, Mapping
 from river import stats
 
 from processors.customer import Enriched
+from processors.kpi import is_detractor, is_promoter
 from processors.touchpoint import Touchpoint
-from schemas.contract import DAY_MS, HOUR_MS, MINUTE_MS, MODEL_CHURN, MODEL_SENTIMENT
+from schemas.contract import DAY_MS, DETRACTOR_MAX, HOUR_MS, MINUTE_MS, MODEL_CHURN, MODEL_SENTIMENT
 
 DETRACTOR = "detractor"
 NEGATIVE_FEEDBACK = "negative_feedback"
@@ -66,7 +67,7 @@ class AlertConfig:
     """Every threshold of the rules. Times are event-time milliseconds."""
 
     # Survey scores and text
-    detractor_nps_max: int = 6  # NPS 0-6 is a detractor
+    detractor_nps_max: int = DETRACTOR_MAX  # NPS 0-6 is a detractor
     detractor_csat_max: int = 2  # CSAT 1-2 of 5
     negative_sentiment_max: float = -0.6  # sentiment in [-1, 1]
     high_effort_ces_min: int = 5  # CES 5-7 of 7
@@ -307,12 +308,14 @@ StateLookup = Callable[[str], "CustomerAlertState | None"]
 class AlertEngine:
     """The alert rules plus the state they share across customers (see the module docstring)."""
 
-    _PERSISTED = ("_max_seen", "_timers", "_channels", "_value", "_value_n", "late_events", "_partition_max")
+    _PERSISTED = ("_max_seen", "_timers", "_channels", "_value", "_value_n", "late_events", "_partition_top")
+    _VERSION = 2
 
     def __init__(self, config: AlertConfig | None = None):
         self.config = config or AlertConfig()
         self._max_seen = 0  # the watermark (see watermark_ms)
-        self._partition_max: dict[int, int] = {}  # source partition -> its highest event time
+        # source partition -> its two highest event times (highest, second): the second is what counts
+        self._partition_top: dict[int, tuple[int, int | None]] = {}
         self._timers: list[tuple[int, str, str]] = []  # min-heap of (deadline, customer_id, case_id)
         self._channels: dict[str, _ChannelState] = {}
         self._value = stats.Quantile(self.config.vip_quantile)  # P² estimate: deterministic
@@ -322,13 +325,13 @@ class AlertEngine:
     # -- persistence ---------------------------------------------------------------------------
     def to_bytes(self) -> bytes:
         """Snapshot of the engine's own state (not the config, not the customers' states)."""
-        return pickle.dumps({"version": 1, **{name: getattr(self, name) for name in self._PERSISTED}}, protocol=5)
+        return pickle.dumps({"version": self._VERSION, **{name: getattr(self, name) for name in self._PERSISTED}}, protocol=5)
 
     @classmethod
     def from_bytes(cls, data: bytes, config: AlertConfig | None = None) -> "AlertEngine":
         engine = cls(config)
         snapshot = pickle.loads(data)
-        if snapshot.get("version") != 1:
+        if snapshot.get("version") != cls._VERSION:
             raise ValueError(f"unknown alert engine snapshot version {snapshot.get('version')!r}")
         for name in cls._PERSISTED:
             if name in snapshot:
@@ -348,10 +351,11 @@ class AlertEngine:
 
     @property
     def watermark_ms(self) -> int:
-        """Pass it to :meth:`sweep`. Per source partition, the highest event time seen (capped by
-        record timestamp + skew); the watermark is the lowest of those, because a worker reads its
-        partitions batch by batch and one may be minutes of event time behind another. Partitions
-        more than ``idle_partition_ms`` behind the leader count as idle and do not hold it back."""
+        """Pass it to :meth:`sweep`. Per source partition, the second-highest event time seen (each
+        capped by its record timestamp + skew: the second, so one outlier cannot move it); the
+        watermark is the lowest of those, because a worker reads its partitions batch by batch and
+        one may be minutes of event time behind another. Partitions more than ``idle_partition_ms``
+        behind the leader count as idle and do not hold it back."""
         return self._max_seen
 
     # -- per event -----------------------------------------------------------------------------
@@ -378,8 +382,7 @@ class AlertEngine:
         received = enriched.received_at
         horizon = t if received <= 0 else min(t, received + cfg.watermark_max_skew_ms)
         partition = enriched.source_partition
-        if horizon > self._partition_max.get(partition, -1):
-            self._partition_max[partition] = horizon
+        if self._observe_partition(partition, horizon):
             self._advance_watermark()
 
         alerts: list[Alert] = []
@@ -425,10 +428,26 @@ class AlertEngine:
             state.last_risk = risk
         return alerts
 
+    def _observe_partition(self, partition: int, horizon: int) -> bool:
+        """Keep the partition's two highest event times; whether the second moved (the one that counts,
+        so that one record with an extreme time cannot close every minute and breach every SLA)."""
+        top = self._partition_top.get(partition)
+        if top is None:
+            self._partition_top[partition] = (horizon, None)
+            return False
+        highest, second = top
+        if horizon > highest:
+            self._partition_top[partition] = (horizon, highest)
+            return True
+        if horizon < highest and (second is None or horizon > second):
+            self._partition_top[partition] = (highest, horizon)
+            return True
+        return False
+
     def _advance_watermark(self) -> None:
-        leader = max(self._partition_max.values())
-        floor = leader - self.config.idle_partition_ms
-        watermark = min(t for t in self._partition_max.values() if t >= floor)
+        marks = [second for _, second in self._partition_top.values() if second is not None]
+        floor = max(marks) - self.config.idle_partition_ms
+        watermark = min(t for t in marks if t >= floor)
         if watermark > self._max_seen:  # never moves back
             self._max_seen = watermark
 
@@ -515,9 +534,9 @@ class AlertEngine:
         agg[_EVENTS] += 1
         if tp.nps is not None:
             agg[_NPS_N] += 1
-            if tp.nps >= 9:
+            if is_promoter(tp.nps):
                 agg[_PROMOTERS] += 1
-            elif tp.nps <= 6:
+            elif is_detractor(tp.nps):
                 agg[_DETRACTORS] += 1
         if tp.csat is not None:
             agg[_CSAT_N] += 1

@@ -4,13 +4,16 @@
 valid touchpoint into it and returns what happened:
 
 * ``NEW``: first sight of this ``event_id``; the state moved on and an :class:`Enriched` event is out.
-* ``REPLAY``: the same Kafka record seen again after a worker restart (same source offset). The state
-  already holds it, so it is not applied twice, but its outputs are produced again, because the crash
-  may have come before they were written; the sinks make that idempotent.
-* ``DUPLICATE``: a redelivery by a channel system (same ``event_id``, another offset) within the
+* ``REPLAY``: the same Kafka record seen again after a worker restart (same log position: the
+  incarnation of the source log and the offset in it). The state already holds it, so it is not
+  applied twice, but its outputs are produced again, because the crash may have come before they
+  were written; the sinks make that idempotent.
+* ``DUPLICATE``: a redelivery by a channel system (same ``event_id``, another position) within the
   dedupe horizon: dropped and counted.
 
-Everything is keyed on ``occurred_at``, never the wall clock, so replays give identical results.
+Everything is keyed on ``occurred_at``, never the wall clock, so replays give identical results. The
+dedupe horizon is measured back from the customer's *second*-latest event time, so that one record
+with an extreme ``occurred_at`` cannot push every event id the customer has out of the horizon.
 """
 
 from __future__ import annotations
@@ -20,10 +23,23 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Sequence
 
+from processors.kpi import is_promoter
 from processors.touchpoint import Touchpoint
 from schemas.contract import DAY_MS
 
 DEFAULT_DEDUPE_HORIZON_MS = DAY_MS
+
+
+def log_position(epoch: int, offset: int) -> int:
+    """One int for where a record sits: the incarnation (epoch) of its source log and its offset.
+
+    A log that starts over (a broker that lost it, a topic re-created) reuses offsets; the epoch
+    tells its records from the old log's (see ``pipeline.app.logs``).
+
+    >>> log_position(2, 7) > log_position(1, 10**9), log_position(1, 5) == log_position(1, 5)
+    (True, True)
+    """
+    return epoch << 40 | offset
 
 
 class Outcome(str, enum.Enum):
@@ -83,6 +99,7 @@ class CustomerState:
     customer_id: str
     first_seen: int = 0
     last_seen: int = 0
+    prior_seen: int | None = None  # the second-latest distinct event time: the dedupe clock
     events_total: int = 0
     channel_events: dict[str, int] = field(default_factory=dict)
     revenue: float = 0.0
@@ -111,7 +128,9 @@ class CustomerState:
     churn_snapshot_at: int | None = None  # event time of the latest feature snapshot sent to training
     churned_at: int | None = None
     profile: dict[str, str] = field(default_factory=dict)  # CRM attributes from cem.customers
-    seen: dict[str, Sequence[int]] = field(default_factory=dict)  # event_id -> (occurred_at, source offset)
+    seen: dict[str, Sequence[int]] = field(default_factory=dict)  # event_id -> (occurred_at, log_position)
+    seen_live: int = 0  # entries left by the last prune: the next prune is due at twice as many
+    position: int = 0  # the highest log position applied (the version of this state)
     # What the alert rules remember (a processors.alerts.CustomerAlertState, or its dict when read
     # back from the changelog); typed loosely because the alert rules build on this module.
     alerting: Any = None
@@ -125,6 +144,12 @@ class CustomerState:
         state = cls(**{k: v for k, v in data.items() if k in _STATE_FIELDS})
         state.seen = {event_id: tuple(seen) for event_id, seen in state.seen.items()}  # JSON gave lists
         return state
+
+    @property
+    def dedupe_clock(self) -> int:
+        """The event time the dedupe horizon is measured back from: the second-latest, not the
+        latest, so one outlier cannot move it."""
+        return self.last_seen if self.prior_seen is None else self.prior_seen
 
     @property
     def mean_resolve_s(self) -> float | None:
@@ -210,7 +235,7 @@ def derive_stage(state: CustomerState, tp: Touchpoint) -> str:
     """
     if tp.journey_stage:
         return tp.journey_stage
-    if tp.nps is not None and tp.nps >= 9:
+    if tp.nps is not None and is_promoter(tp.nps):
         return "advocacy"
     stage = _STAGE_BY_TYPE.get(tp.type)
     if stage is not None and (stage not in _BROWSING or not state.orders):
@@ -225,6 +250,7 @@ def apply(
     source_offset: int,
     received_at: int,
     dedupe_horizon_ms: int = DEFAULT_DEDUPE_HORIZON_MS,
+    source_epoch: int = 1,
 ) -> tuple[Outcome, Enriched | None]:
     """Fold one touchpoint into ``state`` (in place) and say what happened.
 
@@ -236,28 +262,36 @@ def apply(
     (<Outcome.REPLAY: 'replay'>, 1)
     >>> apply(s, tp, 0, 9, 60_000)[0], s.orders      # redelivered by the channel system
     (<Outcome.DUPLICATE: 'duplicate'>, 1)
+    >>> apply(s, tp, 0, 7, 60_000, source_epoch=2)[0]  # offset 7 of a log that started over
+    <Outcome.DUPLICATE: 'duplicate'>
     """
+    position = log_position(source_epoch, source_offset)
     seen = state.seen.get(tp.event_id)
-    if seen is not None and seen[0] < state.last_seen - dedupe_horizon_ms and seen[1] != source_offset:
+    if seen is not None and seen[0] < state.dedupe_clock - dedupe_horizon_ms and seen[1] != position:
         seen = None  # beyond the horizon: decided by event time alone, never by when pruning last ran
     if seen is not None:
-        if seen[1] == source_offset:
+        if seen[1] == position:
             return Outcome.REPLAY, _enriched(state, tp, source_partition, source_offset, received_at, None, None, False)
         return Outcome.DUPLICATE, None
 
     previous_last_seen = state.last_seen if state.events_total else None
     recency_s = None if previous_last_seen is None else max(0, tp.occurred_at - previous_last_seen) / 1000.0
     resolve_s, switched = _fold(state, tp)
-    state.seen[tp.event_id] = (tp.occurred_at, source_offset)  # a tuple of ints: not tracked by the GC
-    if len(state.seen) > 64 and len(state.seen) % 64 == 0:  # amortised; frees memory, decides nothing
+    state.seen[tp.event_id] = (tp.occurred_at, position)  # a tuple of ints: not tracked by the GC
+    state.position = max(state.position, position)
+    if len(state.seen) >= max(_PRUNE_MIN, 2 * state.seen_live):  # amortised; frees memory, decides nothing
         prune_seen(state, dedupe_horizon_ms)
     return Outcome.NEW, _enriched(state, tp, source_partition, source_offset, received_at, recency_s, resolve_s, switched)
 
 
+_PRUNE_MIN = 8  # a customer's dedupe memory is pruned when it doubles, and never below this size
+
+
 def prune_seen(state: CustomerState, horizon_ms: int) -> None:
-    """Forget event ids older than the horizon, measured back from the customer's latest event time."""
-    cutoff = state.last_seen - horizon_ms
+    """Forget event ids older than the horizon, measured back from the customer's dedupe clock."""
+    cutoff = state.dedupe_clock - horizon_ms
     state.seen = {eid: v for eid, v in state.seen.items() if v[0] >= cutoff}
+    state.seen_live = len(state.seen)
 
 
 def _fold(state: CustomerState, tp: Touchpoint) -> tuple[float | None, bool]:
@@ -268,7 +302,10 @@ def _fold(state: CustomerState, tp: Touchpoint) -> tuple[float | None, bool]:
         state.first_seen = state.last_seen = t
     else:
         state.first_seen = min(state.first_seen, t)
-        state.last_seen = max(state.last_seen, t)
+        if t > state.last_seen:
+            state.prior_seen, state.last_seen = state.last_seen, t
+        elif t < state.last_seen and (state.prior_seen is None or t > state.prior_seen):
+            state.prior_seen = t
     state.events_total += 1
     state.channel_events[tp.channel] = state.channel_events.get(tp.channel, 0) + 1
 

@@ -1,9 +1,13 @@
-"""The per-record ingest step: decode -> validate -> dedupe -> enrich, as one pure function.
+"""The per-record ingest step: decode -> validate -> protect -> dedupe -> enrich, as one pure function.
 
 :class:`Ingestor` knows nothing about Kafka clients or Faust; it takes a :class:`SourceRecord` (the
 bytes and coordinates of one input record) and a state lookup, and returns a :class:`Result` that
 says which outputs to write. Every record ends in exactly one of: processed, replayed, duplicate,
-dead-lettered, so ``in = processed + dead-lettered + deduplicated`` holds by construction.
+dead-lettered, so ``in = processed + dead-lettered + deduplicated`` holds by construction; an
+unexpected exception inside the step is a dead letter too (``processing_error``), never a crash.
+
+Privacy happens here, before anything downstream sees the touchpoint: free text is redacted and,
+when configured, the customer id is replaced by its pseudonym (see :mod:`processors.privacy`).
 """
 
 from __future__ import annotations
@@ -13,14 +17,16 @@ from dataclasses import dataclass
 from typing import Callable
 
 from processors.customer import DEFAULT_DEDUPE_HORIZON_MS, CustomerState, Enriched, Outcome, apply
-from processors.touchpoint import Rejected, validate
-from schemas.codec import CONFLUENT_MAGIC, SINGLE_OBJECT_MAGIC, AvroCodec, DecodeError
-from schemas.contract import MAX_RECORD_BYTES, Reason, Stage
+from processors.touchpoint import Touchpoint, validate
+from schemas.codec import CONFLUENT_MAGIC, SINGLE_OBJECT_MAGIC, AvroCodec
+from schemas.contract import CHANNELS, MAX_RECORD_BYTES, Reason, Rejected, Stage
+
+Transform = Callable[[str], str]
 
 
 @dataclass(slots=True)
 class SourceRecord:
-    """One input record as it came off Kafka."""
+    """One input record as it came off Kafka; ``epoch`` names the incarnation of its log."""
 
     topic: str
     partition: int
@@ -28,6 +34,7 @@ class SourceRecord:
     timestamp_ms: int
     key: bytes | None
     value: bytes | None
+    epoch: int = 1
 
 
 @dataclass(slots=True)
@@ -54,10 +61,11 @@ class Result:
     enriched: Enriched | None = None
     dead_letter: DeadLetter | None = None
     state: CustomerState | None = None
+    rewritten: bool = False  # the touchpoint differs from the record's own bytes (redacted, pseudonymised)
 
 
 class Ingestor:
-    """Turns input records into results; holds the codec and the dedupe horizon.
+    """Turns input records into results; holds the codec, the dedupe horizon and the privacy steps.
 
     >>> from schemas.codec import AvroCodec
     >>> ingest = Ingestor(AvroCodec())
@@ -73,47 +81,85 @@ class Ingestor:
     (<Kind.DEAD_LETTER: 'dead_letter'>, 'undecodable')
     """
 
-    def __init__(self, codec: AvroCodec, dedupe_horizon_ms: int = DEFAULT_DEDUPE_HORIZON_MS):
+    def __init__(
+        self,
+        codec: AvroCodec,
+        dedupe_horizon_ms: int = DEFAULT_DEDUPE_HORIZON_MS,
+        redact: Transform | None = None,
+        pseudonymize: Transform | None = None,
+    ):
         self.codec = codec
         self.dedupe_horizon_ms = dedupe_horizon_ms
+        self.redact = redact
+        self.pseudonymize = pseudonymize
 
     def handle(self, record: SourceRecord, state_for: Callable[[str], CustomerState]) -> Result:
-        value = record.value
-        if value is None or not value:
-            return _dead(record, Reason.UNDECODABLE, Stage.DECODE, "empty record value")
-        if len(value) > MAX_RECORD_BYTES:
-            return _dead(record, Reason.OVERSIZE, Stage.DECODE, f"{len(value)} bytes > {MAX_RECORD_BYTES}")
+        stage = Stage.DECODE
+        channel = "unknown"
         try:
+            value = record.value
+            if value is None or not value:
+                return _dead(record, Reason.UNDECODABLE, Stage.DECODE, "empty record value")
+            if len(value) > MAX_RECORD_BYTES:
+                return _dead(record, Reason.OVERSIZE, Stage.DECODE, f"{len(value)} bytes > {MAX_RECORD_BYTES}")
             decoded = self.codec.decode(value)
-        except DecodeError as exc:
-            return _dead(record, exc.reason, Stage.DECODE, exc.detail)
-        try:
+            stage = Stage.VALIDATE
+            channel = _channel_of(decoded)
             typed = value[:1] in _AVRO_MARKERS  # decoded by Avro against the schema: types guaranteed
             touchpoint = validate(decoded, reference_ms=record.timestamp_ms, typed=typed)
-        except Rejected as exc:
-            return _dead(record, exc.reason, Stage.VALIDATE, exc.detail, _channel_of(decoded))
-        if record.key != touchpoint.customer_id.encode():
-            # State is partitioned by the key: a record keyed otherwise would split a customer's state.
-            return _dead(
-                record, Reason.KEY_MISMATCH, Stage.VALIDATE,
-                "Kafka key must be the customer_id (UTF-8)", touchpoint.channel,
+            if record.key != touchpoint.customer_id.encode():
+                # State is partitioned by the key: a record keyed otherwise would split a customer's state.
+                return _dead(
+                    record, Reason.KEY_MISMATCH, Stage.VALIDATE, "Kafka key must be the customer_id (UTF-8)", channel,
+                )
+            rewritten = self._protect(touchpoint)
+            stage = Stage.STATE
+            state = state_for(touchpoint.customer_id)
+            outcome, enriched = apply(
+                state, touchpoint, record.partition, record.offset, record.timestamp_ms, self.dedupe_horizon_ms,
+                record.epoch,
             )
-        state = state_for(touchpoint.customer_id)
-        outcome, enriched = apply(
-            state, touchpoint, record.partition, record.offset, record.timestamp_ms, self.dedupe_horizon_ms
-        )
+        except Rejected as exc:
+            return _dead(record, exc.reason, stage, exc.detail, channel)
+        except Exception as exc:  # a bug or an input nobody foresaw: this record's problem, not the batch's
+            return _dead(record, Reason.PROCESSING_ERROR, stage, describe(exc), channel)
         if outcome is Outcome.DUPLICATE:
             return Result(Kind.DUPLICATE, touchpoint.channel, state=state)
         kind = Kind.PROCESSED if outcome is Outcome.NEW else Kind.REPLAYED
-        return Result(kind, touchpoint.channel, enriched=enriched, state=state)
+        return Result(kind, touchpoint.channel, enriched=enriched, state=state, rewritten=rewritten)
+
+    def _protect(self, tp: Touchpoint) -> bool:
+        """Redact free text and pseudonymise the customer id, in place; whether anything changed."""
+        rewritten = False
+        if self.redact is not None and tp.text:
+            redacted = self.redact(tp.text)
+            rewritten = redacted != tp.text
+            tp.text = redacted
+        if self.pseudonymize is not None:
+            tp.customer_id = self.pseudonymize(tp.customer_id)
+            rewritten = True
+        return rewritten
 
 
 _AVRO_MARKERS = (SINGLE_OBJECT_MAGIC[:1], CONFLUENT_MAGIC)
 
 
+def describe(exc: BaseException) -> str:
+    """An exception as a dead letter's detail: its type and message, bounded.
+
+    >>> describe(KeyError("x"))
+    "KeyError: 'x'"
+    """
+    return f"{type(exc).__name__}: {exc}"[:1000]
+
+
 def _channel_of(decoded: dict) -> str:
+    # A label of Prometheus series: only the contract's channels, or a producer could mint series.
     channel = decoded.get("channel")
-    return channel if isinstance(channel, str) and len(channel) <= 32 else "unknown"
+    return channel if isinstance(channel, str) and channel in _KNOWN_CHANNELS else "unknown"
+
+
+_KNOWN_CHANNELS = frozenset(CHANNELS)
 
 
 def _dead(record: SourceRecord, reason: Reason, stage: Stage, detail: str, channel: str = "unknown") -> Result:

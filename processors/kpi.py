@@ -10,15 +10,24 @@
 
 from __future__ import annotations
 
-PROMOTER_MIN = 9  # NPS 9-10
-DETRACTOR_MAX = 6  # NPS 0-6
-CSAT_SATISFIED_MIN = 4  # CSAT 4-5 of 5
+from schemas.contract import CSAT_NEUTRAL, CSAT_SATISFIED_MIN, DETRACTOR_MAX, PROMOTER_MIN
+
+__all__ = ["CSAT_NEUTRAL", "CSAT_SATISFIED_MIN", "DETRACTOR_MAX", "PROMOTER_MIN", "csat_satisfied", "is_promoter",
+           "is_detractor", "nps_category", "signed_revenue"]
+
+
+def is_promoter(nps: int) -> bool:
+    return nps >= PROMOTER_MIN
+
+
+def is_detractor(nps: int) -> bool:
+    return nps <= DETRACTOR_MAX
 
 
 def nps_category(nps: int) -> str:
-    if nps >= PROMOTER_MIN:
+    if is_promoter(nps):
         return "promoter"
-    return "detractor" if nps <= DETRACTOR_MAX else "passive"
+    return "detractor" if is_detractor(nps) else "passive"
 
 
 def csat_satisfied(csat: int) -> bool:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from schemas.contract import Reason
+from schemas.contract import Reason, Rejected
 
 MAX_ATTRIBUTES = 64
 MAX_VALUE_CHARS = 256
@@ -24,48 +24,41 @@ class Profile:
     attributes: dict[str, str]
 
 
-class ProfileRejected(ValueError):
-    def __init__(self, reason: Reason, detail: str):
-        super().__init__(f"{reason.value}: {detail}")
-        self.reason = reason
-        self.detail = detail
-
-
 def parse_profile(key: bytes | None, value: bytes | None) -> Profile:
-    """One profile record, or :class:`ProfileRejected` with the dead-letter reason.
+    """One profile record, or :class:`~schemas.contract.Rejected` with the dead-letter reason.
 
     >>> parse_profile(b"c1", b'{"customer_id": "c1", "attributes": {"plan": "gold", "tenure_months": 14}}')
     Profile(customer_id='c1', attributes={'plan': 'gold', 'tenure_months': '14'})
     >>> parse_profile(b"c2", b'{"customer_id": "c1", "attributes": {}}')
     Traceback (most recent call last):
     ...
-    processors.profile.ProfileRejected: key_mismatch: Kafka key must be the customer_id (UTF-8)
+    schemas.contract.Rejected: key_mismatch: Kafka key must be the customer_id (UTF-8)
     >>> parse_profile(b"c1", b'{"customer_id": "c1"}').attributes
     Traceback (most recent call last):
     ...
-    processors.profile.ProfileRejected: missing_field: attributes must be an object of strings
+    schemas.contract.Rejected: missing_field: attributes must be an object of strings
     """
     try:
         record = orjson.loads(value or b"")
     except orjson.JSONDecodeError as exc:
-        raise ProfileRejected(Reason.UNDECODABLE, f"profile is not JSON: {exc}") from None
+        raise Rejected(Reason.UNDECODABLE, f"profile is not JSON: {exc}") from None
     if not isinstance(record, dict):
-        raise ProfileRejected(Reason.WRONG_TYPE, "profile must be a JSON object")
+        raise Rejected(Reason.WRONG_TYPE, "profile must be a JSON object")
     customer_id = record.get("customer_id")
     if not isinstance(customer_id, str) or not customer_id:
-        raise ProfileRejected(Reason.MISSING_FIELD, "customer_id must be a non-empty string")
+        raise Rejected(Reason.MISSING_FIELD, "customer_id must be a non-empty string")
     if key != customer_id.encode():
-        raise ProfileRejected(Reason.KEY_MISMATCH, "Kafka key must be the customer_id (UTF-8)")
+        raise Rejected(Reason.KEY_MISMATCH, "Kafka key must be the customer_id (UTF-8)")
     attributes = record.get("attributes")
     if not isinstance(attributes, dict):
-        raise ProfileRejected(Reason.MISSING_FIELD, "attributes must be an object of strings")
+        raise Rejected(Reason.MISSING_FIELD, "attributes must be an object of strings")
     if len(attributes) > MAX_ATTRIBUTES:
-        raise ProfileRejected(Reason.OUT_OF_RANGE, f"{len(attributes)} attributes > {MAX_ATTRIBUTES}")
+        raise Rejected(Reason.OUT_OF_RANGE, f"{len(attributes)} attributes > {MAX_ATTRIBUTES}")
     cleaned = {}
     for name, raw in attributes.items():
         if raw is None:
             continue
         if isinstance(raw, (dict, list)):
-            raise ProfileRejected(Reason.WRONG_TYPE, f"attribute {name!r} must be a scalar")
+            raise Rejected(Reason.WRONG_TYPE, f"attribute {name!r} must be a scalar")
         cleaned[str(name)] = str(raw)[:MAX_VALUE_CHARS]
     return Profile(customer_id, cleaned)

@@ -24,7 +24,9 @@ from typing import Iterable
 from river import base, feature_extraction, linear_model, naive_bayes, optim
 
 from processors.customer import CustomerState
+from processors.kpi import csat_satisfied, is_promoter, nps_category
 from processors.text import terms
+from schemas.contract import CSAT_NEUTRAL
 from processors.snapshot import Snapshot
 
 MODEL_NAME = "sentiment-v1"
@@ -235,10 +237,10 @@ class SentimentModel(Snapshot):
         True
         """
         votes = set()
-        if csat is not None and csat != 3:
-            votes.add(csat >= 4)
-        if nps is not None and nps not in (7, 8):
-            votes.add(nps >= 9)
+        if csat is not None and csat != CSAT_NEUTRAL:
+            votes.add(csat_satisfied(csat))
+        if nps is not None and nps_category(nps) != "passive":
+            votes.add(is_promoter(nps))
         return votes.pop() if len(votes) == 1 else None
 
 

@@ -48,7 +48,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
-from schemas.contract import DAY_MS, HOUR_MS, MAX_RECORD_BYTES, MINUTE_MS, Reason
+from processors.kpi import csat_satisfied, is_detractor, is_promoter
+from schemas.contract import DAY_MS, HOUR_MS, INPUT_REASONS, MAX_RECORD_BYTES, MINUTE_MS, Reason
 
 DEFAULT_START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 
@@ -772,11 +773,11 @@ def _accumulate(kpi: dict[str, list], e: dict[str, Any], money: Callable[[float]
     csat, nps, ces = e.get("csat"), e.get("nps"), e.get("ces")
     if csat is not None:
         row[3] += 1
-        row[4] += csat >= 4
+        row[4] += csat_satisfied(csat)
     if nps is not None:
         row[5] += 1
-        row[6] += nps >= 9
-        row[7] += nps <= 6
+        row[6] += is_promoter(nps)
+        row[7] += is_detractor(nps)
     if ces is not None:
         row[8] += 1
         row[9] += ces
@@ -848,7 +849,7 @@ def inject_bad_records(reference_ms: int = DEFAULT_START_MS, seed: int = 0) -> l
     unregistered fingerprint).
 
     >>> bad = inject_bad_records(1_767_225_600_000, seed=1)
-    >>> sorted(r for _, _, r in bad) == sorted(m.value for m in Reason)
+    >>> sorted(r for _, _, r in bad) == sorted(m.value for m in INPUT_REASONS)
     True
     >>> inject_bad_records(seed=1) == bad   # reference_ms defaults to 2026-01-01T00:00Z
     True
@@ -883,11 +884,73 @@ def inject_bad_records(reference_ms: int = DEFAULT_START_MS, seed: int = 0) -> l
         (key, js(good(text=oversize_text)), Reason.OVERSIZE),
         (key, js(good(**rng.choice(({"channel": "fax"}, {"type": "teleport"}, {"channel": "WEB"})))), Reason.UNKNOWN_ENUM),
         (f"cust-{rng.randrange(1_000_000, 2_000_000)}".encode(), js(good()), Reason.KEY_MISMATCH),
+        (key, js(good(**rng.choice(({"event_id": "e" * 300}, {"session_id": "s" * 300}, {"currency": "x" * 65},
+                                    {"attributes": {f"k{i}": "v" for i in range(65)}})))), Reason.TOO_LONG),
     ]
     return [(k, v, r.value) for k, v, r in records]
 
 
 _DROP = object()  # marks a field to leave out of a bad record
+
+
+@dataclass(frozen=True)
+class Poison:
+    """One record that once halted the pipeline, and where it must end now."""
+
+    name: str
+    key: bytes | None
+    value: bytes
+    timestamp_ms: int
+    reason: Reason | None  # its dead letter's reason; None: a valid touchpoint (``event``) to process
+    event: dict[str, Any] | None = None
+
+
+def poison_records(reference_ms: int = DEFAULT_START_MS) -> list[Poison]:
+    """Each class of record that halted every partition before validation was total (issue 11),
+    as JSON a producer could send: NaN/Infinity scores, nesting 100,000 deep, lone surrogates,
+    amounts no column holds, times in the year 9999 (record timestamp too), valid touchpoints that
+    span more than 100 months, undecodable records whose record timestamps span 101 months.
+
+    >>> poisons = poison_records()
+    >>> sorted({p.reason.value if p.reason else "valid" for p in poisons})
+    ['bad_timestamp', 'out_of_range', 'undecodable', 'valid']
+    """
+    def record(name: str, **fields: Any) -> dict[str, Any]:
+        return {"event_id": f"poison-{name}", "customer_id": f"poison-{name}", "occurred_at": reference_ms,
+                "channel": "survey", "type": "survey_response", **fields}
+
+    def raw(event: dict[str, Any], **literal: str) -> bytes:
+        # JSON that Python's json module writes (NaN) or only a hostile producer would (literal text).
+        text = json.dumps(event, separators=(",", ":"))
+        for name, value in literal.items():
+            text = text[:-1] + f',"{name}":{value}}}'
+        return text.encode()
+
+    year_9999 = 253_370_764_800_000
+    out: list[Poison] = []
+    for score in ("csat", "nps", "ces"):
+        for literal in ("NaN", "Infinity", "-Infinity"):
+            name = f"{score}-{literal.strip('-').lower()}{'-neg' if literal[0] == '-' else ''}"
+            e = record(name)
+            out.append(Poison(name, e["customer_id"].encode(), raw(e, **{score: literal}), reference_ms, Reason.UNDECODABLE))
+    deep = record("deep")
+    out.append(Poison("deep", b"poison-deep", raw(deep, extra="[" * 100_000 + "]" * 100_000), reference_ms, Reason.UNDECODABLE))
+    for field in ("text", "event_id"):
+        e = record(f"surrogate-{field}")
+        out.append(Poison(f"surrogate-{field}", e["customer_id"].encode(),
+                          raw({k: v for k, v in e.items() if k != field}, **{field: '"\\ud800"'}), reference_ms,
+                          Reason.UNDECODABLE))
+    big = record("amount-1e20", type="purchase", amount=1e20)
+    out.append(Poison("amount-1e20", b"poison-amount-1e20", json.dumps(big).encode(), reference_ms, Reason.OUT_OF_RANGE))
+    far = record("year-9999", occurred_at=year_9999)
+    out.append(Poison("year-9999", b"poison-year-9999", json.dumps(far).encode(), year_9999, Reason.BAD_TIMESTAMP))
+    for month in range(101):  # valid touchpoints, one a month back from the reference: > 100 months in a batch
+        e = record(f"month-{month}", type="page_view", channel="web", occurred_at=reference_ms - month * 31 * DAY_MS)
+        out.append(Poison(e["event_id"], e["customer_id"].encode(), json.dumps(e).encode(), e["occurred_at"], None, e))
+    for month in range(101):  # undecodable, with record timestamps across 101 months
+        out.append(Poison(f"garbage-{month}", b"poison-garbage", b"\x01not a record", reference_ms - month * 31 * DAY_MS,
+                          Reason.UNDECODABLE))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

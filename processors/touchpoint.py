@@ -1,31 +1,33 @@
 """The typed touchpoint and its validation: every rule of the event contract, in one place.
 
 :func:`validate` turns a decoded dict (from Avro or JSON) into a :class:`Touchpoint`, or raises
-:class:`Rejected` with the dead-letter reason. The reference time for the far-future check is the
-Kafka record timestamp, never the wall clock, so a replay rejects exactly the same records.
+:class:`~schemas.contract.Rejected` with the dead-letter reason. It is meant to be total: whatever a
+producer sends, either a touchpoint comes out whose every value the encoders and the ClickHouse
+columns can hold (finite numbers in range, bounded strings and maps, event times in
+``[MIN_EVENT_MS, MAX_EVENT_MS)``), or a rejection does. The reference time for the far-future check
+is the Kafka record timestamp, never the wall clock, so a replay rejects exactly the same records.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
-from schemas.contract import CHANNELS, HOUR_MS, MAX_FUTURE_MS, TOUCHPOINT_TYPES, Reason
+from schemas.contract import (
+    CHANNELS, HOUR_MS, MAX_AMOUNT, MAX_ATTRIBUTE_KEY_CHARS, MAX_ATTRIBUTE_VALUE_CHARS, MAX_ATTRIBUTES, MAX_EVENT_MS,
+    MAX_FUTURE_MS, MAX_ID_CHARS, MAX_SHORT_CHARS, MAX_TEXT_CHARS, MIN_EVENT_MS, TOUCHPOINT_TYPES, Reason, Rejected,
+)
 
 SCORE_RANGES: dict[str, tuple[int, int]] = {"csat": (1, 5), "nps": (0, 10), "ces": (1, 7)}
 _CHANNELS = frozenset(CHANNELS)
 _TYPES = frozenset(TOUCHPOINT_TYPES)
-_OPTIONAL_STRINGS = ("session_id", "case_id", "text", "currency", "journey_stage")
-
-
-class Rejected(ValueError):
-    """A touchpoint that breaks the contract; ``reason`` goes to the dead-letter record."""
-
-    def __init__(self, reason: Reason, detail: str):
-        super().__init__(f"{reason.value}: {detail}")
-        self.reason = reason
-        self.detail = detail
+# The optional strings, and the most characters each may have.
+_OPTIONAL_STRINGS: dict[str, int] = {
+    "session_id": MAX_ID_CHARS, "case_id": MAX_ID_CHARS, "text": MAX_TEXT_CHARS,
+    "currency": MAX_SHORT_CHARS, "journey_stage": MAX_SHORT_CHARS,
+}
 
 
 @dataclass(slots=True)
@@ -76,7 +78,7 @@ def validate(record: Mapping[str, Any], reference_ms: int, typed: bool = False) 
     ...           "channel": "survey", "type": "survey_response", "nps": 11}, 1767261600000)
     Traceback (most recent call last):
     ...
-    processors.touchpoint.Rejected: out_of_range: nps=11 is outside 0..10
+    schemas.contract.Rejected: out_of_range: nps=11 is outside 0..10
 
     ``typed=True`` is for records Avro already decoded against the schema: types and enum symbols are
     guaranteed there, so only the rules a schema cannot express are checked (about 4x cheaper).
@@ -90,27 +92,31 @@ def validate(record: Mapping[str, Any], reference_ms: int, typed: bool = False) 
     channel = _enum(record, "channel", _CHANNELS)
     type_ = _enum(record, "type", _TYPES)
     tp = Touchpoint(event_id, customer_id, occurred_at, channel, type_)
-    for name in _OPTIONAL_STRINGS:
+    for name, limit in _OPTIONAL_STRINGS.items():
         value = record.get(name)
         if value is not None and not isinstance(value, str):
             raise Rejected(Reason.WRONG_TYPE, f"{name} must be a string, got {type(value).__name__}")
+        if value:
+            _check_length(name, value, limit)
         setattr(tp, name, value or None)
     for name, (low, high) in SCORE_RANGES.items():
         setattr(tp, name, _score(record, name, low, high))
-    tp.amount = _amount(record, type_)
+    tp.amount = _amount(record)
     tp.attributes = _attributes(record)
     return tp
 
 
 def _validate_typed(record: Mapping[str, Any], reference_ms: int) -> Touchpoint:
-    """The contract rules a schema cannot express: non-empty ids, ranges, far-future event time."""
+    """The contract rules a schema cannot express: non-empty ids, lengths, ranges, event-time bounds."""
     event_id, customer_id, occurred_at = record["event_id"], record["customer_id"], record["occurred_at"]
-    if not event_id.strip():
-        raise Rejected(Reason.EMPTY_FIELD, "event_id is empty")
-    if not customer_id.strip():
-        raise Rejected(Reason.EMPTY_FIELD, "customer_id is empty")
-    parse_event_time(occurred_at)
+    _check_id("event_id", event_id)
+    _check_id("customer_id", customer_id)
+    _check_event_time(occurred_at)
     _check_future(occurred_at, reference_ms)
+    for name, limit in _OPTIONAL_STRINGS.items():
+        value = record[name]
+        if value:
+            _check_length(name, value, limit)
     for name, (low, high) in SCORE_RANGES.items():
         value = record[name]
         if value is not None:
@@ -118,10 +124,12 @@ def _validate_typed(record: Mapping[str, Any], reference_ms: int) -> Touchpoint:
     amount = record["amount"]
     if amount is not None:
         _check_amount(amount)
+    attributes = record["attributes"]
+    _check_attributes(attributes)
     return Touchpoint(
         event_id, customer_id, occurred_at, record["channel"], record["type"], record["session_id"] or None,
         record["case_id"] or None, record["text"] or None, record["csat"], record["nps"], record["ces"], amount,
-        record["currency"] or None, record["journey_stage"] or None, record["attributes"],
+        record["currency"] or None, record["journey_stage"] or None, attributes,
     )
 
 
@@ -133,29 +141,39 @@ def parse_event_time(value: Any) -> int:
     >>> parse_event_time("2026-01-01T00:00:00")
     Traceback (most recent call last):
     ...
-    processors.touchpoint.Rejected: bad_timestamp: occurred_at '2026-01-01T00:00:00' has no UTC offset
+    schemas.contract.Rejected: bad_timestamp: occurred_at '2026-01-01T00:00:00' has no UTC offset
+    >>> parse_event_time("9999-01-01T00:00:00Z")
+    Traceback (most recent call last):
+    ...
+    schemas.contract.Rejected: bad_timestamp: occurred_at 253370764800000 is outside 2000-01-01..2100-01-01 (epoch ms)
     """
     if isinstance(value, bool):
         raise Rejected(Reason.WRONG_TYPE, "occurred_at must be an ISO-8601 string or epoch milliseconds")
     if isinstance(value, int):
-        if not 0 <= value < 253402300800000:  # year 10000
-            raise Rejected(Reason.BAD_TIMESTAMP, f"occurred_at {value} is not a plausible epoch-ms time")
-        return value
+        return _check_event_time(value)
     if isinstance(value, datetime):
-        return _from_datetime(value, repr(value))
+        return _check_event_time(_from_datetime(value, repr(value)))
     if not isinstance(value, str):
         raise Rejected(Reason.WRONG_TYPE, "occurred_at must be an ISO-8601 string or epoch milliseconds")
+    if len(value) > MAX_SHORT_CHARS:
+        raise Rejected(Reason.BAD_TIMESTAMP, f"occurred_at {value[:MAX_SHORT_CHARS]!r}... is not ISO-8601")
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00") if value.endswith("Z") else value)
     except ValueError:
-        raise Rejected(Reason.BAD_TIMESTAMP, f"occurred_at {value[:64]!r} is not ISO-8601") from None
-    return _from_datetime(parsed, repr(value[:64]))
+        raise Rejected(Reason.BAD_TIMESTAMP, f"occurred_at {value!r} is not ISO-8601") from None
+    return _check_event_time(_from_datetime(parsed, repr(value)))
 
 
 def _from_datetime(value: datetime, shown: str) -> int:
     if value.tzinfo is None:
         raise Rejected(Reason.BAD_TIMESTAMP, f"occurred_at {shown} has no UTC offset")
     return int(value.astimezone(timezone.utc).timestamp() * 1000)
+
+
+def _check_event_time(ms: int) -> int:
+    if not MIN_EVENT_MS <= ms < MAX_EVENT_MS:
+        raise Rejected(Reason.BAD_TIMESTAMP, f"occurred_at {ms} is outside 2000-01-01..2100-01-01 (epoch ms)")
+    return ms
 
 
 def _required(record: Mapping[str, Any], name: str) -> Any:
@@ -169,8 +187,7 @@ def _required_string(record: Mapping[str, Any], name: str) -> str:
     value = _required(record, name)
     if not isinstance(value, str):
         raise Rejected(Reason.WRONG_TYPE, f"{name} must be a string, got {type(value).__name__}")
-    if not value.strip():
-        raise Rejected(Reason.EMPTY_FIELD, f"{name} is empty")
+    _check_id(name, value)
     return value
 
 
@@ -187,13 +204,18 @@ def _score(record: Mapping[str, Any], name: str, low: int, high: int) -> int | N
     value = record.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+    # JSON has no integer type of its own: 9 and 9.0 are the same answer, 9.5 is not one.
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not _whole(value):
         raise Rejected(Reason.WRONG_TYPE, f"{name} must be an integer, got {value!r}"[:200])
     _check_range(name, value, low, high)
     return int(value)
 
 
-def _amount(record: Mapping[str, Any], type_: str) -> float | None:
+def _whole(value: int | float) -> bool:
+    return isinstance(value, int) or (math.isfinite(value) and value.is_integer())
+
+
+def _amount(record: Mapping[str, Any]) -> float | None:
     value = record.get("amount")
     if value is None:
         return None
@@ -209,6 +231,7 @@ def _attributes(record: Mapping[str, Any]) -> dict[str, str]:
         return {}
     if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
         raise Rejected(Reason.WRONG_TYPE, "attributes must be a map of string to string")
+    _check_attributes(value)
     return value
 
 
@@ -216,11 +239,24 @@ def _attributes(record: Mapping[str, Any]) -> dict[str, str]:
 
 
 def _check_future(occurred_at: int, reference_ms: int) -> None:
-    if occurred_at - reference_ms > MAX_FUTURE_MS:
+    # A record without a usable timestamp (-1 from old clients) has no reference; the event-time
+    # bounds of _check_event_time still hold for it.
+    if reference_ms >= MIN_EVENT_MS and occurred_at - reference_ms > MAX_FUTURE_MS:
         raise Rejected(
             Reason.FUTURE_TIMESTAMP,
             f"occurred_at is {(occurred_at - reference_ms) / HOUR_MS:.1f} h after the record timestamp (limit 24 h)",
         )
+
+
+def _check_id(name: str, value: str) -> None:
+    if not value.strip():
+        raise Rejected(Reason.EMPTY_FIELD, f"{name} is empty")
+    _check_length(name, value, MAX_ID_CHARS)
+
+
+def _check_length(name: str, value: str, limit: int) -> None:
+    if len(value) > limit:
+        raise Rejected(Reason.TOO_LONG, f"{name} has {len(value)} characters (limit {limit})")
 
 
 def _check_range(name: str, value: int | float, low: int, high: int) -> None:
@@ -229,5 +265,16 @@ def _check_range(name: str, value: int | float, low: int, high: int) -> None:
 
 
 def _check_amount(value: int | float) -> None:
-    if value < 0 or value != value or value == float("inf"):
-        raise Rejected(Reason.OUT_OF_RANGE, f"amount={value} must be a finite number >= 0 (refunds as positive amounts)")
+    if not (math.isfinite(value) and 0 <= value <= MAX_AMOUNT):
+        raise Rejected(
+            Reason.OUT_OF_RANGE,
+            f"amount={value} must be a finite number in 0..{MAX_AMOUNT:g} (refunds as positive amounts)",
+        )
+
+
+def _check_attributes(attributes: Mapping[str, str]) -> None:
+    if len(attributes) > MAX_ATTRIBUTES:
+        raise Rejected(Reason.TOO_LONG, f"attributes has {len(attributes)} entries (limit {MAX_ATTRIBUTES})")
+    for key, value in attributes.items():
+        _check_length("an attribute name", key, MAX_ATTRIBUTE_KEY_CHARS)
+        _check_length(f"attribute {key[:MAX_ATTRIBUTE_KEY_CHARS]!r}", value, MAX_ATTRIBUTE_VALUE_CHARS)

@@ -4,7 +4,7 @@ from schemas.codec import (
     CONFLUENT_MAGIC,
     SINGLE_OBJECT_MAGIC,
     AvroCodec,
-    DecodeError,
+    Rejected,
     RecordEncoder,
     SchemaRegistry,
     fingerprint,
@@ -14,7 +14,7 @@ from schemas.codec import (
 __all__ = [
     "AvroCodec",
     "CONFLUENT_MAGIC",
-    "DecodeError",
+    "Rejected",
     "RecordEncoder",
     "SINGLE_OBJECT_MAGIC",
     "SchemaRegistry",

@@ -2,52 +2,92 @@
 
 One record = one Kafka value. :class:`AvroCodec` decodes any of the three forms into a plain dict
 with the fields of ``cem.TouchpointEvent`` (Avro already type-checked it; JSON is checked by
-``processors.validate``), or raises :class:`DecodeError` with a dead-letter reason.
+``processors.touchpoint.validate``), or raises :class:`~schemas.contract.Rejected` with a dead-letter reason.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import fastavro
+import orjson
 from fastavro.schema import fingerprint as _fingerprint
 from fastavro.schema import to_parsing_canonical_form
 
-from schemas.contract import SCHEMA_DIR, Reason, schema_json
+from schemas.contract import SCHEMA_DIR, Reason, Rejected, schema_json
 
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"  # Avro spec: single-object encoding marker
 CONFLUENT_MAGIC = b"\x00"  # Confluent wire format: magic byte + 4-byte big-endian schema id
 
 
-class DecodeError(ValueError):
-    """A record that cannot be decoded; ``reason`` is its dead-letter reason."""
-
-    def __init__(self, reason: Reason, detail: str):
-        super().__init__(f"{reason.value}: {detail}")
-        self.reason = reason
-        self.detail = detail
 
 
-def load_schema(name: str, named: dict | None = None, raw: bool = False) -> dict:
-    """Parse ``schemas/<name>.avsc`` with fastavro (``named`` collects named types across files).
+def load_schema(name: str, raw: bool = False) -> dict:
+    """Parse ``schemas/<name>.avsc`` with fastavro, named types it refers to written out in place.
 
     ``raw`` drops logical types: timestamps stay epoch-ms longs, which is what the pipeline uses,
-    and fastavro skips its datetime conversion (27 -> 12 µs per decoded touchpoint, measured).
-    The parsing canonical form, and so the fingerprint, ignores logical types:
+    and fastavro skips its datetime conversion. The parsing canonical form, and so the fingerprint,
+    ignores logical types:
 
     >>> fingerprint(load_schema("touchpoint", raw=True)) == fingerprint(load_schema("touchpoint"))
     True
+
+    Written out, because a schema parsed against already-known named types keeps the bare name in
+    its canonical form where the specification (and Java, and every other implementation) puts the
+    type's definition at its first use; the fingerprint would then be one nobody else computes:
+
+    >>> fingerprint(load_schema("enriched")).hex()
+    'd35dbe6eb0471ca6'
     """
-    named = {} if named is None else named
-    if name == "enriched" and "cem.TouchpointEvent" not in named:
-        load_schema("touchpoint", named, raw)
-    schema = schema_json(name)
-    return fastavro.parse_schema(strip_logical_types(schema) if raw else schema, named_schemas=named)
+    schema = expanded_schema_json(name)
+    return fastavro.parse_schema(strip_logical_types(schema) if raw else schema)
+
+
+def expanded_schema_json(name: str) -> dict:
+    """``schemas/<name>.avsc`` as JSON, with cem's other named types written out at their first use."""
+    schema = json.loads(json.dumps(schema_json(name)))
+    if name == "enriched":
+        for f in schema["fields"]:
+            if f["type"] == "cem.TouchpointEvent":
+                f["type"] = schema_json("touchpoint")
+    return schema
+
+
+def _logical_variant_fingerprint(schema: Any) -> bytes | None:
+    """The fingerprint of the canonical form that writes logical-typed primitives as objects, or None
+    when the schema has no logical type (the variant is the canonical form itself).
+
+    >>> _logical_variant_fingerprint(schema_json("touchpoint")).hex()
+    '010598b7313c9073'
+    """
+    marks: list[str] = []
+
+    def mark(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "logicalType" in node and node.get("type") in _PRIMITIVES:
+                marks.append(node["type"])
+                return {"type": "fixed", "name": f"cemlogicalvariant{len(marks) - 1}", "size": 0}
+            return {k: mark(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [mark(v) for v in node]
+        return node
+
+    marked = mark(schema)
+    if not marks:
+        return None
+    canonical = to_parsing_canonical_form(fastavro.parse_schema(marked))
+    canonical = _MARK.sub(lambda m: f'{{"type":"{marks[int(m.group(1))]}"}}', canonical)
+    return bytes.fromhex(_fingerprint(canonical, "CRC-64-AVRO"))
+
+
+_PRIMITIVES = frozenset({"int", "long", "float", "double", "bytes", "string"})
+_MARK = re.compile(r'\{"name":"(?:[\w.]*\.)?cemlogicalvariant(\d+)","type":"fixed","size":0\}')
 
 
 def strip_logical_types(schema: Any) -> Any:
@@ -60,13 +100,16 @@ def strip_logical_types(schema: Any) -> Any:
 
 
 def fingerprint(schema: Any) -> bytes:
-    """CRC-64-AVRO fingerprint of a schema's parsing canonical form, little-endian, as the spec says.
+    """CRC-64-AVRO fingerprint of a schema's parsing canonical form, the 8 bytes single-object
+    encoding writes (the specification's little-endian form of the 64-bit value).
 
-    >>> len(fingerprint(load_schema("touchpoint")))
-    8
+    fastavro's hex string already lists those bytes in that order; read as one big-endian number
+    and packed little-endian it would come out reversed. The specification's vector for ``"int"``:
+
+    >>> fingerprint("int").hex(), int.from_bytes(fingerprint("int"), "little")
+    ('8f5c393f1ad57572', 8247732601305521295)
     """
-    hex_ = _fingerprint(to_parsing_canonical_form(schema), "CRC-64-AVRO")
-    return struct.pack("<Q", int(hex_, 16))
+    return bytes.fromhex(_fingerprint(to_parsing_canonical_form(schema), "CRC-64-AVRO"))
 
 
 @dataclass
@@ -80,17 +123,31 @@ class SchemaRegistry:
     reader: dict = field(default_factory=lambda: load_schema("touchpoint", raw=True))
     by_fingerprint: dict[bytes, dict] = field(default_factory=dict)
     by_confluent_id: dict[int, dict] = field(default_factory=dict)
+    # Confluent ids a Schema Registry could not give a schema for, and why (set per batch by the worker).
+    unavailable: dict[int, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.register(self.reader)
+        self._accept_variant(expanded_schema_json("touchpoint"), self.reader)
 
     def register(self, schema: Mapping | dict, confluent_id: int | None = None) -> bytes:
         parsed = schema if "__fastavro_parsed" in schema else fastavro.parse_schema(strip_logical_types(dict(schema)))
         fp = fingerprint(parsed)
         parsed = self.by_fingerprint.setdefault(fp, parsed)  # same schema -> same object (no resolution)
+        if "__fastavro_parsed" not in schema:
+            self._accept_variant(schema, parsed)
         if confluent_id is not None:
             self.by_confluent_id[confluent_id] = parsed
         return fp
+
+    def _accept_variant(self, schema: Any, parsed: dict) -> None:
+        """Also know the schema by the fingerprint Apache avro-python writes for it: that library
+        keeps a logical type's primitive as ``{"type": "long"}`` in the canonical form, where the
+        specification (and Java, fastavro) write ``"long"``, so its producers head records with
+        another fingerprint of the same schema."""
+        variant = _logical_variant_fingerprint(schema)
+        if variant is not None:
+            self.by_fingerprint.setdefault(variant, parsed)
 
     @classmethod
     def from_config(cls, schema_files: Iterable[Path] = (), confluent_ids: Mapping[int, Path] | None = None) -> "SchemaRegistry":
@@ -130,7 +187,7 @@ class RecordEncoder:
 
     def decode(self, payload: bytes) -> dict:
         if payload[:10] != self._prefix:
-            raise DecodeError(Reason.UNKNOWN_SCHEMA, "not single-object encoded with this schema")
+            raise Rejected(Reason.UNKNOWN_SCHEMA, "not single-object encoded with this schema")
         return fastavro.schemaless_reader(io.BytesIO(payload[10:]), self.schema, self.schema)
 
 
@@ -183,7 +240,7 @@ class AvroCodec:
     >>> codec.decode(b"\\xc3\\x01" + b"\\x00" * 8 + b"x")
     Traceback (most recent call last):
     ...
-    schemas.codec.DecodeError: unknown_schema: no writer schema with fingerprint 0000000000000000
+    schemas.contract.Rejected: unknown_schema: no writer schema with fingerprint 0000000000000000
     """
 
     def __init__(self, registry: SchemaRegistry | None = None):
@@ -208,18 +265,19 @@ class AvroCodec:
 
     # -- decoding (the worker's first step) -----------------------------------------------------
     def decode(self, payload: bytes) -> dict:
-        """Decode one Kafka value into a dict of touchpoint fields, or raise :class:`DecodeError`."""
+        """Decode one Kafka value into a dict of touchpoint fields, or raise :class:`Rejected`."""
         if payload[:2] == SINGLE_OBJECT_MAGIC:
             fp = payload[2:10]
             writer = self.registry.by_fingerprint.get(fp)
             if writer is None:
-                raise DecodeError(Reason.UNKNOWN_SCHEMA, f"no writer schema with fingerprint {fp.hex()}")
+                raise Rejected(Reason.UNKNOWN_SCHEMA, f"no writer schema with fingerprint {fp.hex()}")
             return self._read_avro(payload[10:], writer, fp in self._same)
         if payload[:1] == CONFLUENT_MAGIC and len(payload) >= 5:
             (schema_id,) = struct.unpack(">I", payload[1:5])
             writer = self.registry.by_confluent_id.get(schema_id)
             if writer is None:
-                raise DecodeError(Reason.UNKNOWN_SCHEMA, f"no writer schema mapped to Confluent id {schema_id}")
+                why = self.registry.unavailable.get(schema_id) or f"no writer schema mapped to Confluent id {schema_id}"
+                raise Rejected(Reason.UNKNOWN_SCHEMA, why)
             return self._read_avro(payload[5:], writer, writer is self._reader)
         return read_json(payload)
 
@@ -237,21 +295,49 @@ class AvroCodec:
             record = fastavro.schemaless_reader(io.BytesIO(body), writer, None if same else self._reader)
         except fastavro.read.SchemaResolutionError as exc:
             reason = Reason.UNKNOWN_ENUM if "enum" in str(exc).lower() or "symbol" in str(exc).lower() else Reason.WRONG_TYPE
-            raise DecodeError(reason, str(exc)[:300]) from None
+            raise Rejected(reason, str(exc)[:300]) from None
         except Exception as exc:  # truncated or corrupt Avro body
-            raise DecodeError(Reason.UNDECODABLE, f"invalid Avro body: {type(exc).__name__}: {exc}"[:300]) from None
+            raise Rejected(Reason.UNDECODABLE, f"invalid Avro body: {type(exc).__name__}: {exc}"[:300]) from None
         return record
 
 
+def confluent_schema_id(payload: bytes) -> int | None:
+    """The schema id of a Confluent-framed value (magic byte 0, 4-byte big-endian id), else None.
+
+    >>> confluent_schema_id(b"\\x00\\x00\\x00\\x00\\x07body"), confluent_schema_id(b'{"a": 1}')
+    (7, None)
+    """
+    if payload[:1] == CONFLUENT_MAGIC and len(payload) >= 5:
+        return int.from_bytes(payload[1:5], "big")
+    return None
+
+
 def read_json(payload: bytes) -> dict:
-    """A JSON object, or :class:`DecodeError` (``undecodable``)."""
+    """A JSON object, or :class:`Rejected` (``undecodable``).
+
+    Strict RFC 8259 (orjson): no ``NaN``/``Infinity``, valid UTF-8 without lone surrogate escapes,
+    nesting bounded (1024 levels), numbers that fit a double; a leading UTF-8 byte-order mark is
+    allowed, as the RFC permits parsers to.
+
+    >>> read_json(b'{"nps": NaN}')
+    Traceback (most recent call last):
+    ...
+    schemas.contract.Rejected: undecodable: neither Avro nor a JSON object: unexpected character, expected a JSON value: line 1 column 9 (char 8)
+    >>> read_json(b"[" * 100_000 + b"]" * 100_000)
+    Traceback (most recent call last):
+    ...
+    schemas.contract.Rejected: undecodable: neither Avro nor a JSON object: depth limit exceeded: line 1 column 1026 (char 1025)
+    """
     try:
-        obj = json.loads(payload)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise DecodeError(Reason.UNDECODABLE, f"neither Avro nor a JSON object: {exc}"[:300]) from None
+        obj = orjson.loads(payload[3:] if payload[:3] == _BOM else payload)
+    except orjson.JSONDecodeError as exc:
+        raise Rejected(Reason.UNDECODABLE, f"neither Avro nor a JSON object: {exc}"[:300]) from None
     if not isinstance(obj, dict):
-        raise DecodeError(Reason.UNDECODABLE, f"JSON value is a {type(obj).__name__}, not an object")
+        raise Rejected(Reason.UNDECODABLE, f"JSON value is a {type(obj).__name__}, not an object")
     return obj
+
+
+_BOM = b"\xef\xbb\xbf"
 
 
 def _avro_ready(event: Mapping[str, Any]) -> dict:

@@ -25,6 +25,12 @@ TOPIC_CUSTOMERS = "cem.customers"
 TOPIC_TRAINING = "cem.model.training"  # one partition: each model trains in one place, in one order
 TOPIC_MODELS = "cem.models"  # compacted: the latest snapshot per key (sentiment, churn, trainer)
 
+# How a survey answer counts, in cem.kpi_minute's columns and everywhere else (processors.kpi).
+PROMOTER_MIN = 9  # NPS 9-10
+DETRACTOR_MAX = 6  # NPS 0-6
+CSAT_SATISFIED_MIN = 4  # CSAT 4-5 of 5
+CSAT_NEUTRAL = 3  # CSAT 3: neither satisfied nor dissatisfied
+
 # The models by name: keys of the enriched event's ``model_versions`` (which model scored it).
 MODEL_SENTIMENT = "sentiment"
 MODEL_CHURN = "churn"
@@ -32,6 +38,18 @@ MODEL_CHURN = "churn"
 MODEL_MAX_BYTES = 64 << 20  # cem.models: a trainer checkpoint holds the pending churn feature snapshots
 MAX_RECORD_BYTES = 1024 * 1024  # larger records are dead-lettered as `oversize`
 MAX_FUTURE_MS = DAY_MS  # occurred_at more than this ahead of the record timestamp
+
+# Bounds of what a touchpoint may hold: what the encoders, the ClickHouse columns and the hot path can
+# take from any producer (beyond them: `too_long`, `out_of_range`, `bad_timestamp`).
+MIN_EVENT_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
+MAX_EVENT_MS = 4_102_444_800_000  # 2100-01-01T00:00:00Z (exclusive): DateTime columns hold it everywhere
+MAX_ID_CHARS = 256  # event_id, customer_id, session_id, case_id
+MAX_TEXT_CHARS = 32_768  # free text: scored, redacted and stored on the hot path
+MAX_SHORT_CHARS = 64  # currency, journey_stage
+MAX_ATTRIBUTES = 64
+MAX_ATTRIBUTE_KEY_CHARS = 128
+MAX_ATTRIBUTE_VALUE_CHARS = 1024
+MAX_AMOUNT = 1e12  # fits Decimal(18, 4), with room for a customer's sum in Decimal(38, 4)
 
 
 class Reason(str, enum.Enum):
@@ -48,6 +66,29 @@ class Reason(str, enum.Enum):
     OVERSIZE = "oversize"
     UNKNOWN_ENUM = "unknown_enum"
     KEY_MISMATCH = "key_mismatch"  # the Kafka key is not the customer_id (state is partitioned by it)
+    TOO_LONG = "too_long"  # a string or map beyond its bound (see MAX_*_CHARS, MAX_ATTRIBUTES)
+    # Not about the input's form: a record the pipeline could not process or store. Nothing a producer
+    # sends should end here (validation is meant to be total); when something does, it is not lost.
+    PROCESSING_ERROR = "processing_error"  # an unexpected exception while processing this record
+    STORAGE_REJECTED = "storage_rejected"  # ClickHouse refused the record's row for good
+
+
+# Reasons that come from the record itself (every one is exercised by `inject_bad_records`).
+INPUT_REASONS: tuple[Reason, ...] = tuple(r for r in Reason if r not in (Reason.PROCESSING_ERROR, Reason.STORAGE_REJECTED))
+
+
+class Rejected(ValueError):
+    """A record that breaks the contract, wherever that is found (decoding, validation, a CRM
+    profile); ``reason`` and ``detail`` go to its dead letter.
+
+    >>> str(Rejected(Reason.OUT_OF_RANGE, "nps=11 is outside 0..10"))
+    'out_of_range: nps=11 is outside 0..10'
+    """
+
+    def __init__(self, reason: Reason, detail: str):
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail
 
 
 class Stage(str, enum.Enum):
@@ -55,6 +96,10 @@ class Stage(str, enum.Enum):
 
     DECODE = "decode"
     VALIDATE = "validate"
+    STATE = "state"  # dedupe and enrichment
+    SCORE = "score"  # sentiment, churn, alert rules
+    ENCODE = "encode"  # the record's outputs
+    STORE = "store"  # the ClickHouse insert
 
 
 # Dead-letter headers (the record's key and value are the original bytes, unchanged).

@@ -366,7 +366,8 @@ def mixed_stream() -> list[Enriched]:
         events.append(ev(f"p{i}", f"v{i}", i * MIN, type_="purchase", revenue=10.0 * (i + 1)))
     events.append(ev("vp", "vip", 30 * MIN, type_="purchase", revenue=5000.0))
     events.append(ev("vk", "vip", 31 * MIN, "email", "complaint_opened", revenue=5000.0))
-    events.append(ev("tick", "z", 6 * HOUR_MS))  # moves the watermark past the chat SLA
+    # Move the watermark past the chat SLA: it takes two records (one alone never moves it).
+    events += [ev("tick", "z", 6 * HOUR_MS), ev("tock", "z", 6 * HOUR_MS + MIN)]
     return sorted(events, key=lambda e: e.touchpoint.occurred_at)
 
 

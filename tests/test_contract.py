@@ -11,9 +11,9 @@ import pytest
 from processors.customer import CustomerState, Outcome, apply, prune_seen
 from processors.ingest import Ingestor, Kind, SourceRecord
 from processors.synthetic import DEFAULT_START_MS as T0  # 2026-01-01T00:00:00Z
-from processors.touchpoint import Rejected, Touchpoint, validate
-from schemas.codec import SINGLE_OBJECT_MAGIC, AvroCodec, DecodeError, SchemaRegistry, fingerprint, load_schema
-from schemas.contract import MAX_RECORD_BYTES, Reason, schema_json
+from processors.touchpoint import Touchpoint, validate
+from schemas.codec import SINGLE_OBJECT_MAGIC, AvroCodec, SchemaRegistry, fingerprint, load_schema
+from schemas.contract import MAX_RECORD_BYTES, Reason, Rejected, schema_json
 
 BASE = {"event_id": "e1", "customer_id": "c1", "occurred_at": T0, "channel": "web", "type": "purchase", "amount": 12.5}
 
@@ -140,8 +140,33 @@ def test_replay_redelivery_and_horizon():
     assert apply(state, tp("a", T0), 0, 2, T0)[0] is Outcome.DUPLICATE  # redelivered
     assert state.events_total == 1
     apply(state, tp("b", T0 + 25 * 3600 * 1000), 0, 3, T0)
+    apply(state, tp("c", T0 + 26 * 3600 * 1000), 0, 4, T0)
     prune_seen(state, 24 * 3600 * 1000)
-    assert "a" not in state.seen and "b" in state.seen  # beyond the horizon, in event time
+    # beyond the horizon, in event time, measured back from the second-latest touchpoint (b)
+    assert "a" not in state.seen and {"b", "c"} <= set(state.seen)
+
+
+def test_one_record_with_an_extreme_time_does_not_switch_dedupe_off():
+    """Property: after a touchpoint decades ahead, redeliveries of the customer's real touchpoints
+    are still duplicates (the dedupe clock is the second-latest event time, which one record cannot move)."""
+    state = CustomerState("c1")
+    for i in range(3):
+        apply(state, tp(f"e{i}", T0 + i * 60_000), 0, i, T0)
+    apply(state, tp("far", T0 + 70 * 365 * 24 * 3600 * 1000), 0, 10, T0)
+    for i in range(3):
+        assert apply(state, tp(f"e{i}", T0 + i * 60_000, amount=99.0), 0, 20 + i, T0)[0] is Outcome.DUPLICATE
+    for n in range(40):  # pruning, whenever it runs, keeps them
+        apply(state, tp(f"more{n}", T0 + 3 * 60_000 + n), 0, 30 + n, T0)
+    assert apply(state, tp("e0", T0), 0, 99, T0)[0] is Outcome.DUPLICATE
+
+
+def test_a_log_that_started_over_is_not_a_replay():
+    """The same offset in a new incarnation of the source log (epoch 2) is another record."""
+    state = CustomerState("c1")
+    assert apply(state, tp("a", T0), 0, 5, T0, source_epoch=1)[0] is Outcome.NEW
+    assert apply(state, tp("a", T0), 0, 5, T0, source_epoch=1)[0] is Outcome.REPLAY
+    assert apply(state, tp("a", T0), 0, 5, T0, source_epoch=2)[0] is Outcome.DUPLICATE
+    assert apply(state, tp("z", T0), 0, 5, T0, source_epoch=2)[0] is Outcome.NEW
 
 
 def test_enrichment_follows_event_time_not_arrival_order():
@@ -176,5 +201,5 @@ def test_state_round_trips_through_the_changelog_form():
     assert again == state
     with pytest.raises(Rejected):
         validate({**BASE, "nps": True}, T0)
-    with pytest.raises(DecodeError):
+    with pytest.raises(Rejected):
         AvroCodec().decode(b"\x00\x00\x00\x00\x07")

@@ -22,7 +22,7 @@ from processors.synthetic import (
 )
 from processors.touchpoint import validate
 from schemas.codec import AvroCodec
-from schemas.contract import CHANNELS, TOUCHPOINT_TYPES, Reason
+from schemas.contract import CHANNELS, INPUT_REASONS, TOUCHPOINT_TYPES, Reason
 
 TERMINAL = ("subscription_cancelled", "account_closed")
 
@@ -264,7 +264,7 @@ def test_bad_records_cover_every_reason_and_are_rejected_with_it(seed):
     ingest = Ingestor(AvroCodec())
     states: dict[str, CustomerState] = {}
     records = inject_bad_records(DEFAULT_START_MS, seed=seed)
-    assert sorted(r for _, _, r in records) == sorted(reason.value for reason in Reason)
+    assert sorted(r for _, _, r in records) == sorted(reason.value for reason in INPUT_REASONS)
     for offset, (key, value, expected) in enumerate(records):
         assert isinstance(value, bytes) and (key is None or isinstance(key, bytes))
         source = SourceRecord("cem.touchpoints", 0, offset, DEFAULT_START_MS, key, value)

@@ -1,0 +1,211 @@
+"""The batch planner: a batch of input records in, every output of the batch out, without an await.
+
+:class:`BatchPlanner` runs the whole per-record path (:class:`~processors.ingest.Ingestor`, then the
+models and alert rules of :class:`~processors.scoring.TouchpointScoring`, then the record's shipped
+form from an :class:`Outputs`), then the batch's event-time sweep, and returns a :class:`BatchPlan`:
+the shipped outputs in input order, the states that changed, the alerts, the training examples and
+the tallies for the metrics. The worker only ships what the plan holds.
+
+The per-record path is total: whatever a record does to any step, it ends as exactly one output,
+processed or dead-lettered (``processing_error`` with the stage and the exception), and the batch
+goes on. That is Kafka Streams' processing exception handler, as data.
+
+>>> from processors.ingest import Ingestor
+>>> from schemas.codec import AvroCodec
+>>> planner = BatchPlanner(Ingestor(AvroCodec()), TouchpointScoring(), RecordingOutputs())
+>>> value = b'{"event_id":"e1","customer_id":"c1","occurred_at":1767225600000,"channel":"web","type":"login"}'
+>>> records = [SourceRecord("cem.touchpoints", 0, i, 1767225600000, b"c1", v) for i, v in enumerate([value, value, b"?"])]
+>>> plan = planner.plan(records, DictStates())
+>>> plan.outputs, sorted(plan.changed), plan.tallies.outcomes()
+([('enriched', 0), ('dead_letter', 2)], ['c1'], {'processed': 1, 'duplicate': 1, 'dead_letter': 1})
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Generic, Protocol, Sequence, TypeVar
+
+from processors.alerts import Alert
+from processors.customer import CustomerState, Enriched
+from processors.ingest import DeadLetter, Ingestor, Kind, Result, SourceRecord, describe
+from processors.kpi import csat_satisfied, nps_category, signed_revenue
+from processors.scoring import TouchpointScoring, TrainingBatch
+from schemas.contract import Reason, Stage
+
+Out = TypeVar("Out")
+
+
+class Outputs(Protocol[Out]):
+    """How one record's outputs are shipped (Kafka records, ClickHouse rows): built by the wiring.
+
+    Either method may raise; the planner turns that into the record's dead letter.
+    """
+
+    def enriched(self, record: SourceRecord, enriched: Enriched, rewritten: bool) -> Out: ...
+
+    def dead_letter(self, dead: DeadLetter) -> Out: ...
+
+
+class StateStore(Protocol):
+    """The customer states a worker holds: ``get`` creates one, ``peek`` never does."""
+
+    def get(self, customer_id: str) -> CustomerState: ...
+
+    def peek(self, customer_id: str) -> CustomerState | None: ...
+
+
+@dataclass
+class Tallies:
+    """Per-batch counts for the metrics (published once per batch, not once per record)."""
+
+    received: Counter = field(default_factory=Counter)  # channel -> records
+    by_kind: dict[Kind, Counter] = field(default_factory=lambda: {kind: Counter() for kind in Kind})
+    dead: Counter = field(default_factory=Counter)  # (reason, stage) -> records
+    nps: Counter = field(default_factory=Counter)  # (channel, category)
+    csat: Counter = field(default_factory=Counter)  # (channel, "true" | "false")
+    revenue: Counter = field(default_factory=Counter)  # channel -> net revenue
+    alerts: Counter = field(default_factory=Counter)  # (type, severity)
+    sentiments: list[float] = field(default_factory=list)
+    churn_risks: list[float] = field(default_factory=list)
+
+    def add(self, result: Result) -> None:
+        channel = result.channel
+        self.received[channel] += 1
+        self.by_kind[result.kind][channel] += 1
+        if result.kind is Kind.DEAD_LETTER:
+            assert result.dead_letter is not None
+            self.dead[(result.dead_letter.reason.value, result.dead_letter.stage.value)] += 1
+        elif result.kind is Kind.PROCESSED:
+            assert result.enriched is not None
+            tp = result.enriched.touchpoint
+            if tp.nps is not None:
+                self.nps[(channel, nps_category(tp.nps))] += 1
+            if tp.csat is not None:
+                self.csat[(channel, "true" if csat_satisfied(tp.csat) else "false")] += 1
+            self.revenue[channel] += signed_revenue(tp.type, tp.amount)
+
+    def reclassify(self, result: Result, dead: DeadLetter) -> None:
+        """A record counted as processed or replayed failed in a later step: count it dead instead."""
+        self.by_kind[result.kind][result.channel] -= 1
+        self.by_kind[Kind.DEAD_LETTER][result.channel] += 1
+        self.dead[(dead.reason.value, dead.stage.value)] += 1
+
+    def outcomes(self) -> dict[str, int]:
+        """Records per outcome, for summaries and doctests."""
+        return {kind.value: n for kind, counts in self.by_kind.items() if (n := sum(counts.values()))}
+
+
+@dataclass
+class BatchPlan(Generic[Out]):
+    """Everything one batch produces; the worker ships it (see ``pipeline.app.commit``)."""
+
+    outputs: list[Out] = field(default_factory=list)  # one per processed, replayed or dead-lettered record
+    changed: dict[str, CustomerState] = field(default_factory=dict)  # states to write to the changelog
+    placed: dict[str, int] = field(default_factory=dict)  # customer -> the source partition its state lives in
+    alerts: list[Alert] = field(default_factory=list)
+    training: TrainingBatch = field(default_factory=TrainingBatch)
+    tallies: Tallies = field(default_factory=Tallies)
+    sweep_error: str | None = None  # the event-time sweep failed (counted; the next batch sweeps again)
+
+
+class BatchPlanner(Generic[Out]):
+    """Plans batches with one ingestor, one set of scorers and one way of shipping outputs."""
+
+    def __init__(self, ingestor: Ingestor, scoring: TouchpointScoring, outputs: Outputs[Out]):
+        self.ingestor = ingestor
+        self.scoring = scoring
+        self.outputs = outputs
+
+    def plan(self, records: Sequence[SourceRecord], states: StateStore) -> BatchPlan[Out]:
+        plan: BatchPlan[Out] = BatchPlan()
+        for record in records:
+            self._one(record, states, plan)
+        self._sweep(states, plan)
+        plan.training.watermark_ms = self.scoring.alerts.watermark_ms
+        return plan
+
+    def _one(self, record: SourceRecord, states: StateStore, plan: BatchPlan[Out]) -> None:
+        result = self.ingestor.handle(record, states.get)
+        plan.tallies.add(result)
+        if result.kind is Kind.DUPLICATE:
+            return
+        if result.kind is Kind.DEAD_LETTER:
+            assert result.dead_letter is not None
+            plan.outputs.append(self._dead_letter(result.dead_letter))
+            return
+        enriched, state = result.enriched, result.state
+        assert enriched is not None and state is not None
+        new = result.kind is Kind.PROCESSED
+        stage = Stage.SCORE
+        try:
+            alerts = self.scoring.score(enriched, state, new, plan.training)
+            stage = Stage.ENCODE
+            shipped = self.outputs.enriched(record, enriched, result.rewritten)
+        except Exception as exc:  # this record's problem, not the batch's: a dead letter, and on we go
+            dead = DeadLetter(record, Reason.PROCESSING_ERROR, stage, describe(exc))
+            plan.tallies.reclassify(result, dead)
+            plan.outputs.append(self._dead_letter(dead))
+            if new:
+                self._changed(plan, state, record)  # the touchpoint is in the state already
+            return
+        plan.outputs.append(shipped)
+        plan.alerts.extend(alerts)
+        if new:
+            self._changed(plan, state, record)
+        if enriched.sentiment is not None:
+            plan.tallies.sentiments.append(enriched.sentiment)
+        if enriched.churn_risk is not None and "churn" in enriched.model_versions:
+            plan.tallies.churn_risks.append(enriched.churn_risk)
+
+    @staticmethod
+    def _changed(plan: BatchPlan[Out], state: CustomerState, record: SourceRecord) -> None:
+        plan.changed[state.customer_id] = state
+        plan.placed[state.customer_id] = record.partition
+
+    def _dead_letter(self, dead: DeadLetter) -> Out:
+        try:
+            return self.outputs.dead_letter(dead)
+        except Exception as exc:  # even the detail could not be shipped: ship the fact, not the detail
+            return self.outputs.dead_letter(DeadLetter(dead.source, dead.reason, dead.stage, describe(exc)[:200]))
+
+    def _sweep(self, states: StateStore, plan: BatchPlan[Out]) -> None:
+        """Event-time timers (SLA deadlines, closed channel minutes) up to the watermark."""
+        try:
+            swept = self.scoring.sweep(states.peek)
+        except Exception as exc:
+            plan.sweep_error = describe(exc)
+            return
+        for alert in swept:
+            plan.alerts.append(alert)
+            customer_id = alert.customer_id
+            if customer_id is not None and customer_id not in plan.changed:  # the case is now marked breached
+                state = states.peek(customer_id)
+                if state is not None:
+                    plan.changed[customer_id] = state
+
+
+class DictStates:
+    """A :class:`StateStore` over a plain dict (tests, benchmarks, docs)."""
+
+    def __init__(self) -> None:
+        self.states: dict[str, CustomerState] = {}
+
+    def get(self, customer_id: str) -> CustomerState:
+        state = self.states.get(customer_id)
+        if state is None:
+            state = self.states[customer_id] = CustomerState(customer_id)
+        return state
+
+    def peek(self, customer_id: str) -> CustomerState | None:
+        return self.states.get(customer_id)
+
+
+class RecordingOutputs:
+    """An :class:`Outputs` that ships ``(kind, offset)`` pairs (tests and docs)."""
+
+    def enriched(self, record: SourceRecord, enriched: Enriched, rewritten: bool) -> tuple[str, int]:
+        return ("enriched", record.offset)
+
+    def dead_letter(self, dead: DeadLetter) -> tuple[str, int]:
+        return ("dead_letter", dead.source.offset)
