@@ -20,6 +20,14 @@ from typing import Any, Mapping
 class Settings:
     # Kafka
     kafka_bootstrap: str = "127.0.0.1:9092"
+    # Kafka security, passed to Faust and to every client cem creates (see pipeline.app.kafka_security)
+    kafka_security_protocol: str = "PLAINTEXT"  # PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL
+    kafka_sasl_mechanism: str = "PLAIN"  # PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: str = ""
+    kafka_ssl_cafile: str = ""  # CA bundle that signed the brokers' certificates
+    kafka_ssl_certfile: str = ""  # client certificate (mutual TLS), optional
+    kafka_ssl_keyfile: str = ""
     app_id: str = "cem"
     partitions: int = 4  # of cem.touchpoints; the state table is co-partitioned
     # ClickHouse: chdb://<abs dir> (embedded) or http(s)://host:8123 (server)
@@ -27,6 +35,7 @@ class Settings:
     clickhouse_user: str = "default"
     clickhouse_password: str = ""
     clickhouse_database: str = "cem"
+    clickhouse_migrate: bool = True  # create/upgrade the schema at start; production: `cem migrate` as its own user
     # Batching: ClickHouse wants thousands of rows per insert, about one insert per second.
     sink_flush_rows: int = 20_000
     sink_flush_interval_s: float = 1.0
@@ -46,15 +55,31 @@ class Settings:
     # Schemas: extra writer schemas (comma-separated .avsc paths) and Confluent id mapping "1=path,2=path"
     schema_files: str = ""
     confluent_ids: str = ""
+    # Confluent Schema Registry (optional): writer schemas fetched by id, cached
+    schema_registry_url: str = ""
+    schema_registry_user: str = ""
+    schema_registry_password: str = ""
+    schema_registry_hold_s: float = 300.0  # how long a registry outage holds the input before dead-lettering
+    # Privacy: extra PII patterns "name=regex;name=regex"; pseudonymous customer ids (hmac-sha256 + key)
+    pii_patterns: str = ""
+    pseudonymize: str = ""  # "" (off) | hmac-sha256
+    pseudonym_key: str = ""
     # Observability
     metrics_port: int = 9108
+    metrics_host: str = "127.0.0.1"  # loopback by default; the container image sets 0.0.0.0 for scraping
     web_port: int = 6066
+    web_host: str = "127.0.0.1"
+    web_token: str = ""  # bearer token, required whenever web_host is not loopback
+    stall_timeout_s: float = 120.0  # input waiting and nothing committed this long: not live, then exit
     data_dir: str = "./.cem"
     log_level: str = "warn"
     # Faust group timing: short in tests (Faust joins a group in ~rebalance_timeout/2)
     session_timeout_s: float = 10.0
     rebalance_timeout_s: float = 10.0
     heartbeat_interval_s: float = 1.0
+    # Static group membership (Kafka's group.instance.id): a restarted worker with the same id takes
+    # its partitions back at once instead of waiting for its old session to expire. One per replica.
+    group_instance_id: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -87,8 +112,15 @@ class Settings:
 
 def _coerce(type_name: Any, raw: str) -> Any:
     kind = str(type_name)
+    if kind == "bool":
+        if raw.strip().lower() not in _BOOLEANS:
+            raise ValueError(f"expected one of {', '.join(sorted(_BOOLEANS))}, got {raw!r}")
+        return _BOOLEANS[raw.strip().lower()]
     if kind == "int":
         return int(raw)
     if kind == "float":
         return float(raw)
     return raw
+
+
+_BOOLEANS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}

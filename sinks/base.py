@@ -1,19 +1,26 @@
-"""The one protocol every sink implements: write a batch, flush, close."""
+"""The one protocol every sink implements, and what a sink reports to whoever watches it.
+
+A sink sees plain items (a Kafka record; a table name and a row of column values), never domain
+objects: mapping those to items is the wiring's job (``pipeline.app.rows``).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol, Sequence, TypeVar
+from collections.abc import Sequence
+from typing import Protocol, TypeVar
 
-Row = TypeVar("Row", contravariant=True)
+Item = TypeVar("Item", contravariant=True)
 
 
-class Sink(Protocol[Row]):
-    async def write(self, rows: Sequence[Row]) -> None:
-        """Buffer rows; may flush when a size threshold is reached."""
+class Sink(Protocol[Item]):
+    def add(self, item: Item) -> None:
+        """Buffer one item (no I/O: the hot path calls this once per output)."""
 
     async def flush(self) -> None:
-        """Make everything written so far durable; raises if it could not."""
+        """Make everything added so far durable; raises if it could not."""
+
+    async def write(self, items: Sequence[Item]) -> None:
+        """Make ``items`` durable now, on their own (small batches that must not wait for a flush)."""
 
     async def close(self) -> None:
         """Flush and release connections."""
@@ -28,12 +35,3 @@ class SinkObserver(Protocol):
 class NullObserver:
     def on_write(self, target: str, rows: int, seconds: float, error: BaseException | None) -> None:
         pass
-
-
-@dataclass(frozen=True)
-class SourcePosition:
-    """Where an output row came from: the idempotency key of at-least-once processing."""
-
-    topic: str
-    partition: int
-    offset: int

@@ -1,26 +1,35 @@
-"""ClickHouse DDL for the ``cem`` database, created on start (idempotent).
+"""ClickHouse DDL for the ``cem`` database, generated from ``schemas.tables`` (idempotent).
 
 ``kpi_minute`` is the operators' contract: one row per (minute, channel), every column a sum (or a
 mergeable uniq state), so ``sum(col) ... GROUP BY channel`` over any range is exact. It is a view
 answered from an aggregate projection of ``touchpoints_enriched``; exactness rests on each enriched
-row being inserted once, which :class:`sinks.clickhouse.ClickHouseSink` guarantees with source offsets.
+row being inserted once, which :class:`sinks.clickhouse.ClickHouseSink` guarantees with source positions.
+
+No table is partitioned by time: one insert then always makes one part per table, which is atomic
+with its projections (the KPI aggregates and the offset marks), and no producer's timestamps can
+push an insert past ClickHouse's partitions-per-insert limit.
 """
 
 from __future__ import annotations
 
+from schemas.contract import CSAT_SATISFIED_MIN, DETRACTOR_MAX, PROMOTER_MIN
+from schemas.tables import POSITION, TABLES
+
+SCHEMA_VERSION = 2  # bumped when a table's layout changes in a way CREATE ... IF NOT EXISTS cannot apply
 MERGE_SETTINGS = "SETTINGS non_replicated_deduplication_window = 10000"
 
 # The KPI aggregates of cem.kpi_minute, shared by the projection that stores them and the view that
-# reads them: identical expressions let ClickHouse answer the view from the projection.
-KPI_AGGREGATES = """
+# reads them: identical expressions let ClickHouse answer the view from the projection. The score
+# thresholds are the contract's (schemas.contract), the same numbers the pipeline counts with.
+KPI_AGGREGATES = f"""
     count() AS events,
     sum(if(type = 'purchase', ifNull(amount, 0), if(type = 'refund', -ifNull(amount, 0), 0))) AS revenue,
     sum(if(type = 'refund', ifNull(amount, 0), 0)) AS refunds,
     countIf(csat IS NOT NULL) AS csat_responses,
-    countIf(csat >= 4) AS csat_satisfied,
+    countIf(csat >= {CSAT_SATISFIED_MIN}) AS csat_satisfied,
     countIf(nps IS NOT NULL) AS nps_responses,
-    countIf(nps >= 9) AS promoters,
-    countIf(nps <= 6) AS detractors,
+    countIf(nps >= {PROMOTER_MIN}) AS promoters,
+    countIf(nps <= {DETRACTOR_MAX}) AS detractors,
     countIf(ces IS NOT NULL) AS ces_responses,
     sum(toUInt64(ifNull(ces, 0))) AS ces_sum,
     countIf(type = 'complaint_opened') AS complaints_opened,
@@ -31,7 +40,13 @@ KPI_AGGREGATES = """
     sum(toFloat64(ifNull(churn_risk, 0))) AS churn_risk_sum,
     uniqState(customer_id) AS customers_state"""
 KPI_KEY = "toDateTime(toStartOfMinute(occurred_at), 'UTC') AS minute, channel"
-OFFSETS = "SELECT source_topic, source_partition, max(source_offset) GROUP BY source_topic, source_partition"
+_POSITION_KEY = ", ".join(POSITION[:3])  # topic, partition, epoch
+OFFSETS = f"SELECT {_POSITION_KEY}, max(source_offset) GROUP BY {_POSITION_KEY}"
+
+
+def _columns(table: str) -> str:
+    return ",\n        ".join(f"{name} {type_}" for name, type_ in TABLES[table])
+
 
 # Why projections and not materialized views: a projection lives inside the part it aggregates, so a
 # crash mid-insert (the embedded engine dies with the worker) can never leave the aggregates or the
@@ -41,40 +56,10 @@ DDL: tuple[str, ...] = (
     "CREATE DATABASE IF NOT EXISTS {db}",
     f"""
     CREATE TABLE IF NOT EXISTS {{db}}.touchpoints_enriched (
-        event_id String,
-        customer_id String,
-        occurred_at DateTime64(3, 'UTC'),
-        channel LowCardinality(String),
-        type LowCardinality(String),
-        session_id Nullable(String),
-        case_id Nullable(String),
-        text Nullable(String),
-        csat Nullable(UInt8),
-        nps Nullable(UInt8),
-        ces Nullable(UInt8),
-        amount Nullable(Decimal(18, 4)),
-        currency LowCardinality(Nullable(String)),
-        journey_stage LowCardinality(String),
-        attributes Map(String, String),
-        first_seen DateTime64(3, 'UTC'),
-        recency_s Nullable(Float64),
-        events_total UInt64,
-        channel_events UInt64,
-        revenue_to_date Decimal(18, 4),
-        orders UInt32,
-        open_complaints UInt16,
-        resolve_s Nullable(Float64),
-        channel_switch Bool,
-        sentiment Nullable(Float32),
-        churn_risk Nullable(Float32),
-        source_topic LowCardinality(String),
-        source_partition UInt16,
-        source_offset Int64,
-        received_at DateTime64(3, 'UTC'),
+        {_columns("touchpoints_enriched")},
         PROJECTION kpi_minute (SELECT {KPI_KEY}, {KPI_AGGREGATES} GROUP BY minute, channel),
         PROJECTION offsets ({OFFSETS})
     ) ENGINE = MergeTree
-    PARTITION BY toYYYYMM(occurred_at)
     ORDER BY (channel, toStartOfHour(occurred_at), customer_id, event_id)
     {MERGE_SETTINGS}
     """,
@@ -86,82 +71,40 @@ DDL: tuple[str, ...] = (
     """,
     f"""
     CREATE TABLE IF NOT EXISTS {{db}}.dead_letters (
-        received_at DateTime64(3, 'UTC'),
-        source_topic LowCardinality(String),
-        source_partition UInt16,
-        source_offset Int64,
-        reason LowCardinality(String),
-        stage LowCardinality(String),
-        detail String,
-        key Nullable(String),
-        payload String,
-        payload_bytes UInt32,
-        payload_truncated Bool,
+        {_columns("dead_letters")},
         PROJECTION offsets ({OFFSETS})
     ) ENGINE = MergeTree
-    PARTITION BY toYYYYMM(received_at)
     ORDER BY (reason, received_at, source_partition, source_offset)
     {MERGE_SETTINGS}
     """,
-    """
-    CREATE TABLE IF NOT EXISTS {db}.customer_state (
-        customer_id String,
-        updated_at DateTime64(3, 'UTC'),
-        first_seen DateTime64(3, 'UTC'),
-        last_seen DateTime64(3, 'UTC'),
-        events_total UInt64,
-        revenue Decimal(18, 4),
-        orders UInt32,
-        refunds Decimal(18, 4),
-        open_complaints UInt16,
-        complaints_opened UInt32,
-        complaints_resolved UInt32,
-        mean_resolve_s Nullable(Float64),
-        last_csat Nullable(UInt8),
-        last_nps Nullable(UInt8),
-        last_ces Nullable(UInt8),
-        journey_stage LowCardinality(String),
-        channel_switches UInt32,
-        sentiment_mean Nullable(Float32),
-        churn_risk Nullable(Float32),
-        churned_at Nullable(DateTime64(3, 'UTC'))
-    ) ENGINE = ReplacingMergeTree(events_total)
+    f"""
+    CREATE TABLE IF NOT EXISTS {{db}}.customer_state (
+        {_columns("customer_state")}
+    ) ENGINE = ReplacingMergeTree(version)
     ORDER BY customer_id
     """,
     # An alert may be produced again after a crash (same alert_id): the replacing engine keeps one.
-    """
-    CREATE TABLE IF NOT EXISTS {db}.alerts (
-        alert_id String,
-        type LowCardinality(String),
-        severity LowCardinality(String),
-        customer_id String,
-        channel LowCardinality(String),
-        occurred_at DateTime64(3, 'UTC'),
-        emitted_at DateTime64(3, 'UTC'),
-        reason String,
-        evidence Map(String, String),
-        recommended_action String,
-        model_version Nullable(String),
-        trigger_event_ids Array(String)
+    f"""
+    CREATE TABLE IF NOT EXISTS {{db}}.alerts (
+        {_columns("alerts")}
     ) ENGINE = ReplacingMergeTree
-    PARTITION BY toYYYYMM(occurred_at)
     ORDER BY (type, alert_id)
     """,
     # Progressive quality per model and event-time minute; the latest version of a minute wins.
-    """
-    CREATE TABLE IF NOT EXISTS {db}.model_metrics (
-        minute DateTime('UTC'),
-        model LowCardinality(String),
-        version UInt32,
-        metric LowCardinality(String),
-        value Float64
+    f"""
+    CREATE TABLE IF NOT EXISTS {{db}}.model_metrics (
+        {_columns("model_metrics")}
     ) ENGINE = ReplacingMergeTree(version)
     ORDER BY (model, metric, minute)
     """,
+    f"""
+    CREATE TABLE IF NOT EXISTS {{db}}.source_logs (
+        {_columns("source_logs")}
+    ) ENGINE = ReplacingMergeTree(recorded_at)
+    ORDER BY (topic, partition, epoch)
+    """,
+    "CREATE TABLE IF NOT EXISTS {db}.schema_version (version UInt32) ENGINE = ReplacingMergeTree(version) ORDER BY tuple()",
 )
-
-# Tables whose rows carry a source offset: the sink skips rows at or below the stored high-water mark.
-OFFSET_TRACKED = ("touchpoints_enriched", "dead_letters")
 
 
 def statements(database: str) -> list[str]:
@@ -169,5 +112,21 @@ def statements(database: str) -> list[str]:
 
     >>> statements("cem")[0]
     'CREATE DATABASE IF NOT EXISTS cem'
+    >>> "PARTITION BY" in " ".join(statements("cem"))
+    False
     """
     return [" ".join(sql.split()).format(db=database) for sql in DDL]
+
+
+def created_tables(database: str) -> list[str]:
+    """The tables and views :func:`statements` creates (the read side allows exactly these).
+
+    >>> created_tables("cem")[:3]
+    ['touchpoints_enriched', 'kpi_minute', 'dead_letters']
+    """
+    names = []
+    for sql in statements(database):
+        words = sql.split()
+        if words[1] in ("TABLE", "VIEW"):
+            names.append(words[5].removeprefix(f"{database}."))
+    return names

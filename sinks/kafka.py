@@ -1,9 +1,10 @@
-"""Kafka output sink: enriched events, dead letters, table changelogs, alerts.
+"""Kafka output sink: enriched events, dead letters, table changelogs, alerts, model snapshots.
 
 Uses aiokafka's batch API (``create_batch`` / ``send_batch``): appending to a batch costs a few
-microseconds where ``send()`` per record costs ~100 µs through Faust's producer (measured on this
-machine: 2,600 -> 5,000 events/s for the whole worker). ``flush`` awaits broker acks, so a caller
-that acks its input only after ``flush`` gets at-least-once delivery.
+microseconds where ``send()`` per record costs far more. ``add`` only appends (a full batch waits for
+the next send); ``flush`` sends everything and awaits the broker's acks, so a caller that acks its
+input only after ``flush`` gets at-least-once delivery. ``ship`` sends one topic's batches at once
+(alerts must not wait for the next flush) and returns their delivery futures.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
@@ -19,6 +20,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from sinks.base import NullObserver, SinkObserver
 
 Headers = Sequence[tuple[str, bytes]]
+Slot = tuple[str, int]  # (topic, partition)
 
 
 @dataclass(slots=True)
@@ -32,26 +34,31 @@ class KafkaRecord:
 
 
 class KafkaSink:
-    """Buffers records per (topic, partition) in producer batches; ``flush`` sends and awaits acks."""
+    """Buffers records per (topic, partition) in producer batches; ``flush`` sends and awaits acks.
+
+    ``priority_topics`` (alerts) go out on a producer of their own: aiokafka keeps one request in
+    flight per broker connection, so on the bulk producer an alert would wait behind a second's
+    worth of enriched events and changelogs (or a model snapshot) being acked. One producer per
+    topic, whichever path sends it, keeps each partition in order. ``client_options`` are the
+    security settings every client gets (``pipeline.app.kafka_security``).
+    """
 
     def __init__(self, bootstrap: str, observer: SinkObserver | None = None, client_id: str = "cem-sink",
-                 priority_topics: frozenset[str] = frozenset()):
+                 priority_topics: frozenset[str] = frozenset(), client_options: Mapping[str, Any] | None = None):
         self._bootstrap = bootstrap
         self._priority_topics = priority_topics
         self._client_id = client_id
+        self._options = dict(client_options or {})
         self._producer: AIOKafkaProducer | None = None  # created in start(): it needs the running loop
-        # ``priority_topics`` (alerts) go out on a producer of their own: aiokafka keeps one request
-        # in flight per broker connection, so on the bulk producer an alert would wait behind a
-        # second's worth of enriched events and changelogs (or a model snapshot) being acked. One
-        # producer per topic, whichever path sends it, keeps each partition in order.
         self._priority: AIOKafkaProducer | None = None
         self._observer = observer or NullObserver()
         self._partitioner = DefaultPartitioner()
         self._partitions: dict[str, list[int]] = {}
-        self._batches: dict[tuple[str, int], object] = {}
-        self._counts: dict[tuple[str, int], int] = {}
+        self._batches: dict[Slot, Any] = {}
+        self._counts: dict[Slot, int] = {}
+        self._full: list[tuple[Slot, Any, int]] = []  # batches that filled up, sent with the next send
+        self._unplaced: list[KafkaRecord] = []  # keyed records of topics whose partitions are not known yet
         self._in_flight: list[tuple[str, int, asyncio.Future]] = []  # (topic, records, delivery)
-        self._shipped: list[asyncio.Future] = []  # shipped deliveries that later sends wait for
         self._flush_lock = asyncio.Lock()
         self._started = False
         self._tracked: set[str] = set()  # topics added to their producer's metadata
@@ -68,7 +75,9 @@ class KafkaSink:
 
     def _producer_for(self, topic: str) -> AIOKafkaProducer:
         """The producer that builds and sends ``topic``'s batches: always the same one per topic."""
-        return self._priority if topic in self._priority_topics else self._producer
+        producer = self._priority if topic in self._priority_topics else self._producer
+        assert producer is not None, "KafkaSink.start() first"
+        return producer
 
     def _new_producer(self, client_id: str, linger_ms: int) -> AIOKafkaProducer:
         return AIOKafkaProducer(
@@ -79,45 +88,56 @@ class KafkaSink:
             linger_ms=linger_ms,
             max_batch_size=1 << 20,
             max_request_size=64 << 20,  # model snapshots (cem.models allows as much)
+            **self._options,
         )
 
-    async def write(self, rows: Iterable[KafkaRecord]) -> None:
-        for record in rows:
-            partition = record.partition
-            if partition is None:
-                partition = await self._partition_for(record.topic, record.key)
-            slot = (record.topic, partition)
-            batch = self._batches.get(slot)
-            if batch is not None and not _append(batch, record):
-                await self._send(slot, self._batches.pop(slot), self._counts.pop(slot))  # full: ship it
-                batch = None
-            if batch is None:
-                batch = self._batches[slot] = self._producer_for(record.topic).create_batch()
-                if not _append(batch, record):
-                    raise ValueError(f"record for {record.topic} is larger than the producer's max batch size")
-            self._counts[slot] = self._counts.get(slot, 0) + 1
+    # -- the Sink protocol ----------------------------------------------------------------------
+    def add(self, item: KafkaRecord) -> None:
+        partition = item.partition
+        if partition is None:
+            partitions = self._partitions.get(item.topic)
+            if partitions is None:
+                self._unplaced.append(item)
+                return
+            partition = self._partitioner(item.key, partitions, partitions)
+        slot = (item.topic, partition)
+        batch = self._batches.get(slot)
+        if batch is not None and not _append(batch, item):
+            self._full.append((slot, self._batches.pop(slot), self._counts.pop(slot)))
+            batch = None
+        if batch is None:
+            batch = self._batches[slot] = self._producer_for(item.topic).create_batch()
+            if not _append(batch, item):
+                raise ValueError(f"record for {item.topic} is larger than the producer's max batch size")
+        self._counts[slot] = self._counts.get(slot, 0) + 1
+
+    async def write(self, items: Sequence[KafkaRecord]) -> None:
+        """Add ``items`` and make everything durable (a flush)."""
+        for item in items:
+            self.add(item)
+        await self.flush()
 
     async def ship(self, topic: str) -> list[asyncio.Future]:
-        """Send ``topic``'s buffered records now, for outputs that must not wait for the next flush
-        (alerts); returns their delivery futures. Whatever is sent after them, by any path, is sent
-        only once they are acked: a state changelog is never durable without the alerts before it."""
-        futures = []
-        # Detach all of the topic's batches before the first await: a flush running meanwhile takes
-        # whatever is left in self._batches (a pop after an await could find its slot gone).
-        detached = [(slot, self._batches.pop(slot), self._counts.pop(slot)) for slot in list(self._batches) if slot[0] == topic]
-        for slot, batch, count in detached:
-            future = await self._send(slot, batch, count, shipped=True)
-            if future is not None:
-                futures.append(future)
-        self._shipped += futures
-        return futures
+        """Send ``topic``'s buffered records now (alerts must not wait for the next flush); returns
+        their delivery futures. The caller decides what may be sent only after they are acked."""
+        await self._place()
+        slots = [slot for slot in self._batches if slot[0] == topic]
+        # Detach before the first await: a flush running meanwhile takes whatever is left.
+        detached = [(slot, self._batches.pop(slot), self._counts.pop(slot)) for slot in slots]
+        detached += [entry for entry in self._full if entry[0][0] == topic]
+        self._full = [entry for entry in self._full if entry[0][0] != topic]
+        return [future for slot, batch, count in detached if (future := await self._send(slot, batch, count))]
 
     async def flush(self) -> None:
-        """Send everything buffered so far and await the acks of everything sent. One flush at a time
-        (the worker and the trainer share the sink); records written meanwhile go to the next one."""
+        """Send everything added so far and await the acks of everything sent. One flush at a time;
+        records added meanwhile go to the next one."""
         async with self._flush_lock:
+            await self._place()
+            full, self._full = self._full, []
             batches, self._batches = self._batches, {}
             counts, self._counts = self._counts, {}
+            for slot, batch, count in full:
+                await self._send(slot, batch, count)
             for slot, batch in batches.items():
                 await self._send(slot, batch, counts.get(slot, 0))
             in_flight, self._in_flight = self._in_flight, []
@@ -137,16 +157,27 @@ class KafkaSink:
             try:
                 await self.flush()
             finally:
-                await self._producer.stop()
-                await self._priority.stop()
+                for producer in (self._producer, self._priority):
+                    if producer is not None:
+                        await producer.stop()
                 self._started = False
 
-    async def _send(self, slot: tuple[str, int], batch: object, count: int, shipped: bool = False) -> asyncio.Future | None:
+    # -- internals --------------------------------------------------------------------------------
+    async def _place(self) -> None:
+        """Partition the keyed records whose topic's partitions were not known when they were added."""
+        if not self._unplaced:
+            return
+        unplaced, self._unplaced = self._unplaced, []
+        for topic in {record.topic for record in unplaced}:
+            if topic not in self._partitions:
+                found = await self._producer_for(topic).partitions_for(topic)
+                self._partitions[topic] = sorted(found)
+        for record in unplaced:
+            self.add(record)
+
+    async def _send(self, slot: Slot, batch: Any, count: int) -> asyncio.Future | None:
         if not count:
             return None
-        if not shipped and self._shipped:
-            shipped_before, self._shipped = self._shipped, []
-            await asyncio.gather(*shipped_before)  # a failure propagates: nothing after it is sent
         topic, partition = slot
         producer = self._producer_for(topic)
         if topic not in self._tracked:
@@ -159,15 +190,13 @@ class KafkaSink:
         self._in_flight.append((topic, count, future))
         return future
 
-    async def _partition_for(self, topic: str, key: bytes | None) -> int:
-        partitions = self._partitions.get(topic)
-        if partitions is None:
-            found = await self._producer.partitions_for(topic)
-            partitions = self._partitions[topic] = sorted(found)
-        return self._partitioner(key, partitions, partitions)
-
 
 def _append(batch: Any, record: KafkaRecord) -> bool:
     """Add ``record`` to a producer batch; False if the batch is full."""
     metadata = batch.append(key=record.key, value=record.value, timestamp=record.timestamp_ms, headers=list(record.headers))
     return metadata is not None
+
+
+def records_of(items: Iterable[KafkaRecord], topic: str) -> list[KafkaRecord]:
+    """The records for ``topic`` among ``items`` (tests)."""
+    return [item for item in items if item.topic == topic]

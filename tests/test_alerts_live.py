@@ -52,9 +52,9 @@ def three_alert_stream() -> list[dict]:
             channel = ("web", "email")[i % 2]  # 72 h and 48 h SLAs: all resolved in time
             events.append(tp(f"{cid}-open{i}", cid, HOUR + i * MIN, channel, "complaint_opened", case_id=f"{cid}-{i}"))
             events.append(tp(f"{cid}-done{i}", cid, 3 * HOUR + i * MIN, channel, "complaint_resolved", case_id=f"{cid}-{i}"))
-    # Moves the watermark past bob's deadline. Everything stays within the 24 h dedupe horizon, so
-    # the second delivery is all duplicates.
-    events.append(tp("z1", "zed", 6 * HOUR))
+    # Move the watermark past bob's deadline (two records: one alone never moves it). Everything stays
+    # within the 24 h dedupe horizon, so the second delivery is all duplicates.
+    events += [tp("z1", "zed", 6 * HOUR), tp("z2", "zed", 6 * HOUR + MIN)]
     return sorted(events, key=lambda e: e["occurred_at"])
 
 
@@ -214,7 +214,8 @@ def test_channel_detectors_survive_a_worker_restart(broker, start_worker):
     social = [tp(f"s-{minute}-{k}", f"fan{k}", minute * MIN + k * 500, "social", "other")
               for minute in range(41) for k in range(60 if minute == 40 else 6)]
     before = [e for e in social if e["occurred_at"] < T0 + 35 * MIN]
-    after = [e for e in social if e["occurred_at"] >= T0 + 35 * MIN] + [tp("late", "zed", 3 * HOUR)]  # closes minute 40
+    # Two later records close minute 40 (the watermark is each partition's second-latest event time).
+    after = [e for e in social if e["occurred_at"] >= T0 + 35 * MIN] + [tp("late", "zed", 3 * HOUR), tp("later", "zed", 3 * HOUR + MIN)]
     expected = [r for r in in_process_alerts(before + after) if r["type"] == "channel_anomaly"]
     assert [(r["channel"], r["evidence"]["metric"]) for r in expected] == [("social", "volume")]
 

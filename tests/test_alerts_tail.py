@@ -21,7 +21,8 @@ from pipeline.cli import build_parser
 from processors.alerts import AlertConfig, detractor_alert, example_enriched
 from processors.synthetic import DEFAULT_START_MS as T0  # 2026-01-01T00:00:00Z
 from processors.touchpoint import Touchpoint
-from schemas.codec import DecodeError, RecordEncoder
+from schemas.codec import RecordEncoder
+from schemas.contract import Rejected
 from schemas.contract import TOPIC_ALERTS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,7 +57,7 @@ def test_decodes_avro_and_json_values_to_the_same_record():
 
 
 def test_undecodable_values_raise_value_errors():
-    with pytest.raises(DecodeError):
+    with pytest.raises(Rejected):
         decode_value(b"\xc3\x01" + b"\x00" * 8 + b"body")  # single-object, but another schema's fingerprint
     with pytest.raises(ValueError):
         decode_value(b"{not json")

@@ -1,5 +1,6 @@
-"""Static checks of the deployment artefacts: docker-compose.yml, deploy/Dockerfile, Kafka topics, ClickHouse
-users and init SQL, Prometheus config and rules, Grafana provisioning and dashboards, Kubernetes manifests.
+"""Static checks of the deployment artefacts: docker-compose.yml, deploy/Dockerfile, the per-service env files
+(deploy/env), Kafka topics, ClickHouse users and init SQL, Prometheus config and rules, Grafana provisioning and
+dashboards, Kubernetes manifests, the runbook's operational procedures.
 
 Fast, no network, no Docker. Tools used when present: ``promtool`` (required when ``CI`` is set: .ci/run
 installs it), ``kubectl`` (optional, for ``kubectl kustomize``), chDB (installed with the project).
@@ -12,6 +13,7 @@ grafana-clickhouse-datasource macros; ``substitute_promql_vars(expr)`` expands G
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -43,8 +45,9 @@ DASHBOARDS = {
 }
 K8S = DEPLOY / "k8s"
 CLICKHOUSE = DEPLOY / "clickhouse"
-ENV_EXAMPLE = DEPLOY / "cem.env.example"
+ENV_DIR = DEPLOY / "env"
 CREATE_TOPICS = DEPLOY / "kafka" / "create-topics.sh"
+K8S_MIGRATE = K8S / "migrate"
 
 # ---------------------------------------------------------------------------------------------------------
 # Contracts shared with the worker
@@ -55,12 +58,14 @@ COUNTERS = {
     "cem_touchpoints_deduplicated", "cem_nps_responses", "cem_csat_responses", "cem_revenue",
     "cem_clickhouse_insert_rows", "cem_clickhouse_insert_batches", "cem_clickhouse_insert_errors",
     "cem_kafka_produced", "cem_kafka_produce_errors", "cem_consumer_rebalances", "cem_alerts", "cem_model_drift",
+    "cem_source_log_restarts", "cem_schema_registry_requests",
 }
 HISTOGRAMS = {
     "cem_processing_latency_seconds", "cem_clickhouse_insert_duration_seconds", "cem_alert_latency_seconds",
     "cem_sentiment_score", "cem_churn_risk",
 }
-GAUGES = {"cem_consumer_lag", "cem_model_quality", "cem_worker_last_batch_timestamp_seconds"}
+GAUGES = {"cem_consumer_lag", "cem_model_quality", "cem_worker_last_batch_timestamp_seconds",
+          "cem_worker_last_commit_timestamp_seconds", "cem_worker_live", "cem_worker_stalled_seconds"}
 
 
 def sample_names(counters=COUNTERS, histograms=HISTOGRAMS, gauges=GAUGES) -> set[str]:
@@ -83,19 +88,43 @@ TOPICS = {  # name -> compacted
     "cem.customers": True,
     "cem.models": True,
     "cem-customer_state-changelog": True,
+    "cem.erasures": True,
     "cem.model.training": False,
 }
 SINGLE_PARTITION = {"cem.model.training"}  # each model trains in one place, in one order
+# Keyed by customer_id and consumed together: a partition count that differs from cem.touchpoints' silently
+# sends a customer's state / erasure to another worker.
+COPARTITIONED = {"cem.touchpoints", "cem-customer_state-changelog", "cem.erasures"}
+DAY_MS = 86_400_000
 CLICKHOUSE_TABLES = {
     "touchpoints_enriched", "kpi_minute", "customer_state", "dead_letters",
     "model_metrics", "alerts",
 }
 WORKER_ENV = {  # the worker's documented settings, with the compose values that wire it to the stack
-    "CEM_KAFKA_BOOTSTRAP", "CEM_CLICKHOUSE_URL", "CEM_CLICKHOUSE_USER", "CEM_CLICKHOUSE_PASSWORD",
-    "CEM_CLICKHOUSE_DATABASE", "CEM_PARTITIONS", "CEM_METRICS_PORT", "CEM_WEB_PORT",
+    "CEM_KAFKA_BOOTSTRAP", "CEM_KAFKA_SECURITY_PROTOCOL", "CEM_CLICKHOUSE_URL", "CEM_CLICKHOUSE_USER",
+    "CEM_CLICKHOUSE_PASSWORD", "CEM_CLICKHOUSE_DATABASE", "CEM_CLICKHOUSE_MIGRATE", "CEM_PARTITIONS",
+    "CEM_METRICS_HOST", "CEM_METRICS_PORT", "CEM_WEB_HOST", "CEM_WEB_PORT", "CEM_WEB_TOKEN",
 }
 METRICS_PORT = 9108
 STATUS_PORT = 6066
+CEM_IMAGE_SERVICES = {"worker", "migrate", "generator"}  # compose services running the cem image
+# Who may hold which secret (compose service -> (required, optional)); every other service gets none.
+# The same policy for Kubernetes: the workers' Secret, the migration Job's Secret.
+SERVICE_SECRETS = {
+    "worker": ({"CEM_CLICKHOUSE_PASSWORD", "CEM_WEB_TOKEN"},
+               {"CEM_PSEUDONYM_KEY", "CEM_KAFKA_SASL_PASSWORD", "CEM_SCHEMA_REGISTRY_PASSWORD"}),
+    "migrate": ({"CEM_CLICKHOUSE_PASSWORD"}, set()),
+    "clickhouse": ({"CLICKHOUSE_PASSWORD", "CLICKHOUSE_CEM_WRITER_PASSWORD", "CLICKHOUSE_CEM_MIGRATE_PASSWORD",
+                    "CLICKHOUSE_GRAFANA_PASSWORD"}, set()),
+    "grafana": ({"GF_SECURITY_ADMIN_PASSWORD", "CLICKHOUSE_GRAFANA_PASSWORD"}, set()),
+    "generator": (set(), {"CEM_KAFKA_SASL_PASSWORD"}),
+}
+ADMIN_SECRETS = {"CLICKHOUSE_PASSWORD", "GF_SECURITY_ADMIN_PASSWORD"}
+# Variables of deployment scripts that share the CEM_ prefix without being worker settings.
+NON_SETTING_CEM_VARS = {"CEM_TOPIC_PARTITIONS", "CEM_TOPIC_REPLICATION_FACTOR"}
+KAFKA_PROTOCOLS = {"PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"}
+KAFKA_SASL_MECHANISMS = {"PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"}
+FALSE = {"0", "false", "no", "off"}
 
 def optional_tool(name: str) -> str:
     path = shutil.which(name)
@@ -128,6 +157,95 @@ def read_env_file(path: Path) -> dict[str, str]:
         assert sep, f"{path.name}: not KEY=VALUE: {line!r}"
         out[key.strip()] = value.strip()
     return out
+
+
+_COMMENTED_ASSIGNMENT = re.compile(r"^#\s*([A-Z][A-Z0-9_]*)=(\S*)\s*$")
+
+
+def read_commented_env(path: Path) -> dict[str, str]:
+    """``# KEY=value`` lines of an env example: documented optional settings, off by default."""
+    out = {}
+    for line in path.read_text().splitlines():
+        if m := _COMMENTED_ASSIGNMENT.match(line.strip()):
+            out[m.group(1)] = m.group(2)
+    return out
+
+
+def settings_fields() -> set[str]:
+    settings = pytest.importorskip("pipeline.settings")
+    import dataclasses
+
+    return {f"CEM_{f.name.upper()}" for f in dataclasses.fields(settings.Settings)}
+
+
+def gitignore_patterns() -> list[tuple[Path, str]]:
+    """(directory, pattern) of every .gitignore in the repository outside .venv and .git."""
+    out = []
+    for ignore in sorted(ROOT.rglob(".gitignore")):
+        rel = ignore.relative_to(ROOT).parts
+        if rel[0] in (".venv", ".git") or any(p.startswith(".") and p != ".gitignore" for p in rel[:-1]):
+            continue
+        for line in ignore.read_text().splitlines():
+            line = line.strip()
+            if line and not line.startswith("#"):
+                out.append((ignore.parent, line))
+    return out
+
+
+def is_git_ignored(path: Path) -> bool:
+    """Whether git ignores ``path``: ``git check-ignore --no-index`` when the checkout has git, else a plain
+    reading of the .gitignore files (basename patterns, dir-relative patterns with '/', '!' negation)."""
+    import fnmatch
+
+    git = shutil.which("git")
+    if git and (ROOT / ".git").exists():
+        proc = subprocess.run([git, "-C", str(ROOT), "check-ignore", "--no-index", "-q", str(path.relative_to(ROOT))],
+                              capture_output=True, text=True, timeout=30)
+        if proc.returncode in (0, 1):
+            return proc.returncode == 0
+    ignored = False
+    for base, pattern in gitignore_patterns():
+        if base != ROOT and base not in path.parents:
+            continue
+        negate = pattern.startswith("!")
+        pattern = pattern.lstrip("!").rstrip("/")
+        rel = str(path.relative_to(base))
+        hit = fnmatch.fnmatch(rel, pattern.lstrip("/")) if "/" in pattern else fnmatch.fnmatch(path.name, pattern)
+        if hit:
+            ignored = not negate
+    return ignored
+
+
+def env_files_of(service: dict) -> list[tuple[Path, bool]]:
+    """(path, required) of a compose service's env_file entries."""
+    files = service.get("env_file") or []
+    files = [files] if isinstance(files, str) else files
+    out = []
+    for entry in files:
+        if isinstance(entry, str):
+            out.append((ROOT / entry, True))
+        else:
+            out.append((ROOT / entry["path"], entry.get("required", True)))
+    return out
+
+
+def example_of(path: Path) -> Path:
+    return path.with_name(path.name + ".example")
+
+
+SECRET_NAME = re.compile(r"(?i)(password|passwd|secret|token|api_?key|private_?key|credential)|_KEY$")
+
+
+def is_secret_name(key: str) -> bool:
+    """``*_PASSWORD``, ``*_TOKEN``, ``*_KEY`` and friends (``CEM_KAFKA_SSL_KEYFILE`` is a path, not a secret)."""
+    return bool(SECRET_NAME.search(key))
+
+
+def test_is_secret_name():
+    assert all(map(is_secret_name, ["CEM_CLICKHOUSE_PASSWORD", "CEM_WEB_TOKEN", "CEM_PSEUDONYM_KEY",
+                                    "GF_SECURITY_ADMIN_PASSWORD", "CEM_KAFKA_SASL_PASSWORD"]))
+    assert not any(map(is_secret_name, ["CEM_KAFKA_SSL_KEYFILE", "CEM_KAFKA_SASL_USERNAME", "CLICKHOUSE_USER",
+                                        "CEM_CLICKHOUSE_USER", "CEM_PSEUDONYMIZE"]))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -306,9 +424,10 @@ def test_long_running_services_have_healthchecks(compose):
 
 
 def test_one_shot_services_do_not_restart(compose):
-    init = services(compose)["kafka-init"]
-    assert str(init.get("restart")) == "no"
-    assert "healthcheck" not in init
+    for name in ("kafka-init", "migrate"):
+        one_shot = services(compose)[name]
+        assert str(one_shot.get("restart")) == "no", name
+        assert "healthcheck" not in one_shot, name
 
 
 def test_depends_on_targets_exist_with_sound_conditions(compose):
@@ -331,6 +450,8 @@ def test_depends_on_targets_exist_with_sound_conditions(compose):
     worker = svc["worker"]["depends_on"]
     assert worker["kafka-init"]["condition"] == "service_completed_successfully"
     assert worker["clickhouse"]["condition"] == "service_healthy"
+    assert worker["migrate"]["condition"] == "service_completed_successfully", "the schema exists before the workers"
+    assert svc["migrate"]["depends_on"]["clickhouse"]["condition"] == "service_healthy"
     assert svc["kafka-init"]["depends_on"]["kafka"]["condition"] == "service_healthy"
 
 
@@ -352,7 +473,6 @@ def test_volumes_and_secrets_are_declared_and_bind_mounts_exist(compose):
     assert declared_volumes == used_volumes, f"declared but unused volumes: {declared_volumes - used_volumes}"
 
 
-SECRET_KEY = re.compile(r"(?i)(password|passwd|secret|token|api_?key|private_?key|credential)")
 LITERAL_SECRET_LINE = re.compile(
     r"(?i)\b[\w.-]*(password|passwd|secret|token|api_?key)[\w.-]*\s*[:=]\s*(?![\s\"']*\$\{)[\"']?[^\s\"'#]+")
 
@@ -368,11 +488,11 @@ def test_no_literal_secrets_in_compose(compose):
     text = COMPOSE_FILE.read_text()
     for n, line in enumerate(text.splitlines(), 1):
         assert not literal_secret(line), f"docker-compose.yml:{n}: literal secret? {line.strip()!r}"
+    # Not even interpolated: a secret reaches a service through its own env file only (deploy/env), so that
+    # which service holds which secret is decided in one place (test_secrets_reach_only_the_services_...).
     for name, service in services(compose).items():
-        for key, value in env_of(service).items():
-            if SECRET_KEY.search(key):
-                assert value == "" or re.fullmatch(r"\$\{[A-Z0-9_]+(:?[-?][^}]*)?\}", value), \
-                    f"{name}: {key} has a literal value; use env_file or secrets"
+        secret_keys = sorted(k for k in env_of(service) if is_secret_name(k))
+        assert not secret_keys, f"{name}: secret-looking keys in `environment:` {secret_keys}; use its env file"
     # The detector itself.
     assert literal_secret("      GF_SECURITY_ADMIN_PASSWORD: hunter2")
     assert literal_secret("      - CLICKHOUSE_PASSWORD=hunter2")
@@ -382,37 +502,86 @@ def test_no_literal_secrets_in_compose(compose):
 
 
 def test_env_files_exist_as_examples_and_are_ignored(compose):
-    ignored = (DEPLOY / ".gitignore").read_text().split()
+    used = set()
     for name, service in services(compose).items():
-        files = service.get("env_file") or []
-        files = [files] if isinstance(files, str) else files
-        for entry in files:
-            path = ROOT / (entry if isinstance(entry, str) else entry["path"])
-            example = path.with_name(path.name + ".example")
+        for path, required in env_files_of(service):
+            used.add(path)
+            assert path.parent == ENV_DIR, f"{name}: env file {path} outside deploy/env/"
+            example = example_of(path)
             assert example.is_file(), f"{name}: env file {path} has no committed example {example.name}"
-            if path.parent == DEPLOY:
-                assert path.name in ignored, f"{path.name} holds secrets and must be git-ignored"
+            assert is_git_ignored(path), f"{path.relative_to(ROOT)} holds secrets and must be git-ignored"
+            assert not is_git_ignored(example), f"{example.relative_to(ROOT)} must be committed"
+            # README-style header: what the file is for and how to create it.
+            header = example.read_text().splitlines()[:3]
+            assert all(line.startswith("#") for line in header) and "cp " in example.read_text(), example.name
+    examples = {p for p in ENV_DIR.glob("*.env.example")}
+    assert {example_of(p) for p in used} == examples, "an env example no service reads, or the reverse"
+    assert not (DEPLOY / "cem.env.example").exists(), "the single shared env file is gone: deploy/env/<service>.env"
+    assert is_git_ignored(DEPLOY / "cem.env"), "a leftover deploy/cem.env (legacy, every secret) must stay ignored"
 
 
-def test_env_example_holds_placeholders_only():
-    env = read_env_file(ENV_EXAMPLE)
-    secrets = {k: v for k, v in env.items() if SECRET_KEY.search(k)}
-    assert {"CEM_CLICKHOUSE_PASSWORD", "CLICKHOUSE_PASSWORD", "CEM_GRAFANA_CLICKHOUSE_PASSWORD",
-            "GF_SECURITY_ADMIN_PASSWORD"} <= set(secrets)
-    for key, value in secrets.items():
-        assert value.startswith("CHANGE_ME"), f"{key} in cem.env.example must be a CHANGE_ME placeholder"
-        assert "$" not in value
+def test_each_env_file_serves_one_service(compose):
+    """A shared env file hands every secret in it to every service that reads it (the review's finding)."""
+    readers: dict[Path, list[str]] = {}
+    for name, service in services(compose).items():
+        for path, _ in env_files_of(service):
+            readers.setdefault(path, []).append(name)
+    shared = {str(p.relative_to(ROOT)): names for p, names in readers.items() if len(names) > 1}
+    assert not shared, f"env files read by several services: {shared}"
 
 
-def test_env_example_cem_keys_are_worker_settings():
-    settings = pytest.importorskip("pipeline.settings")
-    import dataclasses
+def service_secret_keys(service: dict) -> tuple[set[str], set[str]]:
+    """(active, commented-out) secret-looking keys a compose service gets from its env files' examples."""
+    active, commented = set(), set()
+    for path, _ in env_files_of(service):
+        example = example_of(path)
+        active |= {k for k in read_env_file(example) if is_secret_name(k)}
+        commented |= {k for k in read_commented_env(example) if is_secret_name(k)}
+    return active, commented
 
-    fields = {f"CEM_{f.name.upper()}" for f in dataclasses.fields(settings.Settings)}
-    env = read_env_file(ENV_EXAMPLE)
-    unknown = {k for k in env if k.startswith("CEM_") and k not in fields and k != "CEM_GRAFANA_CLICKHOUSE_PASSWORD"}
-    assert not unknown, f"cem.env.example sets variables the worker does not read: {sorted(unknown)}"
+
+def test_secrets_reach_only_the_services_that_need_them(compose):
+    svc = services(compose)
+    for name, service in svc.items():
+        active, commented = service_secret_keys(service)
+        required, optional = SERVICE_SECRETS.get(name, (set(), set()))
+        assert required <= active, f"{name}: missing secrets {sorted(required - active)} in its env file"
+        extra = (active | commented) - required - optional
+        assert not extra, f"{name} must not receive {sorted(extra)}"
+        assert not optional & active, f"{name}: optional secrets stay commented out: {sorted(optional & active)}"
+    worker_active, worker_commented = service_secret_keys(svc["worker"])
+    worker_all = worker_active | worker_commented
+    assert not worker_all & ADMIN_SECRETS, "the workers must not get the ClickHouse admin or Grafana password"
+    assert not {k for k in worker_all if k.startswith(("CLICKHOUSE_", "GF_"))}, "no other service's secret"
+    assert {"CEM_PSEUDONYM_KEY", "CEM_KAFKA_SASL_PASSWORD"} <= worker_commented, \
+        "document the optional worker secrets (commented out) in worker.env.example"
+    grafana_all = set().union(*service_secret_keys(svc["grafana"]))
+    assert grafana_all == SERVICE_SECRETS["grafana"][0], "Grafana: its admin password and the reader's, nothing else"
+    for name in set(svc) - set(SERVICE_SECRETS):
+        assert not env_files_of(svc[name]), f"{name} needs no secrets and reads no env file"
+
+
+def test_env_examples_hold_placeholders_only():
+    for example in sorted(ENV_DIR.glob("*.env.example")):
+        for key, value in {**read_commented_env(example), **read_env_file(example)}.items():
+            if is_secret_name(key):
+                assert value.startswith("CHANGE_ME"), f"{key} in {example.name} must be a CHANGE_ME placeholder"
+                assert "$" not in value
+
+
+def test_cem_names_in_deployment_files_are_settings():
+    """Every CEM_* name written anywhere in the deployment (compose, env examples, Dockerfile, k8s, ClickHouse,
+    Grafana, runbook; comments included, so that documented examples are right too) is a worker setting."""
+    fields = settings_fields()
     assert WORKER_ENV <= fields, f"worker settings missing from pipeline.settings: {WORKER_ENV - fields}"
+    files = [COMPOSE_FILE] + [p for p in sorted(DEPLOY.rglob("*")) if p.is_file() and p.suffix != ".json"]
+    unknown = {}
+    for path in files:
+        names = set(re.findall(r"\bCEM_[A-Z0-9_]*[A-Z0-9]\b", path.read_text()))
+        bad = names - fields - NON_SETTING_CEM_VARS
+        if bad:
+            unknown[str(path.relative_to(ROOT))] = sorted(bad)
+    assert not unknown, f"CEM_* names the worker does not read: {unknown}"
 
 
 def test_published_ports_bind_to_localhost(compose):
@@ -442,17 +611,94 @@ def test_worker_service(compose):
     assert "container_name" not in worker and not worker.get("ports"), "replicas cannot share a name or host port"
     assert parse_duration_s(worker["stop_grace_period"]) >= 30
     env = env_of(worker)
-    assert WORKER_ENV - {"CEM_CLICKHOUSE_PASSWORD"} <= set(env)
+    secrets = {"CEM_CLICKHOUSE_PASSWORD", "CEM_WEB_TOKEN"}
+    assert WORKER_ENV - secrets <= set(env)
     assert env["CEM_KAFKA_BOOTSTRAP"] == "kafka:9092"
     assert env["CEM_CLICKHOUSE_URL"] == "http://clickhouse:8123"
     assert env["CEM_CLICKHOUSE_USER"] == "cem_writer"
-    assert "CEM_CLICKHOUSE_PASSWORD" not in env, "the password comes from the env file"
-    assert "CEM_CLICKHOUSE_PASSWORD" in read_env_file(ENV_EXAMPLE)
+    assert env["CEM_CLICKHOUSE_MIGRATE"].lower() in FALSE, "the workers must not migrate (cem_writer has no DDL)"
+    (env_file, required), = env_files_of(worker)
+    assert env_file == ENV_DIR / "worker.env" and required
+    assert secrets <= set(read_env_file(example_of(env_file))), "the password and the web token come from worker.env"
+    overridden = set(read_env_file(example_of(env_file))) & set(env)
+    assert not overridden, f"worker.env sets {sorted(overridden)}, which `environment:` overrides anyway"
+    # Container binds: beyond loopback for scraping and probes (the code's default is 127.0.0.1).
+    assert env["CEM_METRICS_HOST"] == "0.0.0.0" and env["CEM_WEB_HOST"] == "0.0.0.0"
     assert int(env["CEM_METRICS_PORT"]) == METRICS_PORT and int(env["CEM_WEB_PORT"]) == STATUS_PORT
     partitions = int(env["CEM_PARTITIONS"])
     assert partitions == int(env_of(svc["kafka-init"])["CEM_TOPIC_PARTITIONS"]) == PARTITIONS
     assert worker["deploy"]["replicas"] <= partitions
-    assert f"127.0.0.1:{STATUS_PORT}/status" in " ".join(worker["healthcheck"]["test"])
+    # The health check uses the token-free liveness endpoint.
+    check = " ".join(worker["healthcheck"]["test"])
+    assert f"127.0.0.1:{STATUS_PORT}/healthz" in check and "/status" not in check
+
+
+def test_migrate_service(compose):
+    svc = services(compose)
+    migrate, worker = svc["migrate"], svc["worker"]
+    assert migrate["image"] == worker["image"] and migrate.get("build") == worker["build"]
+    assert migrate["command"] == ["migrate"]
+    assert str(migrate["restart"]) == "no" and "healthcheck" not in migrate and not migrate.get("ports")
+    env, worker_env = env_of(migrate), env_of(worker)
+    assert env["CEM_CLICKHOUSE_USER"] == "cem_migrate"
+    for key in ("CEM_CLICKHOUSE_URL", "CEM_CLICKHOUSE_DATABASE"):
+        assert env[key] == worker_env[key], f"migrate and workers must agree on {key}"
+    assert env.get("CEM_CLICKHOUSE_MIGRATE", "true").lower() not in FALSE
+    (env_file, required), = env_files_of(migrate)
+    assert env_file == ENV_DIR / "migrate.env" and required
+    assert {k for k in read_env_file(example_of(env_file)) if is_secret_name(k)} == {"CEM_CLICKHOUSE_PASSWORD"}
+
+
+def broker_protocol_for(compose: dict, bootstrap: str) -> str:
+    """The security protocol of the bundled broker's listener advertised at ``bootstrap``."""
+    env = env_of(services(compose)["kafka"])
+    protocols = dict(item.split(":", 1) for item in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+    for listener in env["KAFKA_ADVERTISED_LISTENERS"].split(","):
+        name, _, address = listener.partition("://")
+        if address == bootstrap:
+            return protocols[name]
+    raise AssertionError(f"no advertised listener at {bootstrap}")
+
+
+def test_kafka_client_security_settings_in_compose(compose):
+    svc = services(compose)
+    for name in CEM_IMAGE_SERVICES:
+        env = env_of(svc[name])
+        protocol = env.get("CEM_KAFKA_SECURITY_PROTOCOL")
+        assert protocol in KAFKA_PROTOCOLS, f"{name}: CEM_KAFKA_SECURITY_PROTOCOL={protocol!r}"
+        bootstrap = env["CEM_KAFKA_BOOTSTRAP"]
+        if bootstrap.split(",")[0].startswith("kafka:"):
+            assert protocol == broker_protocol_for(compose, bootstrap), f"{name}: protocol differs from the broker's"
+        if protocol.startswith("SASL_"):
+            assert env.get("CEM_KAFKA_SASL_MECHANISM") in KAFKA_SASL_MECHANISMS and env.get("CEM_KAFKA_SASL_USERNAME")
+            active, _ = service_secret_keys(svc[name])
+            assert "CEM_KAFKA_SASL_PASSWORD" in active, f"{name}: SASL without a password in its env file"
+        if protocol in ("SSL", "SASL_SSL"):
+            assert env.get("CEM_KAFKA_SSL_CAFILE", "").startswith("/"), f"{name}: TLS without a CA file"
+    assert env_of(svc["generator"])["CEM_KAFKA_BOOTSTRAP"] == svc["generator"]["command"][
+        svc["generator"]["command"].index("--bootstrap") + 1]
+    # The file documents how to point the clients at a secured cluster.
+    comments = "\n".join(l.strip().lstrip("#").strip() for l in COMPOSE_FILE.read_text().splitlines()
+                         if l.strip().startswith("#"))
+    for needle in ("CEM_KAFKA_SECURITY_PROTOCOL: SASL_SSL", "CEM_KAFKA_SASL_MECHANISM:", "CEM_KAFKA_SASL_USERNAME:",
+                   "CEM_KAFKA_SSL_CAFILE:", "CEM_KAFKA_SASL_PASSWORD"):
+        assert needle in comments, f"commented SASL_SSL example lacks {needle}"
+
+
+def test_compose_network_is_pinned(compose):
+    subnet = compose_subnet(compose)
+    assert subnet.version == 4 and subnet.is_private and subnet.prefixlen >= 12, subnet
+    for name, service in services(compose).items():
+        nets = service.get("networks")
+        if nets is not None:
+            assert "default" in nets, f"{name} leaves the pinned default network"
+        assert service.get("network_mode") is None, name
+
+
+def compose_subnet(compose: dict) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    configs = ((compose.get("networks") or {}).get("default") or {}).get("ipam", {}).get("config") or []
+    assert len(configs) == 1 and configs[0].get("subnet"), "pin the default network's subnet (networks.default.ipam)"
+    return ipaddress.ip_network(configs[0]["subnet"])
 
 
 def test_generator_is_optional(compose):
@@ -462,6 +708,8 @@ def test_generator_is_optional(compose):
     cmd = gen["command"]
     assert cmd[0] == "generate" and {"--bootstrap", "--rate", "--customers"} <= set(cmd)
     assert cmd[cmd.index("--bootstrap") + 1] == "kafka:9092"
+    # Its env file (a Kafka SASL password, if any) is optional: the generator starts without one.
+    assert [(p.name, required) for p, required in env_files_of(gen)] == [("generator.env", False)]
 
 
 def test_clickhouse_prometheus_grafana_mounts(compose):
@@ -487,6 +735,32 @@ def test_clickhouse_prometheus_grafana_mounts(compose):
 # Dockerfile
 # ---------------------------------------------------------------------------------------------------------
 
+def dockerfile_instructions() -> list[str]:
+    """Instructions of deploy/Dockerfile, comments dropped and continuation lines joined."""
+    lines, current = [], ""
+    for line in (DEPLOY / "Dockerfile").read_text().splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        current += " " + line.strip()
+        if current.endswith("\\"):
+            current = current[:-1]
+            continue
+        lines.append(" ".join(current.split()))
+        current = ""
+    return lines
+
+
+def dockerfile_final_env() -> dict[str, str]:
+    """ENV of the runtime (last) stage."""
+    instructions = dockerfile_instructions()
+    last_from = max(i for i, line in enumerate(instructions) if line.startswith("FROM "))
+    env = {}
+    for line in instructions[last_from:]:
+        if line.startswith("ENV "):
+            env.update(item.split("=", 1) for item in line.split()[1:])
+    return env
+
+
 def test_dockerfile():
     text = (DEPLOY / "Dockerfile").read_text()
     instructions = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
@@ -498,6 +772,22 @@ def test_dockerfile():
     expose = next(line for line in instructions if line.startswith("EXPOSE"))
     assert {str(METRICS_PORT), str(STATUS_PORT)} <= set(expose.split()[1:])
     assert "pip wheel" in text and "pip install --no-index" in text
+    # A non-root user that exists in the image, the uid the Kubernetes manifests run as.
+    joined = dockerfile_instructions()
+    user = next(line for line in joined if line.startswith("USER ")).split()[1]
+    uid = user.split(":")[0]
+    assert uid.isdigit() and uid != "0", "USER by number, so runAsNonRoot can verify it"
+    assert re.search(rf"useradd [^&]*--uid {uid}\b", " ".join(joined)), f"USER {uid}: no such user is created"
+    for manifest in (K8S / "deployment.yaml", K8S_MIGRATE / "job.yaml"):
+        pod = load_yaml(manifest)["spec"]["template"]["spec"]
+        assert str(pod["securityContext"]["runAsUser"]) == uid, manifest.name
+    # The servers listen beyond loopback in a container (scraping, probes); the code's default is 127.0.0.1.
+    env = dockerfile_final_env()
+    assert env.get("CEM_WEB_HOST") == "0.0.0.0" and env.get("CEM_METRICS_HOST") == "0.0.0.0"
+    assert not {k for k in env if is_secret_name(k)}, "no secret baked into the image"
+    for line in joined:
+        if line.startswith("HEALTHCHECK") and "NONE" not in line:
+            assert "/healthz" in line and "/status" not in line, "health checks use the token-free /healthz"
 
 
 def test_dockerignore_allows_only_the_package():
@@ -520,6 +810,8 @@ log = os.environ["STUB_LOG"]
 if "--describe" in args:
     topic = args[args.index("--topic") + 1]
     parts = os.environ.get("STUB_DESCRIBE_PARTITIONS")
+    if os.environ.get("STUB_DESCRIBE_TOPIC", topic) != topic:  # the override only for that topic
+        parts = None
     if parts is None:
         for line in open(log):
             call = json.loads(line)
@@ -533,12 +825,14 @@ with open(log, "a") as f:
 
 
 def run_create_topics(tmp_path: Path, **env) -> tuple[subprocess.CompletedProcess, list[list[str]]]:
+    """Runs create-topics.sh with kafka-topics.sh and kafka-configs.sh stubbed; both log their argv."""
     stub = tmp_path / "kafka-topics.sh"
     stub.write_text(STUB.format(python=sys.executable))
     stub.chmod(0o755)
     log = tmp_path / "calls.jsonl"
     log.touch()
-    full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "KAFKA_TOPICS_BIN": str(stub), "STUB_LOG": str(log), **env}
+    full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "KAFKA_TOPICS_BIN": str(stub),
+                "KAFKA_CONFIGS_BIN": str(stub), "STUB_LOG": str(log), **env}
     proc = subprocess.run(["bash", str(CREATE_TOPICS)], env=full_env, capture_output=True, text=True, timeout=60)
     calls = [json.loads(line) for line in log.read_text().splitlines()]
     return proc, calls
@@ -560,6 +854,18 @@ def created_topics(calls: list[list[str]]) -> dict[str, dict]:
     return out
 
 
+def altered_configs(calls: list[list[str]]) -> dict[str, dict[str, str]]:
+    """kafka-configs.sh --alter --entity-type topics calls: topic -> configs set."""
+    out: dict[str, dict[str, str]] = {}
+    for call in calls:
+        if "--alter" not in call:
+            continue
+        assert call[call.index("--entity-type") + 1] == "topics"
+        configs = dict(item.split("=", 1) for item in call[call.index("--add-config") + 1].split(","))
+        out.setdefault(call[call.index("--entity-name") + 1], {}).update(configs)
+    return out
+
+
 def test_create_topics_script(tmp_path):
     subprocess.run(["bash", "-n", str(CREATE_TOPICS)], check=True)
     assert os.access(CREATE_TOPICS, os.X_OK)
@@ -573,9 +879,28 @@ def test_create_topics_script(tmp_path):
         assert t["partitions"] == partitions and t["rf"] == 1 and t["bootstrap"] == "kafka:9092" and t["if_not_exists"]
         assert t["configs"]["cleanup.policy"] == ("compact" if compacted else "delete"), name
         assert "min.insync.replicas" not in t["configs"]
-    assert int(topics["cem.touchpoints.dlq"]["configs"]["retention.ms"]) >= 7 * 86_400_000
     # The trainer's checkpoint is tens of MB: the topic must take what the pipeline's producers send.
     assert int(topics["cem.models"]["configs"]["max.message.bytes"]) == MODEL_MAX_BYTES
+    assert {t["partitions"] for name, t in topics.items() if name in COPARTITIONED} == {PARTITIONS}
+
+
+def test_create_topics_privacy_settings(tmp_path):
+    """The dead-letter topic (original bytes, maybe personal data) expires within a week; the input topic takes
+    broker time. Both on creation and, since --if-not-exists leaves existing topics alone, enforced each run."""
+    proc, calls = run_create_topics(tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    topics, altered = created_topics(calls), altered_configs(calls)
+    dlq = int(topics["cem.touchpoints.dlq"]["configs"]["retention.ms"])
+    assert DAY_MS <= dlq <= 7 * DAY_MS, f"DLQ retention {dlq} ms: at least a day to replay, at most a week"
+    assert topics["cem.touchpoints"]["configs"]["message.timestamp.type"] == "LogAppendTime"
+    assert altered["cem.touchpoints.dlq"]["retention.ms"] == str(dlq)
+    assert altered["cem.touchpoints"]["message.timestamp.type"] == "LogAppendTime"
+    assert set(altered) == {"cem.touchpoints", "cem.touchpoints.dlq"}, "enforce only the privacy settings"
+    # The erasure topic: compacted, keyed like cem.touchpoints, same partitions.
+    erasures = topics["cem.erasures"]
+    assert erasures["configs"]["cleanup.policy"] == "compact" and erasures["partitions"] == PARTITIONS
+    # The runbook gives the same retention for the manual command.
+    assert f"retention.ms={dlq}" in runbook_section("Dead-letter topic: access and retention")
 
 
 def test_create_topics_production_replication(tmp_path):
@@ -592,6 +917,14 @@ def test_create_topics_rejects_mismatched_partitions(tmp_path):
     assert "expected 12" in proc.stderr
 
 
+@pytest.mark.parametrize("topic", sorted(COPARTITIONED))
+def test_create_topics_checks_each_copartitioned_topic(tmp_path, topic):
+    proc, calls = run_create_topics(tmp_path, STUB_DESCRIBE_PARTITIONS="4", STUB_DESCRIBE_TOPIC=topic)
+    assert proc.returncode != 0, f"an existing {topic} with 4 partitions must stop the deployment"
+    assert topic in proc.stderr and "expected 12" in proc.stderr
+    assert not altered_configs(calls), "stop before changing anything else"
+
+
 # ---------------------------------------------------------------------------------------------------------
 # ClickHouse
 # ---------------------------------------------------------------------------------------------------------
@@ -600,46 +933,211 @@ def clickhouse_users() -> ET.Element:
     return ET.parse(CLICKHOUSE / "users.d" / "cem-users.xml").getroot()
 
 
-def test_clickhouse_users_take_passwords_from_env():
+CLICKHOUSE_USERS = {"cem_writer", "cem_migrate", "grafana"}
+ERASURE_TABLES = {"touchpoints_enriched", "customer_state", "alerts", "dead_letters"}
+ERASURE_PRIVILEGES = {"ALTER UPDATE", "ALTER DELETE"}
+# The minimum for the worker's idempotent DDL (CREATE DATABASE/TABLE/VIEW IF NOT EXISTS, ALTER TABLE ... ADD
+# COLUMN / ADD PROJECTION, MATERIALIZE PROJECTION for existing parts) plus SELECT for introspection, and
+# recording the layout it applied (INSERT INTO cem.schema_version, sinks/clickhouse.py create_schema).
+MIGRATE_PRIVILEGES = {"SELECT", "CREATE DATABASE", "CREATE TABLE", "CREATE VIEW", "ALTER ADD COLUMN",
+                      "ALTER ADD PROJECTION", "ALTER MATERIALIZE PROJECTION"}
+MIGRATE_GRANTS = {"cem.*": MIGRATE_PRIVILEGES, "cem.schema_version": {"INSERT"}}
+
+
+def compose_client_of(compose: dict, user: str) -> tuple[str, str]:
+    """(compose service, variable holding the password) of the client that connects as ClickHouse ``user``."""
+    if user == "grafana":
+        ds = provisioned_datasources()["cem-clickhouse"]
+        assert ds["jsonData"]["username"] == "grafana"
+        return "grafana", ds["secureJsonData"]["password"].strip("${}")
+    (name,) = [n for n, svc in services(compose).items() if env_of(svc).get("CEM_CLICKHOUSE_USER") == user]
+    return name, "CEM_CLICKHOUSE_PASSWORD"
+
+
+def test_clickhouse_users_take_passwords_from_env(compose):
     root = clickhouse_users()
     assert root.tag == "clickhouse"
     users = root.find("users")
-    assert {u.tag for u in users} == {"cem_writer", "grafana"}
-    env = read_env_file(ENV_EXAMPLE)
+    assert {u.tag for u in users} == CLICKHOUSE_USERS
+    (server_env_file, _), = env_files_of(services(compose)["clickhouse"])
+    server_env = read_env_file(example_of(server_env_file))
+    server_vars = set()
     for user in users:
         passwords = [e for e in user if e.tag.startswith("password") or e.tag == "no_password"]
         assert len(passwords) == 1 and passwords[0].tag == "password", f"{user.tag}: exactly one <password>"
         pw = passwords[0]
-        assert pw.get("from_env") and not (pw.text or "").strip(), f"{user.tag}: password must come from_env"
-        assert pw.get("from_env") in env, f"{pw.get('from_env')} missing from cem.env.example"
-    assert users.find("cem_writer/password").get("from_env") == "CEM_CLICKHOUSE_PASSWORD"  # what the worker reads
-    grafana_var = users.find("grafana/password").get("from_env")
-    datasource = load_yaml(GRAFANA / "provisioning" / "datasources" / "cem.yml")["datasources"]
-    ch = next(d for d in datasource if d["type"] == "grafana-clickhouse-datasource")
-    assert ch["secureJsonData"]["password"] in (f"${grafana_var}", f"${{{grafana_var}}}")
-    assert ch["jsonData"]["username"] == "grafana"
+        var = pw.get("from_env")
+        assert var and not (pw.text or "").strip(), f"{user.tag}: password must come from_env"
+        assert var in server_env, f"{var} missing from {example_of(server_env_file).name}"
+        assert not var.startswith("CEM_"), f"{var}: the server's name for it, not a worker setting"
+        server_vars.add(var)
+        # The client holds the same password under its own name in its own env file (same placeholder).
+        service, client_var = compose_client_of(compose, user.tag)
+        (client_file, _), = env_files_of(services(compose)[service])
+        client_env = read_env_file(example_of(client_file))
+        assert client_var in client_env, f"{user.tag}: {client_var} missing from {example_of(client_file).name}"
+        assert client_env[client_var] == server_env[var], f"{user.tag}: {client_var} and {var} are one password"
+    assert len(server_vars) == len(users), "one variable per user"
+    assert {"CLICKHOUSE_USER", "CLICKHOUSE_PASSWORD"} <= set(server_env), "the bootstrap admin replaces `default`"
+    assert server_env["CLICKHOUSE_USER"] not in CLICKHOUSE_USERS | {"default"}
 
 
 def grants(user: str) -> list[str]:
     return [" ".join(q.text.split()) for q in clickhouse_users().findall(f"users/{user}/grants/query")]
 
 
+def grant_map(user: str) -> dict[str, set[str]]:
+    """``GRANT a, b ON db.t`` queries of a user -> {"db.t": {"a", "b"}}."""
+    out: dict[str, set[str]] = {}
+    for query in grants(user):
+        m = re.fullmatch(r"GRANT (.+) ON (\S+)", query)
+        assert m, f"{user}: unexpected grant {query!r}"
+        out.setdefault(m.group(2), set()).update(p.strip() for p in m.group(1).split(","))
+    return out
+
+
 def test_clickhouse_grants_are_least_privilege():
-    writer = grants("cem_writer")
-    assert len(writer) == 1
-    m = re.fullmatch(r"GRANT (.+) ON cem\.\*", writer[0])
-    assert m, writer
-    privileges = {p.strip() for p in m.group(1).split(",")}
-    assert {"INSERT", "SELECT", "CREATE TABLE", "CREATE VIEW", "ALTER"} <= privileges
-    assert privileges <= {"INSERT", "SELECT", "CREATE TABLE", "CREATE VIEW", "ALTER", "CREATE DATABASE"}
+    # Workers: read and append; for GDPR erasure only, ALTER UPDATE / DELETE on exactly four tables. No DDL.
+    writer = grant_map("cem_writer")
+    assert writer == {"cem.*": {"SELECT", "INSERT"}, **{f"cem.{t}": ERASURE_PRIVILEGES for t in ERASURE_TABLES}}, writer
+    # Migration: the DDL minimum; nothing that removes or rewrites data, no access management.
+    assert grant_map("cem_migrate") == MIGRATE_GRANTS
     assert grants("grafana") == ["GRANT SELECT ON cem.*"]
+    for user in CLICKHOUSE_USERS:
+        for obj, privileges in grant_map(user).items():
+            assert obj.startswith("cem."), f"{user}: grant outside the cem database: {obj}"
+            assert "ALL" not in privileges and "ALTER" not in privileges and "CREATE" not in privileges, user
+            assert not {p for p in privileges if p.startswith(("DROP", "TRUNCATE"))}, user
+        assert "WITH GRANT OPTION" not in " ".join(grants(user))
     root = clickhouse_users()
     profile = root.find("users/grafana/profile").text
     assert root.find(f"profiles/{profile}/readonly").text == "1"
     assert root.find(f"profiles/{profile}/constraints/max_execution_time/changeable_in_readonly") is not None
-    for user in ("cem_writer", "grafana"):
+    for user in CLICKHOUSE_USERS:
         assert root.find(f"users/{user}/access_management") is None
         assert root.find(f"profiles/{root.find(f'users/{user}/profile').text}") is not None
+    assert len({root.find(f"users/{u}/profile").text for u in CLICKHOUSE_USERS}) == 3, "one profile per user"
+
+
+def test_clickhouse_table_grants_name_the_workers_tables():
+    ddl_module = pytest.importorskip("sinks.clickhouse_ddl")
+    created = {m for stmt in ddl_module.statements("cem")
+               for m in re.findall(r"CREATE TABLE IF NOT EXISTS cem\.(\w+)", stmt)}
+    assert ERASURE_TABLES <= created, f"erasure grants name tables the DDL does not create: {ERASURE_TABLES - created}"
+    for user in CLICKHOUSE_USERS:
+        tables = {obj.removeprefix("cem.") for obj in grant_map(user) if obj != "cem.*"}
+        assert tables <= created, f"{user}: grants on tables the DDL does not create: {sorted(tables - created)}"
+    # Every table that holds a customer id or a raw payload can be erased by the workers, and only those.
+    personal = set()
+    for stmt in ddl_module.statements("cem"):
+        m = re.match(r"CREATE TABLE IF NOT EXISTS cem\.(\w+)", stmt)
+        if m and re.search(r"\b(customer_id|payload)\b", stmt):
+            personal.add(m.group(1))
+    assert personal == ERASURE_TABLES, f"tables with personal data {sorted(personal)}"
+    erasable = {obj.removeprefix("cem.") for obj, p in grant_map("cem_writer").items() if obj != "cem.*"}
+    assert erasable == personal and all(grant_map("cem_writer")[f"cem.{t}"] == ERASURE_PRIVILEGES for t in erasable)
+
+
+def user_networks(user: str) -> dict[str, list[str]]:
+    nets = clickhouse_users().find(f"users/{user}/networks")
+    assert nets is not None, f"{user}: no <networks>: ClickHouse would allow any address"
+    out: dict[str, list[str]] = {}
+    for element in nets:
+        out.setdefault(element.tag, []).append((element.text or "").strip())
+    return out
+
+
+def test_clickhouse_users_accept_only_the_deployment_network(compose):
+    subnet = compose_subnet(compose)
+    allowed = {str(subnet), "127.0.0.1", "::1"}
+    for user in CLICKHOUSE_USERS:
+        nets = user_networks(user)
+        assert set(nets) == {"ip"}, f"{user}: only <ip> entries (no host / host_regexp): {sorted(nets)}"
+        assert set(nets["ip"]) == allowed, f"{user}: networks {nets['ip']}, expected {sorted(allowed)}"
+        for ip in nets["ip"]:
+            net = ipaddress.ip_network(ip)
+            assert net.is_private or net.is_loopback, f"{user}: {ip} is not a private network"
+            assert net.num_addresses <= 2 ** 20, f"{user}: {ip} is too wide"
+    # How to change the subnet is documented next to both settings.
+    assert str(subnet) in COMPOSE_FILE.read_text().split("services:")[0], "compose header explains the subnet"
+    assert "docker-compose.yml" in (CLICKHOUSE / "users.d" / "cem-users.xml").read_text()
+
+
+CHDB_PRIVILEGES_SCRIPT = r"""
+import json
+from chdb import session
+s = session.Session()
+rows = s.query("SELECT privilege, aliases, level, parent_group FROM system.privileges", "JSONCompact")
+print(json.dumps(json.loads(str(rows))["data"]))
+"""
+
+
+@pytest.fixture(scope="module")
+def privilege_catalog() -> dict[str, dict]:
+    """ClickHouse's own privilege catalog (system.privileges, via chDB): name -> level, parent, children."""
+    pytest.importorskip("chdb")
+    proc = subprocess.run([sys.executable, "-c", CHDB_PRIVILEGES_SCRIPT], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    catalog = {name: {"aliases": aliases, "level": level, "parent": parent, "children": set()}
+               for name, aliases, level, parent in json.loads(proc.stdout.strip().splitlines()[-1])}
+    for name, row in catalog.items():
+        if row["parent"] in catalog:
+            catalog[row["parent"]]["children"].add(name)
+    return catalog
+
+
+def effective_privileges(catalog: dict[str, dict], granted: set[str]) -> set[str]:
+    """Granted privileges with everything they imply (a group grants all its descendants)."""
+    alias = {a: name for name, row in catalog.items() for a in row["aliases"]}
+    out, todo = set(), [alias.get(p, p) for p in granted]
+    while todo:
+        p = todo.pop()
+        assert p in catalog, f"not a ClickHouse privilege: {p!r}"
+        if p not in out:
+            out.add(p)
+            todo.extend(catalog[p]["children"])
+    return out
+
+
+def descendants(catalog: dict[str, dict], group: str) -> set[str]:
+    return effective_privileges(catalog, {group})
+
+
+@pytest.mark.integration
+def test_clickhouse_grants_against_the_privilege_catalog(privilege_catalog):
+    """The grants, expanded by ClickHouse's privilege hierarchy: what each user can really do."""
+    cat = privilege_catalog
+    table_levels, db_levels = {"TABLE", "VIEW", "COLUMN", "DICTIONARY", None}, {"DATABASE", "TABLE", "VIEW", "COLUMN", "DICTIONARY", None}
+    alias = {a: name for name, row in cat.items() for a in row["aliases"]}
+    for user in CLICKHOUSE_USERS:
+        for obj, privileges in grant_map(user).items():
+            for p in privileges:  # as granted (a group grants what applies at the object's level)
+                p = alias.get(p, p)
+                assert p in cat, f"{user}: {p!r} is not a ClickHouse privilege"
+                levels = db_levels if obj.endswith(".*") else table_levels
+                assert cat[p]["level"] in levels, f"{user}: {p} (level {cat[p]['level']}) cannot be granted on {obj}"
+    ddl = descendants(cat, "CREATE") | descendants(cat, "DROP") | descendants(cat, "ALTER") | {"TRUNCATE", "OPTIMIZE"}
+    access = descendants(cat, "ACCESS MANAGEMENT")
+    writer = {obj: effective_privileges(cat, p) for obj, p in grant_map("cem_writer").items()}
+    assert writer["cem.*"] == {"SELECT", "INSERT"}
+    for obj, privileges in writer.items():
+        assert not (privileges & ddl) - ERASURE_PRIVILEGES, f"cem_writer can change the schema on {obj}"
+        assert not privileges & access
+    migrate_grants = grant_map("cem_migrate")
+    migrate = effective_privileges(cat, migrate_grants["cem.*"])
+    needed = {"CREATE DATABASE", "CREATE TABLE", "CREATE VIEW", "ALTER ADD COLUMN", "ALTER ADD PROJECTION", "SELECT"}
+    assert needed <= migrate, f"cem_migrate cannot run the DDL: lacks {needed - migrate}"
+    destructive = descendants(cat, "DROP") | {"TRUNCATE", "INSERT", "ALTER UPDATE", "ALTER DELETE", "ALTER DROP COLUMN",
+                                              "ALTER MODIFY COLUMN", "ALTER DROP PROJECTION", "ALTER CLEAR COLUMN"}
+    assert not migrate & destructive, f"cem_migrate may destroy data: {sorted(migrate & destructive)}"
+    assert not migrate & access
+    # Besides, only recording the applied layout.
+    assert {obj: effective_privileges(cat, p) for obj, p in migrate_grants.items() if obj != "cem.*"} == \
+        {"cem.schema_version": {"INSERT"}}
+    assert effective_privileges(cat, grant_map("grafana")["cem.*"]) == {"SELECT"}
+    # The detector itself: the old writer grant (ALTER, CREATE TABLE, ...) would fail.
+    assert {"ALTER ADD COLUMN", "ALTER DROP COLUMN"} <= effective_privileges(cat, {"ALTER"}) & ddl
 
 
 def init_sql_statements() -> list[str]:
@@ -656,7 +1154,15 @@ def test_clickhouse_init_sql(compose):
     assert env_of(services(compose)["clickhouse"])["CLICKHOUSE_DEFAULT_ACCESS_MANAGEMENT"] == "1"
     assert re.search(r"CREATE DATABASE IF NOT EXISTS cem\s*;", code)
     assert not re.search(r"(?i)IDENTIFIED|PASSWORD\s*=|BY\s+'", code), "no passwords in init.sql"
-    assert "cem_writer" in code and "grafana" in code, "init.sql checks that the users exist"
+    # The sanity check counts exactly the users of users.d/cem-users.xml.
+    check = init_sql_statements()[1]
+    m = re.search(r"count\(\) != (\d+).*WHERE name IN \(([^)]*)\)", check)
+    assert m, check
+    listed = set(re.findall(r"'(\w+)'", m.group(2)))
+    assert listed == CLICKHOUSE_USERS and int(m.group(1)) == len(CLICKHOUSE_USERS), "init.sql checks every user"
+    comments = "\n".join(line.split("--", 1)[1] for line in sql.splitlines() if "--" in line)
+    assert all(user in comments for user in CLICKHOUSE_USERS), "init.sql documents every user"
+    assert "deploy/cem.env" not in sql
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -864,13 +1370,34 @@ def test_recording_rules_are_unique_and_namespaced():
 ALERT_SEVERITIES = {"critical", "warning", "info"}
 
 
+def runbook_headings() -> list[tuple[int, str, int]]:
+    """(level, title, line index) of the runbook's headings, outside fenced code blocks."""
+    out, fenced = [], False
+    for i, line in enumerate(RUNBOOK.read_text().splitlines()):
+        if line.startswith("```"):
+            fenced = not fenced
+        elif not fenced and line.startswith("#"):
+            out.append((len(line) - len(line.lstrip("#")), line.lstrip("#").strip(), i))
+    return out
+
+
+def anchor(title: str) -> str:
+    return re.sub(r"[^a-z0-9 -]", "", title.lower()).replace(" ", "-")
+
+
 def runbook_anchors() -> set[str]:
-    anchors = set()
-    for line in RUNBOOK.read_text().splitlines():
-        if line.startswith("#"):
-            title = line.lstrip("#").strip().lower()
-            anchors.add(re.sub(r"[^a-z0-9 -]", "", title).replace(" ", "-"))
-    return anchors
+    return {anchor(title) for _, title, _ in runbook_headings()}
+
+
+def runbook_section(title: str) -> str:
+    """The text of a runbook section, up to the next heading of the same or a higher level."""
+    lines = RUNBOOK.read_text().splitlines()
+    heads = runbook_headings()
+    for n, (level, t, i) in enumerate(heads):
+        if t == title:
+            end = next((j for lv, _, j in heads[n + 1:] if lv <= level), len(lines))
+            return "\n".join(lines[i + 1:end])
+    raise AssertionError(f"runbook has no section {title!r}")
 
 
 def test_alerts_have_severity_annotations_and_runbook():
@@ -887,6 +1414,40 @@ def test_alerts_have_severity_annotations_and_runbook():
         assert "Hint:" in ann["description"], f"{name}: description should end with a first step (Hint: ...)"
         path, _, anchor = ann["runbook_url"].partition("#")
         assert (ROOT / path).resolve() == RUNBOOK.resolve() and anchor in anchors, f"{name}: runbook_url {ann['runbook_url']}"
+
+
+RUNBOOK_PROCEDURES = ("Secrets", "Rotating the web token", "Rotating the ClickHouse passwords", "Schema migrations",
+                      "Kafka SASL and TLS", "Dead-letter topic: access and retention")
+
+
+def test_runbook_operational_procedures(compose):
+    for title in RUNBOOK_PROCEDURES:
+        assert runbook_section(title).strip(), title
+    secrets = runbook_section("Secrets")
+    for path, _ in [e for svc in services(compose).values() for e in env_files_of(svc)]:
+        assert str(path.relative_to(ROOT)) in secrets or path.name in secrets, f"Secrets: {path.name} not described"
+    web = runbook_section("Rotating the web token")
+    assert "CEM_WEB_TOKEN" in web and "rollout restart" in web and "--force-recreate" in web
+    ch = runbook_section("Rotating the ClickHouse passwords")
+    for var in ("CLICKHOUSE_CEM_WRITER_PASSWORD", "CLICKHOUSE_CEM_MIGRATE_PASSWORD", "CLICKHOUSE_GRAFANA_PASSWORD",
+                "CLICKHOUSE_PASSWORD", "CEM_CLICKHOUSE_PASSWORD", "reset-admin-password", "ALTER USER"):
+        assert var in ch, f"Rotating the ClickHouse passwords: {var}"
+    migrations = runbook_section("Schema migrations")
+    assert "cem_migrate" in migrations and "CEM_CLICKHOUSE_MIGRATE=false" in migrations
+    assert "docker compose run --rm migrate" in migrations and "kubectl apply -k deploy/k8s/migrate" in migrations
+    kafka = runbook_section("Kafka SASL and TLS")
+    for name in ("CEM_KAFKA_SECURITY_PROTOCOL", "CEM_KAFKA_SASL_MECHANISM", "CEM_KAFKA_SASL_USERNAME",
+                 "CEM_KAFKA_SASL_PASSWORD", "CEM_KAFKA_SSL_CAFILE", "KAFKA_COMMAND_CONFIG", "cem-kafka-ca"):
+        assert name in kafka, f"Kafka SASL and TLS: {name}"
+    dlq = runbook_section("Dead-letter topic: access and retention")
+    assert "kafka-configs.sh" in dlq and "--entity-name cem.touchpoints.dlq" in dlq
+    acls = [" ".join(c.split()) for c in re.findall(r"kafka-acls\.sh(?:[^\n]*\\\n)*[^\n]*", dlq)]
+    adds = [c for c in acls if "--add" in c]
+    assert adds and all("--topic cem.touchpoints.dlq" in c or "--group" in c for c in adds)
+    readers = {re.search(r"--allow-principal (\S+)", c).group(1) for c in adds if "--operation Read" in c}
+    writers = {re.search(r"--allow-principal (\S+)", c).group(1) for c in adds if "--operation Write" in c}
+    assert readers and writers and not readers & writers, "the workers write the DLQ, only the operators read it"
+    assert not any("--topic '*'" in c or '--topic "*"' in c for c in adds), "no wildcard topic ACLs"
 
 
 def test_alerts_cover_the_failure_modes():
@@ -1256,7 +1817,8 @@ def test_dashboard_sql_runs_on_chdb():
     assert {"alerts", "model_metrics"} <= created, f"the worker's DDL creates only {sorted(created)}"
     queries = [substitute_macros(expr) for kind, expr in grafana_queries() if kind == "sql"]
     # init.sql and the users' GRANTs (with a grantee, as ClickHouse completes them) must at least parse.
-    parse = [stmt for stmt in init_sql_statements()] + [f"{g} TO someone" for u in ("cem_writer", "grafana") for g in grants(u)]
+    parse = [stmt for stmt in init_sql_statements()] + [f"{g} TO someone" for u in sorted(CLICKHOUSE_USERS) for g in grants(u)]
+    parse += k8s_readme_sql()
     job = {"ddl": ddl, "queries": queries, "parse": parse}
     proc = subprocess.run([sys.executable, "-c", CHDB_SCRIPT], input=json.dumps(job),
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
@@ -1316,27 +1878,50 @@ def test_k8s_kustomization():
     assert kust["images"][0]["newTag"] == project_version()
 
 
+def k8s_secret_template(path: Path) -> tuple[dict, str]:
+    (secret,) = [d for d in load_yaml_all(path) if d["kind"] == "Secret"]
+    return secret, path.read_text()
+
+
 def test_k8s_secret_is_a_placeholder_template():
-    secret = k8s_by_kind()["Secret"]
-    text = next(p for p in K8S.glob("*.yaml") if any(d["kind"] == "Secret" for d in load_yaml_all(p))).read_text()
-    assert "TEMPLATE" in text and "placeholder" in text.lower()
-    assert "data" not in secret, "use stringData placeholders, not base64 data"
-    assert set(secret["stringData"]) == {"CEM_CLICKHOUSE_PASSWORD"}
-    assert all(v == "REPLACE_ME" for v in secret["stringData"].values())
+    for path, keys in ((K8S / "secret.template.yaml", {"CEM_CLICKHOUSE_PASSWORD", "CEM_WEB_TOKEN", "CEM_KAFKA_SASL_PASSWORD"}),
+                       (K8S_MIGRATE / "secret.template.yaml", {"CEM_CLICKHOUSE_PASSWORD"})):
+        secret, text = k8s_secret_template(path)
+        assert "TEMPLATE" in text and "placeholder" in text.lower()
+        assert "data" not in secret, "use stringData placeholders, not base64 data"
+        assert set(secret["stringData"]) == keys, path
+        assert all(v == "REPLACE_ME" for v in secret["stringData"].values())
+        assert set(secret["stringData"]) <= settings_fields()
+        # Optional secrets are documented, commented out, under the same policy as compose's worker.env.
+        commented = set(re.findall(r"^\s*#\s*(CEM_[A-Z0-9_]+):", text, re.M))
+        assert commented <= settings_fields()
+    worker_secret, text = k8s_secret_template(K8S / "secret.template.yaml")
+    required, optional = SERVICE_SECRETS["worker"]
+    commented = set(re.findall(r"^\s*#\s*(CEM_[A-Z0-9_]+):", text, re.M))
+    assert set(worker_secret["stringData"]) | commented <= required | optional
+    assert "CEM_PSEUDONYM_KEY" in commented
+    assert "cem-kafka-ca" in text and "ca.crt" in text, "how to create the CA bundle's Secret"
 
 
 def test_k8s_configmap_has_only_non_secret_settings():
     cm = k8s_by_kind()["ConfigMap"]["data"]
     assert all(k.startswith("CEM_") for k in cm)
-    assert not any(SECRET_KEY.search(k) for k in cm)
-    assert WORKER_ENV - {"CEM_CLICKHOUSE_PASSWORD"} <= set(cm)
+    assert not any(is_secret_name(k) for k in cm), [k for k in cm if is_secret_name(k)]
+    assert WORKER_ENV - {"CEM_CLICKHOUSE_PASSWORD", "CEM_WEB_TOKEN"} <= set(cm)
     assert cm["CEM_METRICS_PORT"] == str(METRICS_PORT) and cm["CEM_WEB_PORT"] == str(STATUS_PORT)
     assert cm["CEM_CLICKHOUSE_USER"] == "cem_writer" and cm["CEM_PARTITIONS"] == str(PARTITIONS)
-    settings = pytest.importorskip("pipeline.settings")
-    import dataclasses
-
-    fields = {f"CEM_{f.name.upper()}" for f in dataclasses.fields(settings.Settings)}
+    fields = settings_fields()
     assert set(cm) <= fields, f"unknown settings: {set(cm) - fields}"
+
+
+def test_k8s_configmap_kafka_security_and_binding():
+    cm = k8s_by_kind()["ConfigMap"]["data"]
+    assert cm["CEM_KAFKA_SECURITY_PROTOCOL"] in KAFKA_PROTOCOLS
+    assert cm["CEM_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL", "an existing production cluster: SASL over TLS"
+    assert cm["CEM_KAFKA_SASL_MECHANISM"] in KAFKA_SASL_MECHANISMS and cm["CEM_KAFKA_SASL_USERNAME"]
+    assert cm["CEM_KAFKA_SSL_CAFILE"] == "/etc/cem/kafka/ca.crt"
+    assert cm["CEM_METRICS_HOST"] == "0.0.0.0" and cm["CEM_WEB_HOST"] == "0.0.0.0"
+    assert cm["CEM_CLICKHOUSE_MIGRATE"].lower() in FALSE, "the cem-migrate Job owns the schema"
 
 
 def port_number(container: dict, port) -> int:
@@ -1361,17 +1946,103 @@ def test_k8s_deployment():
     (container,) = pod["spec"]["containers"]
     assert container["image"].split(":")[0] == kinds["Kustomization"]["images"][0]["name"]
     assert container["args"] == ["worker"]
-    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+    # Probes on the endpoints that need no token: alive (startup, liveness) and ready (readiness).
+    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz"), ("startupProbe", "/healthz")):
         get = container[probe]["httpGet"]
-        assert get["path"] == "/status" and port_number(container, get["port"]) == STATUS_PORT, probe
+        assert get["path"] == path and port_number(container, get["port"]) == STATUS_PORT, probe
+        assert "httpHeaders" not in get, f"{probe}: no token in the probe"
     res = container["resources"]
     assert {"cpu", "memory"} <= set(res["requests"]) and "memory" in res["limits"]
     refs = {next(iter(e)): e[next(iter(e))]["name"] for e in container["envFrom"]}
     assert refs["configMapRef"] == kinds["ConfigMap"]["metadata"]["name"]
     assert refs["secretRef"] == kinds["Secret"]["metadata"]["name"]
+    for env in container.get("env") or []:
+        if is_secret_name(env["name"]):
+            assert "secretKeyRef" in env.get("valueFrom", {}), f"{env['name']}: only from a Secret"
     assert {p["containerPort"] for p in container["ports"]} == {METRICS_PORT, STATUS_PORT}
-    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
     assert kinds["ConfigMap"]["data"]["CEM_DATA_DIR"] in mounts, "the data dir must be writable (read-only root FS)"
+
+
+def test_k8s_deployment_mounts_the_kafka_ca_from_a_secret():
+    kinds = k8s_by_kind()
+    cafile = Path(kinds["ConfigMap"]["data"]["CEM_KAFKA_SSL_CAFILE"])
+    pod = kinds["Deployment"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == str(cafile.parent)]
+    assert mount.get("readOnly") is True
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    secret = volume["secret"]
+    assert secret["secretName"] == "cem-kafka-ca" and not secret.get("optional", False)
+    assert [i["path"] for i in secret.get("items", [])] in ([], [cafile.name]) and cafile.name == "ca.crt"
+    assert secret["secretName"] != kinds["Secret"]["metadata"]["name"], "the CA is not one of the worker's env secrets"
+
+
+def test_k8s_migration_job():
+    docs = {d["kind"]: d for p in sorted(K8S_MIGRATE.glob("*.yaml")) for d in load_yaml_all(p)}
+    assert set(docs) == {"Kustomization", "Job", "Secret"}
+    kust = docs["Kustomization"]
+    assert kust["resources"] == ["job.yaml"], "the Secret template is never applied"
+    assert kust["namespace"] == k8s_by_kind()["Kustomization"]["namespace"]
+    assert kust["images"] == k8s_by_kind()["Kustomization"]["images"], "same image as the workers"
+    job = docs["Job"]
+    pod = job["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] in ("Never", "OnFailure") and job["spec"]["backoffLimit"] >= 1
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod.get("automountServiceAccountToken") is False
+    (container,) = pod["containers"]
+    assert container["args"] == ["migrate"] and container["image"].split(":")[0] == kust["images"][0]["name"]
+    assert not container.get("envFrom"), "the Job takes only what it needs, not the workers' ConfigMap or Secret"
+    env = {e["name"]: e for e in container["env"]}
+    assert env["CEM_CLICKHOUSE_USER"]["value"] == "cem_migrate"
+    cm_name = k8s_by_kind()["ConfigMap"]["metadata"]["name"]
+    for key in ("CEM_CLICKHOUSE_URL", "CEM_CLICKHOUSE_DATABASE"):
+        ref = env[key]["valueFrom"]["configMapKeyRef"]
+        assert ref == {"name": cm_name, "key": key}, key
+    pw = env["CEM_CLICKHOUSE_PASSWORD"]["valueFrom"]["secretKeyRef"]
+    assert pw == {"name": docs["Secret"]["metadata"]["name"], "key": "CEM_CLICKHOUSE_PASSWORD"}
+    assert pw["name"] != k8s_by_kind()["Secret"]["metadata"]["name"], "its own Secret, not the workers'"
+    secret_envs = {name for name in env if is_secret_name(name)}
+    assert secret_envs == {"CEM_CLICKHOUSE_PASSWORD"}
+    assert set(env) <= settings_fields()
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def k8s_readme_sql() -> list[str]:
+    """The SQL statements of deploy/k8s/README.md's ```sql block."""
+    text = (K8S / "README.md").read_text()
+    blocks = re.findall(r"```sql\n(.*?)```", text, re.S)
+    assert len(blocks) == 1, "one ```sql block with the users and grants"
+    return [" ".join(stmt.split()) for stmt in blocks[0].split(";") if stmt.strip()]
+
+
+def test_k8s_readme_sql_matches_the_users_file():
+    """The SQL for servers with SQL-managed users grants what users.d/cem-users.xml grants, no more."""
+    by_user: dict[str, dict[str, set[str]]] = {}
+    created = set()
+    for stmt in k8s_readme_sql():
+        if m := re.fullmatch(r"CREATE USER (\w+) IDENTIFIED BY '…' HOST IP '([^']+)'(.*)", stmt):
+            created.add(m.group(1))
+            assert ipaddress.ip_network(m.group(2)).is_private, stmt
+            if m.group(1) == "grafana":
+                assert "readonly = 1" in m.group(3)
+            continue
+        m = re.fullmatch(r"GRANT (.+) ON (\S+) TO (\w+)", stmt)
+        assert m, f"unexpected statement {stmt!r}"
+        by_user.setdefault(m.group(3), {}).setdefault(m.group(2), set()).update(
+            p.strip() for p in m.group(1).split(","))
+    assert created == set(by_user) == CLICKHOUSE_USERS
+    for user in CLICKHOUSE_USERS:
+        assert by_user[user] == grant_map(user), user
+
+
+def test_k8s_migrate_kustomize_renders():
+    kubectl = optional_tool("kubectl")
+    proc = subprocess.run([kubectl, "kustomize", str(K8S_MIGRATE)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    docs = [d for d in yaml.safe_load_all(proc.stdout) if d]
+    assert [d["kind"] for d in docs] == ["Job"] and docs[0]["metadata"]["namespace"] == "cem"
+    (container,) = docs[0]["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == f"cem:{project_version()}"
 
 
 def test_k8s_service_and_pdb_select_the_workers():

@@ -10,7 +10,7 @@ from conftest import expected_kpis, kpi_by_channel, now_ms, read_topic, run
 from pipeline.runtime.embedded import publish, publish_raw
 from pipeline.views.client import received
 from processors.synthetic import DEFAULT_START_MS, JourneyGenerator, inject_bad_records
-from schemas.contract import HEADER_REASON, HEADER_SOURCE_OFFSET, HEADER_STAGE, TOPIC_DLQ, TOPIC_ENRICHED, Reason
+from schemas.contract import HEADER_REASON, HEADER_SOURCE_OFFSET, HEADER_STAGE, INPUT_REASONS, TOPIC_DLQ, TOPIC_ENRICHED
 from schemas.codec import RecordEncoder
 
 pytestmark = pytest.mark.integration
@@ -35,7 +35,7 @@ def test_touchpoints_flow_into_exact_kpis_with_every_rejection_dead_lettered(bro
     assert received(status) == total_in == processed + sum(dead.values()) + deduplicated
     assert (processed, deduplicated) == (len(events), len(redelivered))
     assert dead == {reason: float(sum(1 for *_, r in bad if r == reason)) for reason in {r for *_, r in bad}}
-    assert set(dead) == {r.value for r in Reason}, "every rejection reason is exercised"
+    assert set(dead) == {r.value for r in INPUT_REASONS}, "every rejection reason is exercised"
 
     assert kpi_by_channel(worker) == expected_kpis(events)
 
@@ -45,7 +45,7 @@ def test_touchpoints_flow_into_exact_kpis_with_every_rejection_dead_lettered(bro
     originals = {value for _, value, _ in bad}
     assert {r.value for r in dlq} == originals, "dead letters keep the original bytes"
     headers = [dict(r.headers) for r in dlq]
-    assert {h[HEADER_REASON].decode() for h in headers} == {r.value for r in Reason}
+    assert {h[HEADER_REASON].decode() for h in headers} == {r.value for r in INPUT_REASONS}
     assert all(HEADER_STAGE in h and HEADER_SOURCE_OFFSET in h for h in headers)
 
     enriched = run(read_topic(broker.bootstrap, TOPIC_ENRICHED))

@@ -181,17 +181,16 @@ def test_top_once_shows_channels_and_counts(broker, start_worker, tmp_path, caps
     assert rc == 0, out.out + out.err
     assert row_for(split_frame(out.out)[1], "sms")[1] == str(PER_CHANNEL)
 
-    # Alerts: the worker creates cem.alerts (sinks/clickhouse_ddl.py); once it has rows, the newest ones are shown.
-    assert worker.query("EXISTS TABLE cem.alerts") == [[1]]
-    worker.query(
-        "INSERT INTO cem.alerts (alert_id, type, severity, customer_id, channel, occurred_at, emitted_at, reason, "
-        "recommended_action) VALUES ('a1', 'churn_risk', 'high', 'c7', 'web', now64(3), now64(3), "
-        "'three complaints in a week', 'call back')")
+    # Alerts: once cem.alerts has rows, the newest ones are shown (a detractor, through the worker).
+    detractor = {"event_id": "top-detractor", "customer_id": "c7", "occurred_at": now_ms(), "channel": "web",
+                 "type": "survey_response", "nps": 2, "text": "Awful, never again"}
+    run(publish(broker.bootstrap, [detractor], "avro", timestamp_from_event=True))
+    worker.wait_drained(len(events) + 3)
     snap = top.Collector(top.Target(status_url=worker.url)).collect()
     assert snap.alerts_error is None and snap.alerts and snap.alerts[0]["customer_id"] == "c7"
     assert main(["top", "--status-url", worker.url, "--once", "--interval", "0.05"]) == 0
     _, _, alerts_part = split_frame(capsys.readouterr().out)
-    assert row_for(alerts_part, snap.alerts[0]["emitted_at"])[1:3] == ["churn_risk", "high"]
+    assert row_for(alerts_part, snap.alerts[0]["emitted_at"])[1:3] == ["detractor", "high"]
 
 
 # -- the live view in a real terminal -------------------------------------------------------------

@@ -22,7 +22,7 @@ class Metrics:
         self.nps = Counter("cem_nps_responses", "NPS answers by category.", ["channel", "category"], registry=r)
         self.csat = Counter("cem_csat_responses", "CSAT answers; satisfied = 4-5.", ["channel", "satisfied"], registry=r)
         self.revenue = Counter("cem_revenue", "Net revenue (purchases - refunds) in order currency units.", ["channel"], registry=r)
-        self.latency = Histogram("cem_processing_latency_seconds", "Worker receipt -> stage (enriched | committed to ClickHouse).", ["stage"], buckets=LATENCY_BUCKETS, registry=r)
+        self.latency = Histogram("cem_processing_latency_seconds", "Worker receipt -> stage (enriched | committed to ClickHouse), per record.", ["stage"], buckets=LATENCY_BUCKETS, registry=r)
         self.ch_rows = Counter("cem_clickhouse_insert_rows", "Rows inserted into ClickHouse.", ["table"], registry=r)
         self.ch_batches = Counter("cem_clickhouse_insert_batches", "ClickHouse insert statements that succeeded.", ["table"], registry=r)
         self.ch_errors = Counter("cem_clickhouse_insert_errors", "ClickHouse insert attempts that failed (retried).", ["table"], registry=r)
@@ -32,6 +32,11 @@ class Metrics:
         self.lag = Gauge("cem_consumer_lag", "Records behind the partition's end (high watermark - position).", ["topic", "partition"], registry=r)
         self.rebalances = Counter("cem_consumer_rebalances", "Partition assignments received by this worker.", registry=r)
         self.last_batch = Gauge("cem_worker_last_batch_timestamp_seconds", "Wall-clock time of the last processed batch.", registry=r)
+        self.last_commit = Gauge("cem_worker_last_commit_timestamp_seconds", "Wall-clock time of the last commit that acked input.", registry=r)
+        self.live = Gauge("cem_worker_live", "1 while the worker is live (see /healthz), 0 when an agent crashed or input waits without commits.", registry=r)
+        self.stalled = Gauge("cem_worker_stalled_seconds", "Seconds input has waited with nothing committed (0 when not waiting).", registry=r)
+        self.new_logs = Counter("cem_source_log_restarts", "Source partitions whose log started over (a new epoch: broker lost its log, topic re-created).", ["topic"], registry=r)
+        self.registry_fetches = Counter("cem_schema_registry_requests", "Schema Registry lookups by outcome.", ["outcome"], registry=r)
         self.sentiment = Histogram("cem_sentiment_score", "Sentiment of scored texts.", buckets=(-1, -0.6, -0.2, 0.2, 0.6, 1), registry=r)
         self.churn_risk = Histogram("cem_churn_risk", "Churn risk after each scored touchpoint.", buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0), registry=r)
         self.profiles = Counter("cem_customer_profiles", "CRM profiles joined into customer state (cem.customers).", registry=r)
@@ -51,6 +56,7 @@ class Metrics:
             self.produce_errors.labels(topic)
         for model in models:
             self.model_drift.labels(model)
+        self.live.set(1)
 
     def count(self, counter: Counter, tally: Tally) -> None:
         """Add a batch's tally in one call per label set: cheaper than one ``inc`` per record."""
@@ -78,6 +84,22 @@ class Metrics:
                 label = ",".join(sample.labels.values()) or "all"
                 out[name][label] = out[name].get(label, 0) + sample.value
         return out
+
+
+def observe_many(histogram: Histogram, value: float, n: int) -> None:
+    """``histogram.observe(value)`` ``n`` times, in one step: a batch's records share their latency.
+
+    prometheus_client has no bulk observe; this does what its ``Histogram.observe`` does (sum, then
+    the first bucket whose bound holds the value), with ``n``. Pinned by a test against ``observe``.
+    """
+    if n <= 0:
+        return
+    histogram._raise_if_not_observable()
+    histogram._sum.inc(value * n)
+    for i, bound in enumerate(histogram._upper_bounds):
+        if value <= bound:
+            histogram._buckets[i].inc(n)
+            break
 
 
 class KafkaObserver:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -53,9 +53,10 @@ class ModelFeed:
 
     KINDS = {MODEL_SENTIMENT: SentimentModel, MODEL_CHURN: ChurnModel, TRAINER: ModelTrainer}
 
-    def __init__(self, bootstrap: str, on_model: Swap):
+    def __init__(self, bootstrap: str, on_model: Swap, client_options: Mapping[str, Any] | None = None):
         self._bootstrap = bootstrap
         self._on_model = on_model
+        self._options = dict(client_options or {})
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task | None = None
         self.latest: dict[str, bytes] = {}  # key -> packed snapshot (the trainer's is loaded on demand)
@@ -64,7 +65,7 @@ class ModelFeed:
     async def start(self) -> None:
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=self._bootstrap, group_id=None, enable_auto_commit=False,
-            max_partition_fetch_bytes=MODEL_MAX_BYTES, fetch_max_bytes=MODEL_MAX_BYTES,
+            max_partition_fetch_bytes=MODEL_MAX_BYTES, fetch_max_bytes=MODEL_MAX_BYTES, **self._options,
         )
         await self._consumer.start()
         tp = TopicPartition(TOPIC_MODELS, 0)
@@ -182,7 +183,6 @@ class TrainerRuntime:
             self._unpublished = False
             self._last_publish = now
         await self._kafka.write(records)
-        await self._kafka.flush()
         await self._clickhouse.write(rows)
         for event in events:
             event.ack()

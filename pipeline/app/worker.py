@@ -1,80 +1,63 @@
-"""The Faust app: topics, the customer-state table, the touchpoint agent, and their sinks.
+"""The touchpoint worker: each fetch planned by the pure batch planner, shipped, committed.
 
-Thin wiring only. Per batch of input records the agent calls :class:`processors.ingest.Ingestor`,
-then writes the results to the Kafka sink (enriched events, dead letters, the state changelog) and
-the ClickHouse sink. Input records are acked only after both sinks have flushed, so an offset is
-committed only once everything it produced is durable: at-least-once, made exact by the sinks.
+Thin wiring only. Per fetch (``pipeline.app.delivery``) the worker makes sure it knows which
+incarnation of each partition's log the records come from (``pipeline.app.logs``), resolves Confluent
+schema ids it has not seen (``pipeline.app.registry``), lets :class:`processors.plan.BatchPlanner`
+compute every output, stages them with :class:`pipeline.app.commit.Commit`, ships the batch's
+alerts at once, and commits in the background. Input is acked only once everything it produced is
+durable: at-least-once, made exact by the sinks.
 
-Per touchpoint the worker also scores sentiment and churn risk with the latest published models
-and runs the alert rules; alerts are shipped to ``cem.alerts`` at the end of their batch (not at the
-next flush), and a flush acks them before it writes the state changelog, so a state that says "alert
-fired" is never durable without the alert. The examples for training go, once per batch, to the
-single-partition training topic, whose owner runs :class:`pipeline.app.models.TrainerRuntime`.
-
-Why batches and a hand-written changelog: Faust's per-event table writes go through its producer
-buffer one record at a time (~190 µs each here); Faust tables can only be set from per-event
-iteration. We keep the table as Faust's recoverable store (its ``data`` and its changelog topic,
-which Faust replays on start), and write the changelog ourselves once per customer per batch.
+The customer-state table stays Faust's recoverable store (its ``data`` and its changelog topic,
+which Faust replays on start); the worker writes the changelog itself, once per customer per commit.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
+import heapq
 import logging
+import operator
 import time
-from pathlib import Path
-from collections import Counter as Tally
-from collections import deque
 from typing import Any, Iterable
 
-import faust
-from mode.utils.queues import FlowControlEvent
-from faust.sensors import Monitor
 import orjson
 
-from pipeline.app.metrics import KafkaObserver, Metrics
+from pipeline.app.commit import Commit
+from pipeline.app.delivery import BatchDelivery, Fetch
+from pipeline.app.health import Health
+from pipeline.app.kafka_security import client_options
+from pipeline.app.logs import BrokerProbe, LogBook, LogProbeError, digest
+from pipeline.app.metrics import KafkaObserver, Metrics, observe_many
 from pipeline.app.models import ModelFeed, TrainerRuntime, alert_engine_key, model_record, training_record
+from pipeline.app.outputs import AlertOutputs, Shipped, ShippedOutputs
+from pipeline.app.registry import SchemaRegistryClient
+from pipeline.app.rows import storage_rejected
 from pipeline.settings import Settings
-from processors.alerts import Alert, AlertConfig, AlertEngine
+from processors.alerts import AlertConfig, AlertEngine
 from processors.churn import MODEL_NAME as CHURN_MODEL_NAME
 from processors.customer import CustomerState
-from processors.training import ModelTrainer
-from processors.ingest import DeadLetter, Ingestor, Kind, Result, SourceRecord
-from processors.kpi import csat_satisfied, nps_category, signed_revenue
-from processors.profile import ProfileRejected, parse_profile
-from processors.scoring import TouchpointScoring, TrainingBatch, alert_state
+from processors.ingest import DeadLetter, Ingestor, Kind, SourceRecord
+from processors.plan import BatchPlanner, Tallies
+from processors.privacy import Redactor
+from processors.profile import parse_profile
+from processors.pseudonym import from_settings as pseudonymizer_from_settings
+from processors.scoring import TouchpointScoring, alert_state
 from processors.sentiment import MODEL_NAME as SENTIMENT_MODEL_NAME
-from schemas.codec import AvroCodec, EnrichedEncoder, RecordEncoder, SchemaRegistry
+from processors.training import ModelTrainer
+from schemas.codec import AvroCodec, SchemaRegistry, confluent_schema_id
 from schemas.contract import (
-    HEADER_DETAIL,
-    MODEL_CHURN,
-    MODEL_SENTIMENT,
-    HEADER_REASON,
-    HEADER_SOURCE_OFFSET,
-    HEADER_SOURCE_PARTITION,
-    HEADER_SOURCE_TOPIC,
-    HEADER_STAGE,
-    TOPIC_ALERTS,
-    TOPIC_CUSTOMERS,
-    TOPIC_DLQ,
-    TOPIC_ENRICHED,
-    TOPIC_MODELS,
-    TOPIC_TOUCHPOINTS,
-    TOPIC_TRAINING,
-    Stage,
+    MODEL_CHURN, MODEL_SENTIMENT, TOPIC_ALERTS, TOPIC_DLQ, TOPIC_ENRICHED, TOPIC_MODELS, TOPIC_TRAINING, Reason,
+    Rejected, Stage,
 )
-from sinks.clickhouse import ClickHouseSink, TableRow, connect
-from pipeline.app.rows import COLUMNS, alert_row, customer_state_row, dead_letter_row, enriched_row
+from schemas.tables import TABLES
+from sinks.clickhouse import ClickHouseSink, connect
 from sinks.kafka import KafkaRecord, KafkaSink
 
 log = logging.getLogger("cem.worker")
 
-STATE_TABLE = "customer_state"
-
 
 class CustomerStates:
-    """The customer-state table seen as ``customer_id -> CustomerState``.
+    """The customer-state table seen as ``customer_id -> CustomerState`` (a ``StateStore``).
 
     Values recovered by Faust from the changelog are dicts; they become objects on first use.
     """
@@ -99,7 +82,6 @@ class CustomerStates:
         return state
 
     def peek(self, customer_id: str) -> CustomerState | None:
-        """The customer's state if this worker holds it (never creates one)."""
         data = self._table.data
         key = customer_id.encode()
         state = data.get(key)
@@ -108,7 +90,7 @@ class CustomerStates:
         return state
 
     def all(self) -> Iterable[CustomerState]:
-        return [self.peek(key.decode()) for key in list(self._table.data)]
+        return [state for key in list(self._table.data) if (state := self.peek(key.decode())) is not None]
 
     def place(self, customer_id: str, partition: int) -> None:
         """The customer's state lives in (and is changelogged to) ``partition``."""
@@ -128,56 +110,77 @@ def _from_changelog(data: dict) -> CustomerState:
 
 
 class TouchpointWorker:
-    """Per-batch processing and the flush/ack protocol; owns the sinks."""
+    """Per-fetch processing; owns the planner, the commit protocol and the model lifecycle."""
 
-    def __init__(self, settings: Settings, metrics: Metrics, states: CustomerStates):
+    def __init__(self, settings: Settings, metrics: Metrics, states: CustomerStates, delivery: BatchDelivery):
         self.settings = settings
         self.metrics = metrics
-        metrics.start_at_zero(COLUMNS, (TOPIC_ENRICHED, TOPIC_DLQ, TOPIC_ALERTS, TOPIC_TRAINING, TOPIC_MODELS),
-                              (CHURN_MODEL_NAME, SENTIMENT_MODEL_NAME))
         self.states = states
-        registry = SchemaRegistry.from_config(_paths(settings.schema_files), _confluent_ids(settings.confluent_ids))
+        self.delivery = delivery
+        self.health = Health(settings.stall_timeout_s)
+        metrics.start_at_zero(TABLES, (TOPIC_ENRICHED, TOPIC_DLQ, TOPIC_ALERTS, TOPIC_TRAINING, TOPIC_MODELS),
+                              (CHURN_MODEL_NAME, SENTIMENT_MODEL_NAME))
+        registry = _registry(settings)
         self.codec = AvroCodec(registry)
-        self.ingestor = Ingestor(self.codec, int(settings.dedupe_horizon_s * 1000))
-        self.enriched_encoder = EnrichedEncoder()
-        self.scoring = TouchpointScoring(alerts=AlertEngine(AlertConfig.from_spec(settings.alert_rules)))
-        self.alert_encoder = RecordEncoder("alert") if settings.alert_format == "avro" else None
-        self.alert_latencies: deque[float] = deque(maxlen=20_000)  # receipt -> alert acked, seconds
-        self.kafka = KafkaSink(settings.kafka_bootstrap, KafkaObserver(metrics), client_id=f"{settings.app_id}-sink",
-                               priority_topics=frozenset({TOPIC_ALERTS}))
-        client = connect(settings.clickhouse_url, settings.clickhouse_user, settings.clickhouse_password)
-        self.clickhouse = ClickHouseSink(
-            client, settings.clickhouse_database, COLUMNS, metrics,
-            settings.sink_flush_rows, settings.sink_flush_interval_s,
+        self.registry_client = (
+            SchemaRegistryClient(settings.schema_registry_url, settings.schema_registry_user,
+                                 settings.schema_registry_password, hold_s=settings.schema_registry_hold_s)
+            if settings.schema_registry_url else None
         )
-        self.models = ModelFeed(settings.kafka_bootstrap, self._swap_model)
+        redactor = Redactor.from_spec(settings.pii_patterns)
+        ingestor = Ingestor(self.codec, int(settings.dedupe_horizon_s * 1000), redact=redactor.redact,
+                            pseudonymize=pseudonymizer_from_settings(settings.pseudonymize, settings.pseudonym_key))
+        self.scoring = TouchpointScoring(alerts=AlertEngine(AlertConfig.from_spec(settings.alert_rules)))
+        self.planner: BatchPlanner[Shipped] = BatchPlanner(ingestor, self.scoring, ShippedOutputs(self.codec, redactor.redact_bytes))
+        options = client_options(settings)
+        self.kafka = KafkaSink(settings.kafka_bootstrap, KafkaObserver(metrics), client_id=f"{settings.app_id}-sink",
+                               priority_topics=frozenset({TOPIC_ALERTS}), client_options=options)
+        self.connection = connect(settings.clickhouse_url, settings.clickhouse_user, settings.clickhouse_password)
+        self.clickhouse = ClickHouseSink(
+            self.connection, settings.clickhouse_database, metrics, settings.sink_flush_rows,
+            settings.sink_flush_interval_s, on_rejected=storage_rejected,
+        )
+        self.commit = Commit(self.kafka, self.clickhouse, delivery, states.changelog, metrics,
+                             AlertOutputs(settings.alert_format), self._engine_checkpoint)
+        self.probe = BrokerProbe(settings.kafka_bootstrap, options)
+        self.logs = LogBook(self.connection, self.clickhouse, settings.clickhouse_database, self.probe, self._new_log)
+        self.models = ModelFeed(settings.kafka_bootstrap, self._swap_model, options)
         self.trainer = TrainerRuntime(
             self.models, self.kafka, self.clickhouse, metrics, settings.model_publish_interval_s,
-            functools.partial(ModelTrainer.for_horizon, int(settings.churn_horizon_s * 1000)),
+            lambda: ModelTrainer.for_horizon(int(settings.churn_horizon_s * 1000)),
             settings.trainer_checkpoint_interval_s,
         )
-        self._pending: list[tuple[list[Any], float]] = []  # (events, received wall time) awaiting ack
-        self._lock = asyncio.Lock()
-        self.latencies: deque[float] = deque(maxlen=20_000)  # receipt -> committed, seconds (for /status, bench)
+        self._processing = asyncio.Lock()
+        self._committing: asyncio.Future | None = None
         self.first_received: float | None = None  # wall clock, for `cem bench`
-        self.last_committed: float | None = None
-        self.committed_records = 0
-        self._flushing: asyncio.Future | None = None
         self.engine_key: str | None = None  # set at start
-        self._engine_checkpoint: bytes | None = None  # the alert engine after the last processed batch
         self.started = False
 
+    # -- lifecycle ---------------------------------------------------------------------------------
     async def start(self, partitions: Iterable[int] = ()) -> None:
         """``partitions``: the touchpoint partitions this worker reads, which name its alert engine."""
         await self.kafka.start()
-        await self.clickhouse.start()
+        await self.clickhouse.start(create_schema=self.settings.clickhouse_migrate)
+        await self.probe.start()
         await self.models.start()  # the last published models, before the first score
         self.engine_key = alert_engine_key(partitions)
         checkpoint = self.models.alert_engine(self.engine_key)
         if checkpoint is not None:  # the same partitions as before a restart: carry on where it was
-            self.scoring.alerts = AlertEngine.from_bytes(checkpoint, self.scoring.alerts.config)
+            try:
+                self.scoring.alerts = AlertEngine.from_bytes(checkpoint, self.scoring.alerts.config)
+            except (ValueError, TypeError, AttributeError) as exc:  # another version's: warm up again
+                log.warning("alert engine checkpoint %s not resumed (%s): starting fresh", self.engine_key, exc)
         self.scoring.alerts.track(s.alerting for s in self.states.all() if s.alerting is not None)
-        self.started = True
+        self.started = self.health.started = True
+
+    async def close(self) -> None:
+        if self.started:
+            await self.trainer.release()
+            await self.flush()
+            await self.kafka.close()
+            await self.models.stop()
+            await self.probe.stop()
+            self.started = False
 
     def model_versions(self) -> dict[str, Any]:
         """The versions this worker scores with, and the trainer's progress if it hosts it."""
@@ -194,401 +197,180 @@ class TouchpointWorker:
         scorer = self.scoring.sentiment if key == MODEL_SENTIMENT else self.scoring.churn
         scorer.model = model  # one reference swap: a batch in progress scores with one model or the next
 
-    async def process(self, events: list[Any]) -> None:
-        """Handle one batch of Faust events (the agent's body)."""
-        received = time.time()
+    def _engine_checkpoint(self) -> KafkaRecord | None:
+        # The engine as of the last processed batch: a restart resumes the channel minutes and
+        # detectors that match the customer states committed with it.
+        if self.engine_key is None:
+            return None
+        return model_record(self.engine_key, self.scoring.alerts.to_bytes())
+
+    def _new_log(self, key: tuple[str, int], epoch: int, why: str) -> None:
+        self.metrics.new_logs.labels(key[0]).inc()
+
+    # -- the touchpoint path ----------------------------------------------------------------------
+    async def process(self, fetch: Fetch) -> None:
+        """Handle one fetch (the touchpoint agent's body)."""
         if self.first_received is None:
-            self.first_received = received
-        outputs: list[KafkaRecord] = []
-        rows: list[TableRow] = []
-        changed: dict[str, CustomerState] = {}
-        tallies = _Tallies()
-        training = TrainingBatch()
-        alerts: list[Alert] = []
-        for event in events:
-            record = _source_record(event.message)
-            result = self.ingestor.handle(record, self.states.get)
-            tallies.add(result)
-            self._route(result, record, outputs, rows, changed, training, alerts)
-        self._sweep(alerts, changed)
-        for state in changed.values():
-            outputs.append(self.states.changelog(state))
-            rows.append(customer_state_row(state))
-        training.watermark_ms = self.scoring.alerts.watermark_ms
-        if training:
-            outputs.append(training_record(training))
-        if alerts:  # first, and at once: the changelog written next is sent only after their acks
-            await self.kafka.write(self._alert_outputs(alerts, rows, tallies))
-            self._time_alerts(await self.kafka.ship(TOPIC_ALERTS), received)
-        await self.kafka.write(outputs)
-        await self.clickhouse.write(rows)
-        tallies.publish(self.metrics)
-        enriched_at = time.time()
-        self.metrics.latency.labels("enriched").observe(enriched_at - received)
-        self.metrics.last_batch.set(enriched_at)
-        # The engine as of this batch, whose outputs are all written: what the next flush checkpoints.
-        self._engine_checkpoint = self.scoring.alerts.to_bytes()
-        self._pending.append((events, received))
-        await self._maybe_flush()
+            self.first_received = fetch.received
+        async with self._processing:
+            records = await self._from_known_logs(fetch)
+            unresolved = await self._resolve_schemas(records)
+            plan = self.planner.plan(records, self.states)
+            self.codec.registry.unavailable.clear()
+        training = training_record(plan.training) if plan.training else None
+        for customer_id, partition in plan.placed.items():
+            self.states.place(customer_id, partition)
+        self.commit.stage(plan, fetch, training)
+        if plan.alerts:  # at once: the next commit writes their states only after their acks
+            await self.commit.ship_alerts(plan.alerts, fetch.received)
+            plan.tallies.alerts.update((a.type, a.severity) for a in plan.alerts)
+        self._publish(plan.tallies, fetch.received, unresolved, plan.sweep_error)
+        await self._maybe_commit()
 
-    async def _maybe_flush(self) -> None:
-        """Flush in the background so processing goes on during inserts; bound what is buffered."""
-        running = self._flushing is not None and not self._flushing.done()
+    async def _from_known_logs(self, fetch: Fetch) -> list[SourceRecord]:
+        """The fetch's records of partitions still assigned, each tagged with its log's epoch, the
+        partitions merged by record time (as Kafka Streams picks the next record), so cross-customer
+        rules see the stream in about the order it happened; a partition whose log started over is
+        read again from the new log's start."""
+        assignment = self.delivery.app.consumer.assignment()
+        by_partition: dict[Any, list[SourceRecord]] = {}
+        for record in fetch.records:
+            by_partition.setdefault((record.topic, record.partition), []).append(record)
+        ready: list[list[SourceRecord]] = []
+        for tp in fetch.partitions:
+            key = (tp.topic, tp.partition)
+            mine = by_partition.get(key, [])
+            if tp not in assignment or not mine:
+                continue  # revoked since the fetch: its new owner reads it from the committed offset
+            if tp in fetch.regressed or self.logs.needs_verdict(key, fetch.generation):
+                if not await self._verify(tp, key, fetch):
+                    continue
+            await self.logs.anchor(key, mine[0].offset, digest(mine[0].timestamp_ms, mine[0].key, mine[0].value))
+            epoch = self.logs.epoch(key)
+            for record in mine:
+                record.epoch = epoch
+            ready.append(mine)
+        return ready[0] if len(ready) == 1 else list(heapq.merge(*ready, key=_record_time))
+
+    async def _verify(self, tp: Any, key: tuple[str, int], fetch: Fetch) -> bool:
+        """Whether the fetch's records of ``tp`` may be processed as they are."""
+        try:
+            verdict = await self.logs.verdict(key, fetch.generation, 0)
+        except LogProbeError as exc:  # ask again with the next fetch, and read these again then
+            log.warning("%s; reading %s/%d again", exc, *key)
+            self.commit.void(tp)
+            await self.delivery.restart(tp, fetch.spans[tp][0])
+            self.logs.forget([key])
+            return False
+        if verdict.restart_at is None:
+            return True
+        # A new log: what is staged for this partition came from the old one (its acks are void),
+        # and every record of the new log is new to us, from its start.
+        self.commit.void(tp)
+        await self.flush()
+        await self.delivery.restart(tp, verdict.restart_at)
+        return fetch.spans[tp][0] == verdict.restart_at
+
+    async def _resolve_schemas(self, records: list[SourceRecord]) -> dict[int, str]:
+        """Writer schemas of Confluent ids not seen before, from the Schema Registry (if configured)."""
+        if self.registry_client is None:
+            return {}
+        ids = {i for r in records if r.value and (i := confluent_schema_id(r.value)) is not None}
+        client = self.registry_client
+        before = {name: getattr(client, name) for name in _REGISTRY_OUTCOMES}
+        unresolved = await client.resolve(ids, self.codec.registry)
+        for name, count in before.items():
+            if getattr(client, name) > count:
+                self.metrics.registry_fetches.labels(name).inc(getattr(client, name) - count)
+        self.codec.registry.unavailable.update(unresolved)
+        return unresolved
+
+    def _publish(self, tallies: Tallies, received: float, unresolved: dict[int, str], sweep_error: str | None) -> None:
+        m = self.metrics
+        m.count(m.received, tallies.received)
+        m.count(m.processed, tallies.by_kind[_PROCESSED])
+        m.count(m.replayed, tallies.by_kind[_REPLAYED])
+        m.count(m.deduplicated, tallies.by_kind[_DUPLICATE])
+        m.count(m.dead_lettered, tallies.dead)
+        m.count(m.nps, tallies.nps)
+        m.count(m.csat, tallies.csat)
+        m.count(m.alerts, tallies.alerts)
+        for channel, amount in tallies.revenue.items():
+            if amount > 0:  # Prometheus counters only go up; net refunds show in ClickHouse
+                m.revenue.labels(channel).inc(amount)
+        for score in tallies.sentiments:
+            m.sentiment.observe(score)
+        for risk in tallies.churn_risks:
+            m.churn_risk.observe(risk)
+        if sweep_error:
+            log.error("event-time sweep failed (it runs again after the next batch): %s", sweep_error)
+        now = time.time()
+        observe_many(m.latency.labels("enriched"), now - received, sum(tallies.received.values()))
+        m.last_batch.set(now)
+        self.health.observe(waiting=True)
+
+    async def _maybe_commit(self) -> None:
+        """Commit in the background so processing goes on during inserts; bound what is buffered."""
+        running = self._committing is not None and not self._committing.done()
         if running and self.clickhouse.pending_rows >= 3 * self.settings.sink_flush_rows:
-            await self._flushing  # backpressure: at most one flush in flight plus one buffer
+            await self._committing  # backpressure: at most one commit in flight plus one buffer
             running = False
-        if self._flushing is not None and self._flushing.done() and self._flushing.exception():
-            raise self._flushing.exception()  # a sink failed for good: let the worker crash and replay
-        # Input waiting for its ack is reason enough: a batch of pure duplicates writes no rows.
-        if not running and self.clickhouse.due(waiting=bool(self._pending)):
-            self._flushing = asyncio.ensure_future(self.flush())
+        if self._committing is not None and self._committing.done() and self._committing.exception():
+            raise self._committing.exception()  # a sink failed for good: let the worker crash and replay
+        if not running and self.clickhouse.due(waiting=self.commit.waiting):
+            self._committing = asyncio.ensure_future(self._commit())
 
-    def _route(
-        self, result: Result, record: SourceRecord, outputs: list[KafkaRecord], rows: list[TableRow], changed: dict,
-        training: TrainingBatch, alerts: list[Alert],
-    ) -> None:
-        if result.kind is Kind.DUPLICATE:
-            return
-        if result.kind is Kind.DEAD_LETTER:
-            outputs.append(_dead_letter_record(result.dead_letter))
-            rows.append(dead_letter_row(result.dead_letter))
-            return
-        enriched = result.enriched
-        state = result.state
-        new = result.kind is Kind.PROCESSED
-        alerts.extend(self.scoring.score(enriched, state, new, training))
-        if enriched.sentiment is not None:
-            self.metrics.sentiment.observe(enriched.sentiment)
-        if MODEL_CHURN in enriched.model_versions:  # rescored by this touchpoint
-            self.metrics.churn_risk.observe(enriched.churn_risk)
-        body = self.codec.current_body(record.value)
-        value = self.enriched_encoder.encode(
-            enriched.tail_record(), None if body is not None else enriched.touchpoint.to_record(), body,
-        )
-        outputs.append(KafkaRecord(TOPIC_ENRICHED, record.key, value, enriched.source_partition))
-        rows.append(enriched_row(enriched, TOPIC_TOUCHPOINTS))
-        if new:
-            customer_id = enriched.touchpoint.customer_id
-            self.states.place(customer_id, enriched.source_partition)
-            changed[customer_id] = state
-
-    def _sweep(self, alerts: list[Alert], changed: dict) -> None:
-        """Event-time timers (SLA deadlines, closed channel minutes) up to the watermark."""
-        for alert in self.scoring.sweep(self.states.peek):
-            alerts.append(alert)
-            customer_id = alert.customer_id
-            if customer_id is not None and customer_id not in changed:  # the case is now marked breached
-                changed[customer_id] = self.states.peek(customer_id)
-
-    def _alert_outputs(self, alerts: list[Alert], rows: list[TableRow], tallies: "_Tallies") -> list[KafkaRecord]:
-        emitted_ms = int(time.time() * 1000)
-        records = []
-        for alert in alerts:
-            record = alert.to_record(emitted_ms)
-            value = self.alert_encoder.encode(record) if self.alert_encoder else orjson.dumps(record)
-            records.append(KafkaRecord(TOPIC_ALERTS, (alert.customer_id or alert.channel or "").encode(), value))
-            rows.append(alert_row(record))
-            tallies.alerts[(alert.type, alert.severity)] += 1
-        return records
-
-    def _time_alerts(self, deliveries: list[asyncio.Future], received: float) -> None:
-        def delivered(future: asyncio.Future) -> None:
-            if not future.cancelled() and future.exception() is None:
-                latency = time.time() - received
-                self.metrics.alert_latency.observe(latency)
-                self.alert_latencies.append(latency)
-
-        for future in deliveries:
-            future.add_done_callback(delivered)
+    async def _commit(self) -> None:
+        await self.commit.commit()
+        self.health.progressed()
+        self.health.observe(waiting=self.commit.waiting)
 
     async def flush(self) -> None:
-        """Make all outputs durable, then ack their inputs (so Faust may commit the offsets).
-
-        The alert engine is checkpointed with every flush after touchpoints, as of the last batch
-        whose outputs (state changelogs included) this flush sends: a restart resumes the channel
-        minutes and detectors that match the customer states, so a replay neither misses a channel
-        alert nor makes a new one.
-        """
-        async with self._lock:
-            pending, self._pending = self._pending, []
-            checkpoint, self._engine_checkpoint = self._engine_checkpoint, None
-            if checkpoint is not None and self.engine_key is not None:
-                await self.kafka.write([model_record(self.engine_key, checkpoint)])
-            await self.kafka.flush()
-            await self.clickhouse.flush()
-            committed = time.time()
-            observe = self.metrics.latency.labels("committed").observe
-            for events, received in pending:
-                latency = committed - received
-                for event in events:
-                    event.ack()
-                    observe(latency)
-                self.latencies.extend([latency] * len(events))
-                self.committed_records += len(events)
-            if pending:
-                self.last_committed = committed
+        """Commit everything staged (revocation, shutdown)."""
+        if self._committing is not None and not self._committing.done():
+            await asyncio.gather(self._committing, return_exceptions=True)
+        await self._commit()
 
     async def flush_if_due(self) -> None:
-        await self._maybe_flush()
+        await self._maybe_commit()
 
+    # -- CRM profiles ------------------------------------------------------------------------------
     async def process_profiles(self, events: list[Any]) -> None:
         """CRM profiles from ``cem.customers`` join the customer's state (a churn model input)."""
-        outputs: list[KafkaRecord] = []
         changed: dict[str, CustomerState] = {}
         for event in events:
             message = event.message
             try:
                 profile = parse_profile(message.key, message.value)
-            except ProfileRejected as exc:
-                dead = DeadLetter(_source_record(message), exc.reason, Stage.VALIDATE, exc.detail)
-                outputs.append(_dead_letter_record(dead))
-                self.metrics.dead_lettered.labels(exc.reason.value, Stage.VALIDATE.value).inc()
+            except Rejected as exc:
+                self._dead_profile(message, exc.reason, exc.detail)
                 continue
-            state = self.states.get(profile.customer_id)
+            customer_id = self.planner.ingestor.pseudonymize(profile.customer_id) if self.planner.ingestor.pseudonymize else profile.customer_id
+            state = self.states.get(customer_id)
             state.profile = profile.attributes
-            self.states.place(profile.customer_id, message.partition)
-            changed[profile.customer_id] = state
-        outputs.extend(self.states.changelog(state) for state in changed.values())
-        await self.kafka.write(outputs)
+            self.states.place(customer_id, message.partition)
+            changed[customer_id] = state
         self.metrics.profiles.inc(len(changed))
-        self._pending.append((events, time.time()))
-        await self._maybe_flush()
+        self.commit.stage_events(events, changed.values())
+        await self._maybe_commit()
 
-    async def close(self) -> None:
-        if self.started:
-            await self.trainer.release()
-            await self.flush()
-            await self.kafka.close()
-            await self.models.stop()
-            self.started = False
-
-
-class _Tallies:
-    """Per-batch counts, published to Prometheus once per batch."""
-
-    def __init__(self) -> None:
-        self.received: Tally = Tally()
-        self.by_kind: dict[Kind, Tally] = {kind: Tally() for kind in Kind}
-        self.dead: Tally = Tally()
-        self.nps: Tally = Tally()
-        self.csat: Tally = Tally()
-        self.revenue: Tally = Tally()
-        self.alerts: Tally = Tally()
-
-    def add(self, result: Result) -> None:
-        channel = result.channel
-        self.received[channel] += 1
-        self.by_kind[result.kind][channel] += 1
-        if result.kind is Kind.DEAD_LETTER:
-            self.dead[(result.dead_letter.reason.value, result.dead_letter.stage.value)] += 1
-        elif result.kind is Kind.PROCESSED:
-            tp = result.enriched.touchpoint
-            if tp.nps is not None:
-                self.nps[(channel, nps_category(tp.nps))] += 1
-            if tp.csat is not None:
-                self.csat[(channel, "true" if csat_satisfied(tp.csat) else "false")] += 1
-            self.revenue[channel] += signed_revenue(tp.type, tp.amount)
-
-    def publish(self, m: Metrics) -> None:
-        m.count(m.received, self.received)
-        m.count(m.processed, self.by_kind[Kind.PROCESSED])
-        m.count(m.replayed, self.by_kind[Kind.REPLAYED])
-        m.count(m.deduplicated, self.by_kind[Kind.DUPLICATE])
-        m.count(m.dead_lettered, self.dead)
-        m.count(m.nps, self.nps)
-        m.count(m.csat, self.csat)
-        m.count(m.alerts, self.alerts)
-        for channel, amount in self.revenue.items():
-            if amount > 0:  # Prometheus counters only go up; net refunds show in ClickHouse
-                m.revenue.labels(channel).inc(amount)
+    def _dead_profile(self, message: Any, reason: Reason, detail: str) -> None:
+        source = SourceRecord(message.topic, message.partition, message.offset, int(message.timestamp * 1000),
+                              message.key, message.value)
+        shipped = self.planner.outputs.dead_letter(DeadLetter(source, reason, Stage.VALIDATE, detail))
+        self.kafka.add(shipped.record)
+        self.metrics.dead_lettered.labels(reason.value, Stage.VALIDATE.value).inc()
 
 
-def _source_record(message: Any) -> SourceRecord:
-    return SourceRecord(
-        message.topic, message.partition, message.offset, int(message.timestamp * 1000), message.key, message.value,
-    )
+_PROCESSED, _REPLAYED, _DUPLICATE = Kind.PROCESSED, Kind.REPLAYED, Kind.DUPLICATE
+_record_time = operator.attrgetter("timestamp_ms")
+_REGISTRY_OUTCOMES = ("fetched", "unknown", "retries", "failures")  # SchemaRegistryClient's counters
 
 
-def _dead_letter_record(dead: DeadLetter) -> KafkaRecord:
-    """The original key and bytes, unchanged, with why and where from in the headers."""
-    source = dead.source
-    headers = [
-        (HEADER_REASON, dead.reason.value.encode()),
-        (HEADER_STAGE, dead.stage.value.encode()),
-        (HEADER_DETAIL, dead.detail.encode()[:1000]),
-        (HEADER_SOURCE_TOPIC, source.topic.encode()),
-        (HEADER_SOURCE_PARTITION, str(source.partition).encode()),
-        (HEADER_SOURCE_OFFSET, str(source.offset).encode()),
-    ]
-    return KafkaRecord(TOPIC_DLQ, source.key, source.value, None, headers, source.timestamp_ms)
-
-
-def _paths(spec: str) -> list[str]:
-    return [p for p in (s.strip() for s in spec.split(",")) if p]
-
-
-def _confluent_ids(spec: str) -> dict[int, str] | None:
-    """``"1=a.avsc,2=b.avsc"`` -> {1: 'a.avsc', 2: 'b.avsc'}; empty -> the default mapping."""
-    pairs = _paths(spec)
-    if not pairs:
-        return None
-    return {int(k): v for k, v in (p.split("=", 1) for p in pairs)}
-
-
-class QuietMonitor(Monitor):
-    """Faust's monitor keeps per-message statistics on four hooks per record that nothing here reads
-    (the pipeline's metrics are its own); skipping them is a few percent of throughput."""
-
-    def on_message_in(self, tp: Any, offset: int, message: Any) -> None:
-        pass
-
-    def on_stream_event_in(self, tp: Any, offset: int, stream: Any, event: Any) -> None:
-        return None
-
-    def on_stream_event_out(self, tp: Any, offset: int, stream: Any, event: Any, state: Any = None) -> None:
-        pass
-
-    def on_message_out(self, tp: Any, offset: int, message: Any) -> None:
-        pass
-
-    def on_send_initiated(self, producer: Any, topic: str, message: Any, keysize: int, valsize: int) -> None:
-        return None
-
-    def on_send_completed(self, producer: Any, state: Any, metadata: Any) -> None:
-        pass
-
-    def on_table_get(self, table: Any, key: Any) -> None:
-        pass
-
-    def on_table_set(self, table: Any, key: Any, value: Any) -> None:
-        pass
-
-
-class KeepQueuedOnResume(FlowControlEvent):
-    """Faust's flow control, minus emptying the stream queues on resume.
-
-    After table recovery Faust resumes partitions, seeks them to the committed offsets (a dozen
-    broker round trips), then calls ``flow_control.resume()``, which in ``mode`` also clears every
-    stream queue. Records fetched during the seeks are in the queue and the consumer's position is
-    already past them, so the ones still queued at that moment were lost: never processed, never
-    fetched again, and skipped for good by the next commit (a restart with nothing committed read
-    51 of 52 records). Revocation still clears the queues explicitly (``suspend`` + ``clear``).
-    """
-
-    def resume(self) -> None:
-        self._suspend.clear()
-        self._resume.set()
-
-
-def create_app(settings: Settings, metrics: Metrics | None = None) -> tuple[faust.App, TouchpointWorker]:
-    """The Faust app and its worker runtime, wired together."""
-    metrics = metrics or Metrics()
-    app = faust.App(
-        settings.app_id,
-        monitor=QuietMonitor(),
-        broker=f"kafka://{settings.kafka_bootstrap}",
-        store="memory://",
-        datadir=str(Path(settings.data_dir) / "faust"),  # not Faust's default ./<app_id>-data in the cwd
-        topic_partitions=settings.partitions,
-        web_enabled=False,
-        producer_acks=-1,
-        producer_linger=0.005,
-        broker_commit_every=10_000,
-        broker_commit_interval=settings.commit_interval_s,
-        broker_max_poll_records=2000,
-        stream_buffer_maxsize=8192,
-        stream_wait_empty=False,
-        broker_session_timeout=settings.session_timeout_s,
-        broker_rebalance_timeout=settings.rebalance_timeout_s,
-        broker_heartbeat_interval=settings.heartbeat_interval_s,
-        table_cleanup_interval=3600.0,
-        consumer_auto_offset_reset="earliest",
-    )
-    app.flow_control = KeepQueuedOnResume(loop=app.loop)  # before any stream or channel is created
-    touchpoints = app.topic(
-        TOPIC_TOUCHPOINTS, key_type=bytes, value_type=bytes,
-        key_serializer="raw", value_serializer="raw", partitions=settings.partitions,
-    )
-    customers = app.topic(
-        TOPIC_CUSTOMERS, key_type=bytes, value_type=bytes,
-        key_serializer="raw", value_serializer="raw", partitions=settings.partitions,
-    )
-    training = app.topic(TOPIC_TRAINING, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw", partitions=1)
-    # bytes keys use the raw codec; values use the app default (json): CustomerState.to_dict()
-    table = app.Table(STATE_TABLE, partitions=settings.partitions, key_type=bytes)
-    worker = TouchpointWorker(settings, metrics, CustomerStates(table))
-    starting = asyncio.Lock()
-
-    async def started() -> None:
-        async with starting:  # three agents, one start
-            if not worker.started:
-                assigned = app.consumer.assignment()
-                await worker.start(tp.partition for tp in assigned if tp.topic == TOPIC_TOUCHPOINTS)
-
-    @app.agent(touchpoints, name="touchpoints")
-    async def process_touchpoints(stream: faust.StreamT) -> None:
-        await started()
-        async for events in stream.noack_take(settings.take_max, settings.take_within_s):
-            await worker.process(list(events))
-
-    @app.agent(customers, name="customers")
-    async def process_profiles(stream: faust.StreamT) -> None:
-        await started()
-        async for events in stream.noack_take(settings.take_max, settings.take_within_s):
-            await worker.process_profiles(list(events))
-
-    @app.agent(training, name="training")
-    async def train_models(stream: faust.StreamT) -> None:
-        await started()
-        async for events in stream.noack_take(200, 0.2):
-            await worker.trainer.process(list(events))
-
-    @app.timer(interval=settings.model_publish_interval_s)
-    async def publish_models() -> None:
-        if worker.started:
-            await worker.trainer.publish()
-
-    @app.timer(interval=max(0.1, settings.sink_flush_interval_s / 4))
-    async def flush_sinks() -> None:
-        if worker.started:
-            await worker.flush_if_due()
-
-    @app.timer(interval=2.0)
-    async def measure_lag() -> None:
-        await _update_lag(app, metrics)
-
-    @app.on_partitions_assigned.connect
-    async def on_assigned(sender: Any, assigned: Iterable[Any], **_: Any) -> None:
-        metrics.rebalances.inc()
-        if worker.started:
-            await worker.clickhouse.load_high_water()
-
-    @app.on_partitions_revoked.connect
-    async def on_revoked(sender: Any, revoked: Iterable[Any], **_: Any) -> None:
-        if worker.started:  # the next owner reads our high-water marks: write everything first
-            if any(tp.topic == TOPIC_TRAINING for tp in revoked):
-                await worker.trainer.release()
-            await worker.flush()
-
-    @app.on_before_shutdown.connect
-    async def on_shutdown(sender: Any, **_: Any) -> None:
-        await worker.close()
-        try:
-            await app.consumer.commit()
-        except Exception as exc:  # the group may already be gone; replays are idempotent
-            log.info("final commit skipped: %s", exc)
-
-    return app, worker
-
-
-async def _update_lag(app: faust.App, metrics: Metrics) -> None:
-    try:
-        consumer = app.consumer
-        for tp in consumer.assignment():
-            if tp.topic != TOPIC_TOUCHPOINTS:
-                continue
-            position = await consumer.position(tp)
-            if position is not None:
-                metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, consumer.highwater(tp) - position))
-    except Exception as exc:  # lag is best-effort observability; never stop the worker for it
-        log.debug("lag update failed: %s", exc)
+def _registry(settings: Settings) -> SchemaRegistry:
+    files = [p for p in (s.strip() for s in settings.schema_files.split(",")) if p]
+    pairs = [p for p in (s.strip() for s in settings.confluent_ids.split(",")) if p]
+    ids: dict[int, str] | None = {int(k): v for k, v in (p.split("=", 1) for p in pairs)} if pairs else None
+    if ids is None and settings.schema_registry_url:
+        ids = {}  # ids come from the registry: none is mapped to a local file by default
+    return SchemaRegistry.from_config(files, ids)

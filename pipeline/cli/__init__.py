@@ -48,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="the Faust worker (production), configured by CEM_* variables")
     worker.set_defaults(handler=_worker)
 
+    migrate = sub.add_parser("migrate", help="create or check cem's ClickHouse tables (a deployment's one-shot step)")
+    migrate.add_argument("--wait", type=float, default=60.0, help="seconds to keep trying to reach ClickHouse")
+    migrate.set_defaults(handler=_migrate)
+
     gen = sub.add_parser("generate", help="synthetic multi-channel journeys, to Kafka or to a JSONL file")
     gen.add_argument("--events", type=int, default=10_000)
     gen.add_argument("--customers", type=int, default=1000)
@@ -99,6 +103,28 @@ def _worker(args: argparse.Namespace) -> int:
     from pipeline.app.main import run_worker
 
     run_worker(_settings())
+    return 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    import time
+
+    from sinks.clickhouse import ClickHouseSink, SchemaMismatch, connect
+
+    settings = _settings()
+    deadline = time.monotonic() + args.wait
+    while True:
+        try:
+            connection = connect(settings.clickhouse_url, settings.clickhouse_user, settings.clickhouse_password)
+            ClickHouseSink(connection, settings.clickhouse_database).create_schema()
+            break
+        except SchemaMismatch as exc:
+            raise CliError(str(exc)) from None
+        except Exception as exc:  # not reachable yet (a server still starting): try again until --wait
+            if time.monotonic() > deadline:
+                raise CliError(f"cannot migrate {settings.clickhouse_url}: {exc}") from None
+            time.sleep(1.0)
+    print(json.dumps({"migrated": settings.clickhouse_database, "clickhouse": settings.clickhouse_url}))
     return 0
 
 

@@ -89,7 +89,7 @@ def decode_value(payload: bytes, encoder: Any = None) -> dict[str, Any]:
     """One ``cem.alerts`` value as a record: JSON when it starts with ``{``, else Avro single-object.
 
     ``encoder`` is a ``schemas.codec.RecordEncoder("alert")`` (made on first use when not given).
-    Undecodable bytes raise ``schemas.codec.DecodeError`` (a ``ValueError``).
+    Undecodable bytes raise ``schemas.contract.Rejected`` (a ``ValueError``).
 
     >>> decode_value(b'{"alert_id": "a1", "type": "detractor", "severity": "high", "occurred_at": 0,'
     ...              b' "emitted_at": 0, "reason": "r", "recommended_action": "x"}')["type"]
@@ -97,7 +97,7 @@ def decode_value(payload: bytes, encoder: Any = None) -> dict[str, Any]:
     >>> decode_value(b"\\x00garbage")
     Traceback (most recent call last):
     ...
-    schemas.codec.DecodeError: unknown_schema: not single-object encoded with this schema
+    schemas.contract.Rejected: unknown_schema: not single-object encoded with this schema
     """
     if payload[:1] == b"{":
         return normalize(read_json(payload))

@@ -6,7 +6,8 @@ import json
 import time
 from pathlib import Path
 
-from processors.touchpoint import Rejected, validate
+from processors.touchpoint import validate
+from schemas.contract import Rejected
 
 
 def check_file(path: Path, reference_ms: int | None = None) -> tuple[list[dict], list[tuple[int, str, str]]]:

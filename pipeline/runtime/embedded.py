@@ -147,14 +147,16 @@ async def publish(
 
 
 async def publish_raw(
-    bootstrap: str, records: Iterable[tuple[bytes | None, bytes]], timestamp_ms: int | None = None,
-    topic: str = TOPIC_TOUCHPOINTS,
+    bootstrap: str, records: Iterable[tuple], timestamp_ms: int | None = None, topic: str = TOPIC_TOUCHPOINTS,
 ) -> int:
-    """Publish raw (key, value) records to ``topic`` (bad-input tests, replays, CRM profiles)."""
+    """Publish raw ``(key, value)`` or ``(key, value, timestamp_ms)`` records to ``topic`` (bad-input
+    tests, replays, CRM profiles); ``timestamp_ms`` is the default record timestamp."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False, max_request_size=4 << 20)
     await producer.start()
     try:
-        futures = [await producer.send(topic, value, key=key, timestamp_ms=timestamp_ms) for key, value in records]
+        futures = []
+        for key, value, *when in records:
+            futures.append(await producer.send(topic, value, key=key, timestamp_ms=when[0] if when else timestamp_ms))
         await _settle(futures)
     finally:
         await producer.stop()

@@ -28,9 +28,15 @@ def received(status: dict) -> int:
     return total(status["totals"], "touchpoints_received")
 
 
+def _headers() -> dict[str, str]:
+    """The bearer token a worker beyond loopback requires (``CEM_WEB_TOKEN``), if one is set."""
+    token = Settings.from_env().web_token
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 def query_worker(url: str, sql: str, timeout_s: float = 60.0) -> tuple[list[str], list[list]]:
     """SQL through a running worker's ``/query``; ClickHouse's refusal comes back as :class:`WorkerError`."""
-    request = urllib.request.Request(f"{url}/query", data=sql.encode(), method="POST")
+    request = urllib.request.Request(f"{url}/query", data=sql.encode(), method="POST", headers=_headers())
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
             body = json.load(response)
@@ -45,7 +51,8 @@ def query_worker(url: str, sql: str, timeout_s: float = 60.0) -> tuple[list[str]
 
 def fetch_status(url: str, timeout_s: float = 5.0) -> dict:
     """A running worker's ``/status``."""
-    with urllib.request.urlopen(f"{url}/status", timeout=timeout_s) as response:
+    request = urllib.request.Request(f"{url}/status", headers=_headers())
+    with urllib.request.urlopen(request, timeout=timeout_s) as response:
         return json.load(response)
 
 

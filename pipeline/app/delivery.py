@@ -1,0 +1,229 @@
+"""Batch-native delivery for Faust: a whole fetch reaches the touchpoint agent at once.
+
+Faust delivers every record on its own: ``Consumer._drain_messages`` awaits
+``wait_first(callback(message), suspend_flow.wait())`` per record (tasks per record), then the
+conductor, the stream's queue and its iterator. For a topic of tens of thousands of records a
+second that machinery is most of the worker's CPU. This module is the one place cem patches it:
+
+* :class:`BatchConsumer` is Faust's aiokafka consumer with ``_drain_messages`` replaced. For the
+  *batch topics* it hands each fetch (``tp -> records``), converted to
+  :class:`~processors.ingest.SourceRecord`, to a :class:`BatchDelivery` queue in one step; records of
+  every other topic (CRM profiles, training, changelogs) take Faust's own per-message path as before.
+  Flow control is Faust's: the queue is a ``FlowControlQueue`` managed by ``app.flow_control``, so a
+  rebalance suspends it and clears it, and a fetch that arrives while flow is stopped is dropped and
+  the partitions seek back to their committed offsets, as ``Consumer.getmany`` does.
+* Offsets are Faust's too: :meth:`BatchDelivery.ack` records acked offset ranges in the consumer's
+  ``_acked`` / ``_acked_index``, exactly what ``Consumer.ack`` does per message, so Faust's commit
+  loop commits them (gaps included: a range acks every offset the fetch covered). Acks of a fetch
+  from an earlier consumer generation are dropped: after a rebalance the partition's owner reads
+  from the committed offset again.
+* :meth:`BatchDelivery.restart` resets Faust's bookkeeping of one partition and seeks it, for a log
+  that started over (``pipeline.app.logs``): Faust assumes offsets only grow, and would otherwise
+  drop the new log's records as already read (``DROPPED MESSAGE``) and ignore their acks.
+
+Registered through Faust's own extension point: :class:`CemApp` builds its transport with
+:class:`BatchTransport`, whose ``Consumer`` is :class:`BatchConsumer`. Tested by the SIGKILL,
+replay, rebalance and flow-control tests of the worker. Written as it could be offered upstream:
+nothing here knows about touchpoints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import faust
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from mode.utils.queues import FlowControlQueue
+
+from processors.ingest import SourceRecord
+
+log = logging.getLogger("cem.delivery")
+
+
+@dataclass(slots=True)
+class Fetch:
+    """One fetch of the batch topics: records in offset order per partition, and what to ack."""
+
+    records: list[SourceRecord]
+    spans: dict[Any, tuple[int, int]]  # TP -> (first offset to ack, last offset): every offset in between
+    generation: int
+    received: float = field(default_factory=time.time)
+    regressed: set[Any] = field(default_factory=set)  # partitions whose offsets went back: the log started over
+
+    @property
+    def partitions(self) -> list[Any]:
+        return list(self.spans)
+
+
+class BatchDelivery:
+    """Where the consumer puts fetches of the batch topics and the agent takes them."""
+
+    def __init__(self, app: faust.App, topics: Iterable[str], maxsize: int = 4):
+        self.app = app
+        self.topics = frozenset(topics)
+        self._queue: FlowControlQueue | None = None
+        self._maxsize = maxsize
+        self.regressions = 0
+
+    @property
+    def queue(self) -> FlowControlQueue:
+        if self._queue is None:  # needs the app's flow control, which needs the loop
+            self._queue = FlowControlQueue(self._maxsize, flow_control=self.app.flow_control, clear_on_resume=True)
+        return self._queue
+
+    async def fetches(self) -> Any:
+        """The agent's input: one :class:`Fetch` after another."""
+        while True:
+            yield await self.queue.get()
+
+    def ack(self, spans: dict[Any, tuple[int, int]], generation: int) -> int:
+        """Ack every offset of ``spans`` (from a fetch of ``generation``); returns how many were new."""
+        consumer = self.app.consumer
+        if generation != self.app.consumer_generation_id:
+            return 0  # a rebalance since: the owner reads these again from the committed offset
+        assignment = consumer.assignment()
+        acked = 0
+        for tp, (first, last) in spans.items():
+            if tp not in assignment:
+                continue
+            committed = consumer._committed_offset[tp]
+            index = consumer._acked_index[tp]
+            new = [o for o in range(max(first, committed or 0), last + 1) if o not in index]
+            if new:
+                index.update(new)
+                consumer._acked[tp].extend(new)
+                acked += len(new)
+        consumer._n_acked += acked
+        return acked
+
+    async def restart(self, tp: Any, offset: int) -> None:
+        """Read ``tp`` again from ``offset`` of a log that started over, with Faust's per-partition
+        bookkeeping reset (its committed, read and acked offsets belong to the old log)."""
+        consumer = self.app.consumer
+        consumer._committed_offset[tp] = None
+        consumer._acked.pop(tp, None)
+        consumer._acked_index.pop(tp, None)
+        consumer._gap.pop(tp, None)
+        await consumer.seek(tp, offset)
+        consumer._read_offset[tp] = None  # seek() keeps None for offset 0; any first offset is now right
+
+
+def to_source(record: Any) -> SourceRecord:
+    return SourceRecord(record.topic, record.partition, record.offset, record.timestamp, record.key, record.value)
+
+
+class BatchConsumer(faust_aiokafka.Consumer):
+    """Faust's aiokafka consumer, delivering fetches of the batch topics in one piece."""
+
+    delivery: BatchDelivery | None = None  # set by CemApp before the consumer starts fetching
+
+    async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - exercised end to end
+        consumer_should_stop = self._stopped.is_set
+        fetcher_should_stop = fetcher._stopped.is_set
+        try:
+            while not (consumer_should_stop() or fetcher_should_stop()):
+                records, active = await self._wait_next_records(timeout=1.0)
+                await self.sleep(0)
+                if records is None or self.should_stop:
+                    continue
+                if not self.flow_active:
+                    await self._seek_back()
+                    continue
+                await self._deliver(records, active)
+        except self.consumer_stopped_errors:
+            if self.transport.app.should_stop:
+                return
+            raise
+        except asyncio.CancelledError:
+            if self.transport.app.should_stop:
+                return
+            raise
+        except Exception as exc:
+            self.log.exception("Drain messages raised: %r", exc)
+            raise
+
+    async def _seek_back(self) -> None:
+        # As Consumer.getmany does when records arrive while flow is stopped.
+        try:
+            await self.perform_seek()
+        except Exception as exc:
+            self.log.warning(f"exception performing seek when flow not active {exc}")
+
+    async def _deliver(self, records: dict, active: set | None) -> None:
+        delivery = self.delivery
+        generation = self.app.consumer_generation_id
+        batch: dict = {}
+        for tp, tp_records in records.items():
+            if not tp_records or not (active is None or tp in active or tp in self._buffered_partitions):
+                continue
+            if delivery is not None and tp.topic in delivery.topics:
+                batch[tp] = tp_records
+            else:
+                await self._deliver_one_by_one(tp, tp_records)
+        if batch:
+            fetch = self._fetch(batch, generation)
+            await self.wait_first(delivery.queue.put(fetch), self.suspend_flow.wait())
+
+    def _fetch(self, batch: dict, generation: int) -> Fetch:
+        read_offset = self._read_offset
+        sources: list[SourceRecord] = []
+        spans: dict = {}
+        regressed = set()
+        for tp, tp_records in batch.items():
+            first, last = tp_records[0].offset, tp_records[-1].offset
+            previous = read_offset[tp]
+            if previous is not None and first < previous:
+                regressed.add(tp)  # offsets went back without a seek: the log started over
+                start = first
+            else:
+                start = first if previous is None else min(first, previous + 1)
+            spans[tp] = (start, last)
+            read_offset[tp] = last
+            sources.extend(map(to_source, tp_records))
+        if regressed and self.delivery is not None:
+            self.delivery.regressions += len(regressed)
+        return Fetch(sources, spans, generation, regressed=regressed)
+
+    async def _deliver_one_by_one(self, tp: Any, tp_records: list) -> None:
+        """Faust's own path, as in ``Consumer._drain_messages``, for the topics not delivered in batches."""
+        callback = self.callback
+        to_message = self._to_message
+        acks_enabled = self.app.topics.acks_enabled_for(tp.topic)
+        for record in tp_records:
+            if not self.flow_active:
+                return
+            offset = record.offset
+            r_offset = self._read_offset[tp]
+            if r_offset is None or offset >= r_offset:
+                gap = offset - (r_offset or 0)
+                if gap > 1 and r_offset and acks_enabled:
+                    await self._add_gap(tp, r_offset + 1, offset)
+                if self._commit_every is not None and self._n_acked >= self._commit_every:
+                    self._n_acked = 0
+                    await self.commit()
+                await self.wait_first(callback(to_message(tp, record)), self.suspend_flow.wait())
+                self._read_offset[tp] = offset
+
+
+class BatchTransport(faust_aiokafka.Transport):
+    Consumer = BatchConsumer
+
+
+class CemApp(faust.App):
+    """A Faust app whose consumer delivers the ``batch_topics`` in fetches (see the module docstring)."""
+
+    def __init__(self, *args: Any, batch_topics: Iterable[str] = (), **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.delivery = BatchDelivery(self, batch_topics)
+
+    def _new_transport(self) -> Any:
+        return BatchTransport(self.conf.broker_consumer, self)
+
+    def _new_consumer(self) -> Any:
+        consumer = super()._new_consumer()
+        consumer.delivery = self.delivery
+        return consumer

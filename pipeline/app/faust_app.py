@@ -1,0 +1,222 @@
+"""The Faust app: topics, the customer-state table, the agents, timers and rebalance hooks."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import traceback
+from pathlib import Path
+from typing import Any, Iterable
+
+import faust
+from faust.sensors import Monitor
+from mode.utils.queues import FlowControlEvent
+
+from pipeline.app.delivery import CemApp
+from pipeline.app.kafka_security import faust_credentials
+from pipeline.app.metrics import Metrics
+from pipeline.app.worker import CustomerStates, TouchpointWorker
+from pipeline.settings import Settings
+from schemas.contract import TOPIC_CUSTOMERS, TOPIC_TOUCHPOINTS, TOPIC_TRAINING
+
+log = logging.getLogger("cem.app")
+
+STATE_TABLE = "customer_state"
+
+
+class QuietMonitor(Monitor):
+    """Faust's monitor keeps per-message statistics on hooks per record that nothing here reads
+    (the pipeline's metrics are its own); skipping them is a few percent of throughput."""
+
+    def on_message_in(self, tp: Any, offset: int, message: Any) -> None:
+        pass
+
+    def on_stream_event_in(self, tp: Any, offset: int, stream: Any, event: Any) -> None:
+        return None
+
+    def on_stream_event_out(self, tp: Any, offset: int, stream: Any, event: Any, state: Any = None) -> None:
+        pass
+
+    def on_message_out(self, tp: Any, offset: int, message: Any) -> None:
+        pass
+
+    def on_send_initiated(self, producer: Any, topic: str, message: Any, keysize: int, valsize: int) -> None:
+        return None
+
+    def on_send_completed(self, producer: Any, state: Any, metadata: Any) -> None:
+        pass
+
+    def on_table_get(self, table: Any, key: Any) -> None:
+        pass
+
+    def on_table_set(self, table: Any, key: Any, value: Any) -> None:
+        pass
+
+
+class KeepQueuedOnResume(FlowControlEvent):
+    """Faust's flow control, minus emptying the queues on resume.
+
+    After table recovery Faust resumes partitions, seeks them to the committed offsets (a dozen
+    broker round trips), then calls ``flow_control.resume()``, which in ``mode`` also clears every
+    queue. Records fetched during the seeks are in a queue and the consumer's position is already
+    past them, so the ones still queued at that moment were lost: never processed, never fetched
+    again, and skipped for good by the next commit. Revocation still clears the queues explicitly
+    (``suspend`` + ``clear``).
+    """
+
+    def resume(self) -> None:
+        self._suspend.clear()
+        self._resume.set()
+
+
+def create_app(settings: Settings, metrics: Metrics | None = None) -> tuple[faust.App, TouchpointWorker]:
+    """The Faust app and its worker runtime, wired together (uvloop, if wanted, is installed before)."""
+    metrics = metrics or Metrics()
+    app = CemApp(
+        settings.app_id,
+        batch_topics=(TOPIC_TOUCHPOINTS,),
+        monitor=QuietMonitor(),
+        broker=f"kafka://{settings.kafka_bootstrap}",
+        broker_credentials=faust_credentials(settings),
+        store="memory://",
+        datadir=str(Path(settings.data_dir) / "faust"),  # not Faust's default ./<app_id>-data in the cwd
+        topic_partitions=settings.partitions,
+        web_enabled=False,
+        producer_acks=-1,
+        producer_linger=0.005,
+        broker_commit_every=None,
+        broker_commit_interval=settings.commit_interval_s,
+        broker_max_poll_records=settings.take_max,
+        stream_buffer_maxsize=8192,
+        stream_wait_empty=False,
+        broker_session_timeout=settings.session_timeout_s,
+        broker_rebalance_timeout=settings.rebalance_timeout_s,
+        broker_heartbeat_interval=settings.heartbeat_interval_s,
+        consumer_group_instance_id=settings.group_instance_id or None,
+        table_cleanup_interval=3600.0,
+        consumer_auto_offset_reset="earliest",
+    )
+    app.flow_control = KeepQueuedOnResume(loop=app.loop)  # before any stream or channel is created
+    touchpoints = app.topic(
+        TOPIC_TOUCHPOINTS, key_type=bytes, value_type=bytes,
+        key_serializer="raw", value_serializer="raw", partitions=settings.partitions,
+    )
+    customers = app.topic(
+        TOPIC_CUSTOMERS, key_type=bytes, value_type=bytes,
+        key_serializer="raw", value_serializer="raw", partitions=settings.partitions,
+    )
+    training = app.topic(TOPIC_TRAINING, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw", partitions=1)
+    # bytes keys use the raw codec; values use the app default (json): the CustomerState record
+    table = app.Table(STATE_TABLE, partitions=settings.partitions, key_type=bytes)
+    worker = TouchpointWorker(settings, metrics, CustomerStates(table), app.delivery)
+    starting = asyncio.Lock()
+
+    async def started() -> None:
+        async with starting:  # three agents, one start
+            if not worker.started:
+                assigned = app.consumer.assignment()
+                await worker.start(tp.partition for tp in assigned if tp.topic == TOPIC_TOUCHPOINTS)
+
+    async def supervised(name: str, body: Any) -> None:
+        try:
+            await body
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # not live any more: /healthz says so and the watchdog ends the process
+            worker.health.crashed = f"agent {name}: {type(exc).__name__}: {exc}"
+            metrics.live.set(0)
+            log.error("agent %s crashed:\n%s", name, traceback.format_exc())
+            raise
+
+    @app.agent(touchpoints, name="touchpoints")
+    async def process_touchpoints(stream: faust.StreamT) -> None:
+        aiter(stream.channel)  # subscribes the topic; its records arrive by fetch (pipeline.app.delivery)
+
+        async def run() -> None:
+            await started()
+            async for fetch in app.delivery.fetches():
+                await worker.process(fetch)
+
+        await supervised("touchpoints", run())
+
+    @app.agent(customers, name="customers")
+    async def process_profiles(stream: faust.StreamT) -> None:
+        async def run() -> None:
+            await started()
+            async for events in stream.noack_take(settings.take_max, settings.take_within_s):
+                await worker.process_profiles(list(events))
+
+        await supervised("customers", run())
+
+    @app.agent(training, name="training")
+    async def train_models(stream: faust.StreamT) -> None:
+        async def run() -> None:
+            await started()
+            async for events in stream.noack_take(200, 0.2):
+                await worker.trainer.process(list(events))
+
+        await supervised("training", run())
+
+    @app.timer(interval=settings.model_publish_interval_s)
+    async def publish_models() -> None:
+        if worker.started:
+            await worker.trainer.publish()
+
+    @app.timer(interval=max(0.1, settings.sink_flush_interval_s / 4))
+    async def flush_sinks() -> None:
+        if worker.started:
+            await worker.flush_if_due()
+
+    @app.timer(interval=1.0)
+    async def observe() -> None:
+        lagging = await _update_lag(app, metrics)
+        worker.health.observe(waiting=worker.commit.waiting, lagging=lagging)
+        live, _ = worker.health.live()
+        metrics.live.set(1 if live else 0)
+        metrics.stalled.set(worker.health.stalled_for())
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(sender: Any, assigned: Iterable[Any], **_: Any) -> None:
+        metrics.rebalances.inc()
+        worker.health.assigned = any(tp.topic == TOPIC_TOUCHPOINTS for tp in assigned)
+        if worker.started:
+            await worker.clickhouse.load_marks()
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(sender: Any, revoked: Iterable[Any], **_: Any) -> None:
+        worker.logs.forget((tp.topic, tp.partition) for tp in revoked)
+        if worker.started:  # the next owner reads our marks and our changelog: write everything first
+            if any(tp.topic == TOPIC_TRAINING for tp in revoked):
+                await worker.trainer.release()
+            async with worker._processing:  # a fetch being planned is staged before the flush
+                pass
+            await worker.flush()
+
+    @app.on_before_shutdown.connect
+    async def on_shutdown(sender: Any, **_: Any) -> None:
+        await worker.close()
+        try:
+            await app.consumer.commit()
+        except Exception as exc:  # the group may already be gone; replays are idempotent
+            log.info("final commit skipped: %s", exc)
+
+    return app, worker
+
+
+async def _update_lag(app: faust.App, metrics: Metrics) -> bool | None:
+    """Export the consumer lag per touchpoint partition; whether any partition lags (None: unknown)."""
+    try:
+        consumer = app.consumer
+        lagging = False
+        for tp in consumer.assignment():
+            if tp.topic != TOPIC_TOUCHPOINTS:
+                continue
+            position = await consumer.position(tp)
+            if position is not None:
+                lag = max(0, consumer.highwater(tp) - position)
+                metrics.lag.labels(tp.topic, str(tp.partition)).set(lag)
+                lagging = lagging or lag > 0
+        return lagging
+    except Exception as exc:  # lag is best-effort observability; never stop the worker for it
+        log.debug("lag update failed: %s", exc)
+        return None

@@ -1,0 +1,82 @@
+"""A halt is never silent: liveness, readiness and the watchdog, on a fake clock."""
+
+from __future__ import annotations
+
+from pipeline.app.health import EXIT_STALLED, Health, Watchdog
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_idle_is_live_and_waiting_without_commits_is_not():
+    clock = Clock()
+    health = Health(stall_timeout_s=60, clock=clock)
+    clock.now += 3600
+    health.observe(waiting=False, lagging=False)
+    assert health.live()[0], "nothing waits: an idle worker is live however long it idles"
+    health.observe(waiting=True)
+    clock.now += 59
+    assert health.live()[0]
+    clock.now += 2
+    live, body = health.live()
+    assert not live and body["status"] == "stalled" and body["seconds_without_commit"] == 61.0
+    health.progressed()  # a commit
+    assert health.live()[0]
+
+
+def test_lag_alone_is_input_waiting():
+    clock = Clock()
+    health = Health(stall_timeout_s=10, clock=clock)
+    health.observe(waiting=False, lagging=True)
+    clock.now += 11
+    assert not health.live()[0], "records wait on the broker and nothing is committed: stalled"
+
+
+def test_a_crashed_agent_is_not_live_nor_ready():
+    health = Health()
+    health.started = health.assigned = True
+    assert health.ready() == (True, {"status": "ready"})
+    health.crashed = "agent touchpoints: RuntimeError: boom"
+    assert health.live()[1]["status"] == "crashed" and not health.ready()[0]
+
+
+def test_ready_needs_a_start_and_an_assignment():
+    health = Health()
+    assert health.ready()[1]["status"] == "starting"
+    health.started = True
+    assert health.ready()[1]["status"] == "no partitions assigned"
+
+
+def test_the_watchdog_exits_once_not_live_for_long_enough():
+    """Property: a worker that stops committing with input waiting exits non-zero, in bounded time."""
+    clock = Clock()
+    health = Health(stall_timeout_s=30, clock=clock)
+    exits: list[int] = []
+    watchdog = Watchdog(health, exit_after_s=20, exit=exits.append)
+    health.observe(waiting=True)
+    clock.now += 31
+    assert not watchdog.check() and not exits  # not live, but only just
+    clock.now += 19
+    assert not watchdog.check()
+    clock.now += 2
+    assert watchdog.check() and exits == [EXIT_STALLED]
+
+
+def test_the_watchdog_forgives_a_recovery():
+    clock = Clock()
+    health = Health(stall_timeout_s=30, clock=clock)
+    exits: list[int] = []
+    watchdog = Watchdog(health, exit_after_s=20, exit=exits.append)
+    health.observe(waiting=True)
+    clock.now += 40
+    watchdog.check()
+    health.progressed()
+    clock.now += 15
+    watchdog.check()
+    clock.now += 40
+    assert not watchdog.check() and not exits, "the clock restarts after a recovery"
