@@ -277,6 +277,7 @@ class JourneyGenerator:
         events_per_customer_per_day: float = 4.0,
         churn_within_days: float = 28.0,
         label_text: bool = False,
+        run: str = "",
     ):
         if customers < 1:
             raise ValueError("customers must be >= 1")
@@ -285,6 +286,7 @@ class JourneyGenerator:
         if events_per_customer_per_day <= 0 or churn_within_days <= 0:
             raise ValueError("events_per_customer_per_day and churn_within_days must be > 0")
         self.seed = seed
+        self.run = run  # prefixes event ids: runs of the same seed on the same customers stay apart
         self.start_ms = start_ms
         self.label_text = label_text
         self.rng = random.Random(seed)
@@ -394,7 +396,7 @@ class JourneyGenerator:
         ``events(10)`` once. Events are fresh dicts owned by the caller.
         """
         heap, pop = self._heap, heapq.heappop
-        kpi, seed = self._kpi, self.seed
+        kpi, prefix = self._kpi, f"{self.run}{self.seed}"
         while n is None or n > 0:
             if not heap:
                 return  # everyone churned
@@ -404,7 +406,7 @@ class JourneyGenerator:
             if kind == _EVENT:
                 if c.churned_at is not None and payload is not c.final and t >= c.churned_at:
                     continue  # queued before the churn decision: a cancelled customer says nothing more
-                payload["event_id"] = f"{seed}-{self._emitted}"
+                payload["event_id"] = f"{prefix}-{self._emitted}"
                 self._emitted += 1
                 self._now = t
                 _accumulate(kpi, payload)

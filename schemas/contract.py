@@ -24,6 +24,9 @@ TOPIC_ALERTS = "cem.alerts"
 TOPIC_CUSTOMERS = "cem.customers"
 TOPIC_TRAINING = "cem.model.training"  # one partition: each model trains in one place, in one order
 TOPIC_MODELS = "cem.models"  # compacted: the latest snapshot per key (sentiment, churn, trainer)
+TOPIC_ERASURES = "cem.erasures"  # compacted: erasure requests, keyed (and partitioned) like the touchpoints
+STATE_TABLE = "customer_state"  # the Faust table of customer states
+TOPIC_STATE_CHANGELOG = f"cem-{STATE_TABLE}-changelog"  # Faust's name for its changelog: <app id>-<table>-changelog
 
 # How a survey answer counts, in cem.kpi_minute's columns and everywhere else (processors.kpi).
 PROMOTER_MIN = 9  # NPS 9-10

@@ -50,7 +50,7 @@ class Fetch:
 
     records: list[SourceRecord]
     spans: dict[Any, tuple[int, int]]  # TP -> (first offset to ack, last offset): every offset in between
-    generation: int
+    generation: int  # BatchDelivery.generation when fetched
     received: float = field(default_factory=time.time)
     regressed: set[Any] = field(default_factory=set)  # partitions whose offsets went back: the log started over
 
@@ -68,6 +68,13 @@ class BatchDelivery:
         self._queue: FlowControlQueue | None = None
         self._maxsize = maxsize
         self.regressions = 0
+        # Bumped at every revocation and assignment. (Faust's consumer_generation_id stays 0 on
+        # brokers whose JoinGroup answers generation 0, so it cannot tell one assignment from the next.)
+        self.generation = 0
+
+    def rebalanced(self) -> None:
+        """A revocation or an assignment: fetches from before it are not to be acked any more."""
+        self.generation += 1
 
     @property
     def queue(self) -> FlowControlQueue:
@@ -83,7 +90,7 @@ class BatchDelivery:
     def ack(self, spans: dict[Any, tuple[int, int]], generation: int) -> int:
         """Ack every offset of ``spans`` (from a fetch of ``generation``); returns how many were new."""
         consumer = self.app.consumer
-        if generation != self.app.consumer_generation_id:
+        if generation != self.generation:
             return 0  # a rebalance since: the owner reads these again from the committed offset
         assignment = consumer.assignment()
         acked = 0
@@ -100,16 +107,17 @@ class BatchDelivery:
         consumer._n_acked += acked
         return acked
 
-    async def restart(self, tp: Any, offset: int) -> None:
-        """Read ``tp`` again from ``offset`` of a log that started over, with Faust's per-partition
-        bookkeeping reset (its committed, read and acked offsets belong to the old log)."""
+    async def restart(self, tp: Any, offset: int | None) -> None:
+        """Forget Faust's bookkeeping of ``tp`` (its committed, read and acked offsets belong to a log
+        that started over) and, if ``offset`` is given, read the partition again from there."""
         consumer = self.app.consumer
         consumer._committed_offset[tp] = None
         consumer._acked.pop(tp, None)
         consumer._acked_index.pop(tp, None)
         consumer._gap.pop(tp, None)
-        await consumer.seek(tp, offset)
-        consumer._read_offset[tp] = None  # seek() keeps None for offset 0; any first offset is now right
+        if offset is not None:
+            await consumer.seek(tp, offset)
+            consumer._read_offset[tp] = None  # seek() keeps None for offset 0; any first offset is right
 
 
 def to_source(record: Any) -> SourceRecord:
@@ -155,7 +163,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
 
     async def _deliver(self, records: dict, active: set | None) -> None:
         delivery = self.delivery
-        generation = self.app.consumer_generation_id
+        generation = delivery.generation if delivery is not None else 0
         batch: dict = {}
         for tp, tp_records in records.items():
             if not tp_records or not (active is None or tp in active or tp in self._buffered_partitions):

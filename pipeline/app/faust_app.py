@@ -17,12 +17,9 @@ from pipeline.app.kafka_security import faust_credentials
 from pipeline.app.metrics import Metrics
 from pipeline.app.worker import CustomerStates, TouchpointWorker
 from pipeline.settings import Settings
-from schemas.contract import TOPIC_CUSTOMERS, TOPIC_TOUCHPOINTS, TOPIC_TRAINING
+from schemas.contract import STATE_TABLE, TOPIC_CUSTOMERS, TOPIC_TOUCHPOINTS, TOPIC_TRAINING
 
 log = logging.getLogger("cem.app")
-
-STATE_TABLE = "customer_state"
-
 
 class QuietMonitor(Monitor):
     """Faust's monitor keeps per-message statistics on hooks per record that nothing here reads
@@ -178,12 +175,14 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> tuple[faus
     @app.on_partitions_assigned.connect
     async def on_assigned(sender: Any, assigned: Iterable[Any], **_: Any) -> None:
         metrics.rebalances.inc()
+        app.delivery.rebalanced()
         worker.health.assigned = any(tp.topic == TOPIC_TOUCHPOINTS for tp in assigned)
         if worker.started:
             await worker.clickhouse.load_marks()
 
     @app.on_partitions_revoked.connect
     async def on_revoked(sender: Any, revoked: Iterable[Any], **_: Any) -> None:
+        app.delivery.rebalanced()
         worker.logs.forget((tp.topic, tp.partition) for tp in revoked)
         if worker.started:  # the next owner reads our marks and our changelog: write everything first
             if any(tp.topic == TOPIC_TRAINING for tp in revoked):

@@ -9,8 +9,10 @@ log it came from.
 
 :class:`LogBook` knows, per source partition, the current epoch and an *anchor*: one record of that
 incarnation (its offset and a digest of its timestamp, key and value), kept in ``cem.source_logs``.
-The first time a worker reads a partition after an assignment, the book reads the record at the
-anchor's offset from the broker (:func:`same_log` decides):
+The first time a worker reads a partition after an assignment, and again whenever the partition
+comes back after a quiet spell (a broker that restarts, or a topic re-created, always makes one: the
+consumer has to reconnect), the book reads the record at the anchor's offset from the broker
+(:func:`same_log` decides):
 
 * the same record is there: the same log, carry on (the epoch stays);
 * the offset is past the log's end, or another record is there: the log started over. That is
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Mapping
 
@@ -39,6 +42,7 @@ from sinks.clickhouse import ClickHouseSink, Connection
 log = logging.getLogger("cem.logs")
 
 Key = tuple[str, int]  # (topic, partition)
+QUIET_S = 0.25  # a partition absent from fetches this long is verified again when it returns
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +97,8 @@ class LogBook:
     """Epochs and anchors of the source partitions this worker reads."""
 
     def __init__(self, connection: Connection, sink: ClickHouseSink, database: str,
-                 probe: Callable[[Key, int], Awaitable[Probe]], on_new_log: Callable[[Key, int, str], None]):
+                 probe: Callable[[Key, int], Awaitable[Probe]], on_new_log: Callable[[Key, int, str], None],
+                 clock: Callable[[], float] = time.monotonic):
         self._connection = connection
         self._sink = sink
         self._db = database
@@ -102,12 +107,18 @@ class LogBook:
         self._epochs: dict[Key, int] = {}
         self._verified: dict[Key, int] = {}  # key -> consumer generation it was verified in
         self._anchored: set[Key] = set()  # anchored in the current assignment
+        self._clock = clock
+        self._last_fetch: dict[Key, float] = {}  # key -> when a fetch last held it
 
     def epoch(self, key: Key) -> int:
         return self._epochs.get(key, 1)
 
     def needs_verdict(self, key: Key, generation: int) -> bool:
-        return self._verified.get(key) != generation
+        """Whether the partition's log must be checked before its records are processed: the first
+        fetch of an assignment, or the first after a quiet spell."""
+        now = self._clock()
+        last, self._last_fetch[key] = self._last_fetch.get(key), now
+        return self._verified.get(key) != generation or last is None or now - last > QUIET_S
 
     def forget(self, keys: Any) -> None:
         """Partitions revoked: verify them again when they come back."""

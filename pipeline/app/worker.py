@@ -265,11 +265,13 @@ class TouchpointWorker:
         if verdict.restart_at is None:
             return True
         # A new log: what is staged for this partition came from the old one (its acks are void),
-        # and every record of the new log is new to us, from its start.
+        # and every record of the new log is new to us, from its start: this fetch, if it begins
+        # there, else the partition read again from there.
         self.commit.void(tp)
         await self.flush()
-        await self.delivery.restart(tp, verdict.restart_at)
-        return fetch.spans[tp][0] == verdict.restart_at
+        from_start = fetch.spans[tp][0] <= verdict.restart_at
+        await self.delivery.restart(tp, None if from_start else verdict.restart_at)
+        return from_start
 
     async def _resolve_schemas(self, records: list[SourceRecord]) -> dict[int, str]:
         """Writer schemas of Confluent ids not seen before, from the Schema Registry (if configured)."""

@@ -13,7 +13,7 @@ from aiokafka.errors import TopicAlreadyExistsError
 
 from pipeline.runtime.processes import spawn, stop
 from schemas.contract import (
-    MODEL_MAX_BYTES, TOPIC_ALERTS, TOPIC_CUSTOMERS, TOPIC_DLQ, TOPIC_ENRICHED, TOPIC_MODELS, TOPIC_TOUCHPOINTS, TOPIC_TRAINING,
+    MODEL_MAX_BYTES, TOPIC_ALERTS, TOPIC_ERASURES, TOPIC_STATE_CHANGELOG, TOPIC_CUSTOMERS, TOPIC_DLQ, TOPIC_ENRICHED, TOPIC_MODELS, TOPIC_TOUCHPOINTS, TOPIC_TRAINING,
 )
 
 
@@ -96,6 +96,11 @@ async def create_topics(bootstrap: str, partitions: int) -> None:
             NewTopic(TOPIC_CUSTOMERS, partitions, 1, topic_configs={"cleanup.policy": "compact"}),
             NewTopic(TOPIC_TRAINING, 1, 1),
             NewTopic(TOPIC_MODELS, 1, 1, topic_configs={"cleanup.policy": "compact", "max.message.bytes": str(MODEL_MAX_BYTES)}),
+            NewTopic(TOPIC_ERASURES, partitions, 1, topic_configs={"cleanup.policy": "compact"}),
+            # Faust declares its changelog when it starts; created here too, so that a broker that
+            # starts empty under running workers has it before their first write (a topic the broker
+            # creates on the fly for a write is not one Faust's recovery can read).
+            NewTopic(TOPIC_STATE_CHANGELOG, partitions, 1, topic_configs={"cleanup.policy": "compact"}),
         ]
         existing = set(await admin.list_topics())
         missing = [t for t in wanted if t.name not in existing]

@@ -74,7 +74,9 @@ async def _traffic(settings: Settings, progress: "_Progress", duration_s: float 
     from processors.synthetic import JourneyGenerator
 
     start_ms = int(time.time() // 60 * 60_000)
-    journeys = JourneyGenerator(customers=customers, seed=seed, start_ms=start_ms)
+    # Each run's event ids are its own: a second run on the same data directory sends new touchpoints
+    # of the same customers, not redeliveries of the first run's.
+    journeys = JourneyGenerator(customers=customers, seed=seed, start_ms=start_ms, run=f"r{int(time.time() * 1000):x}.")
     if rate > 0:
         await publish_profiles(settings.kafka_bootstrap, journeys.profiles())  # the CRM join, first
     events = journeys.events()

@@ -63,7 +63,15 @@ def running_worker(data_dir: Path) -> dict | None:
         os.kill(info["pid"], 0)
     except (OSError, ValueError, KeyError):  # absent, unreadable, or its process is gone
         return None
-    return info
+    return None if _zombie(info["pid"]) else info
+
+
+def _zombie(pid: int) -> bool:
+    """A process that has exited but was not reaped (its parent was killed): not a running worker."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def running_worker_url(data_dir: Path) -> str | None:
