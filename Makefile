@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: run test bench clean
+.PHONY: run test bench soak clean
 
 $(BIN)/cem: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,9 @@ test: $(VENV)/.test-extras
 
 bench: $(BIN)/cem
 	$(BIN)/cem bench $(ARGS)
+
+soak: $(VENV)/.test-extras  # 150k touchpoints through 10 SIGKILLs: lost, doubled, recovery times
+	$(BIN)/python benchmarks/soak.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .cem .pytest_cache

@@ -74,7 +74,7 @@ class Settings:
     data_dir: str = "./.cem"
     log_level: str = "warn"
     # Faust group timing: short in tests (Faust joins a group in ~rebalance_timeout/2)
-    session_timeout_s: float = 10.0
+    session_timeout_s: float = 6.0
     rebalance_timeout_s: float = 10.0
     heartbeat_interval_s: float = 1.0
     # Static group membership (Kafka's group.instance.id): a restarted worker with the same id takes

@@ -131,6 +131,10 @@ class CustomerState:
     seen: dict[str, Sequence[int]] = field(default_factory=dict)  # event_id -> (occurred_at, log_position)
     seen_live: int = 0  # entries left by the last prune: the next prune is due at twice as many
     position: int = 0  # the highest log position applied (the version of this state)
+    # The position as of the state's last changelog write. Dedupe entries after it are kept whatever
+    # their age: a crash before the input is acked replays them into the written state, which must
+    # recognise them (see mark_written).
+    written_position: int = 0
     # What the alert rules remember (a processors.alerts.CustomerAlertState, or its dict when read
     # back from the changelog); typed loosely because the alert rules build on this module.
     alerting: Any = None
@@ -288,10 +292,30 @@ _PRUNE_MIN = 8  # a customer's dedupe memory is pruned when it doubles, and neve
 
 
 def prune_seen(state: CustomerState, horizon_ms: int) -> None:
-    """Forget event ids older than the horizon, measured back from the customer's dedupe clock."""
+    """Forget event ids older than the horizon, measured back from the customer's dedupe clock,
+    but for those applied since the state was last written (a replay may still bring them back)."""
     cutoff = state.dedupe_clock - horizon_ms
-    state.seen = {eid: v for eid, v in state.seen.items() if v[0] >= cutoff}
+    written = state.written_position
+    state.seen = {eid: v for eid, v in state.seen.items() if v[0] >= cutoff or v[1] > written}
     state.seen_live = len(state.seen)
+
+
+def mark_written(state: CustomerState) -> None:
+    """The state's changelog record is being written: what it has applied so far is durable with it.
+
+    Until the next write, a crash replays the records after the last acked input into *this* state,
+    so their dedupe entries must survive pruning meanwhile; those before it may go.
+
+    >>> s = CustomerState("c1")
+    >>> _ = apply(s, Touchpoint("e1", "c1", 0, "web", "purchase", amount=1.0), 0, 1, 0)
+    >>> for i in range(2, 12):   # ten page views three days later prune e1, but e1 is not written yet
+    ...     _ = apply(s, Touchpoint(f"e{i}", "c1", 3 * DAY_MS + i, "web", "page_view"), 0, i, 0)
+    >>> "e1" in s.seen, apply(s, Touchpoint("e1", "c1", 0, "web", "purchase", amount=1.0), 0, 1, 0)[0].value
+    (True, 'replay')
+    >>> mark_written(s); prune_seen(s, DEFAULT_DEDUPE_HORIZON_MS); "e1" in s.seen
+    False
+    """
+    state.written_position = state.position
 
 
 def _fold(state: CustomerState, tp: Touchpoint) -> tuple[float | None, bool]:

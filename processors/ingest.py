@@ -19,7 +19,7 @@ from typing import Callable
 from processors.customer import DEFAULT_DEDUPE_HORIZON_MS, CustomerState, Enriched, Outcome, apply
 from processors.touchpoint import Touchpoint, validate
 from schemas.codec import CONFLUENT_MAGIC, SINGLE_OBJECT_MAGIC, AvroCodec
-from schemas.contract import CHANNELS, MAX_RECORD_BYTES, Reason, Rejected, Stage
+from schemas.contract import CHANNELS, MAX_EVENT_MS, MAX_RECORD_BYTES, MIN_EVENT_MS, Reason, Rejected, Stage
 
 Transform = Callable[[str], str]
 
@@ -116,8 +116,8 @@ class Ingestor:
             stage = Stage.STATE
             state = state_for(touchpoint.customer_id)
             outcome, enriched = apply(
-                state, touchpoint, record.partition, record.offset, record.timestamp_ms, self.dedupe_horizon_ms,
-                record.epoch,
+                state, touchpoint, record.partition, record.offset,
+                record_time(record.timestamp_ms, touchpoint.occurred_at), self.dedupe_horizon_ms, record.epoch,
             )
         except Rejected as exc:
             return _dead(record, exc.reason, stage, exc.detail, channel)
@@ -142,6 +142,16 @@ class Ingestor:
 
 
 _AVRO_MARKERS = (SINGLE_OBJECT_MAGIC[:1], CONFLUENT_MAGIC)
+
+
+def record_time(timestamp_ms: int, fallback: int) -> int:
+    """A Kafka record timestamp as the time a record was received, or ``fallback`` when it is none
+    a consumer could read (-1 from old clients, or a producer's nonsense).
+
+    >>> record_time(1_767_225_600_000, 0), record_time(-1, 7), record_time(10**18, 7)
+    (1767225600000, 7, 7)
+    """
+    return timestamp_ms if MIN_EVENT_MS <= timestamp_ms < MAX_EVENT_MS else fallback
 
 
 def describe(exc: BaseException) -> str:

@@ -14,8 +14,8 @@ What each recogniser covers, and deliberately does not:
 
 * **e-mail**: ``local@domain.tld`` with plus-addressing, dots, subdomains, any case, Unicode (IDN)
   labels; and the obfuscations customers type: ``jane (at) example (dot) com``, ``jane[at]example.com``,
-  ``jane @ example.com``, ``jane@example dot com``, and the bare word form ``john dot doe at gmail dot
-  com`` -- the last only when the domain is a common mail provider, because "I shopped at amazon dot
+  ``jane @ example.com``, ``jane@example dot com``, and the bare word form ``name dot surname at gmail
+  dot com`` -- the last only when the domain is a common mail provider, because "I shopped at amazon dot
   com" is not an address. Not covered: addresses without a dot in the domain (``jane@localhost``),
   quoted local parts, IP-literal domains.
 * **IBAN**: a country of the SWIFT IBAN registry, its two check digits and the BBAN, compact or in

@@ -36,7 +36,9 @@ NEGATION_CUES = frozenset(
 _SCOPE_ENDERS = frozenset("but however although though yet".split())
 
 _URL_RE = re.compile(r"(?:https?://|www\.)\S+", re.IGNORECASE)
-_EMAIL_RE = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+# Starts only where a run of address characters starts: tried at every character of a long run, the
+# search would be quadratic in the text's length.
+_EMAIL_RE = re.compile(r"(?<![\w.+-])[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
 _EMOTICON_RE = re.compile(
     "|".join(
         f"(?P<{name}>{'|'.join(re.escape(e) for e in sorted(table, key=len, reverse=True))})"

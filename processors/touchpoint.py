@@ -167,7 +167,10 @@ def parse_event_time(value: Any) -> int:
 def _from_datetime(value: datetime, shown: str) -> int:
     if value.tzinfo is None:
         raise Rejected(Reason.BAD_TIMESTAMP, f"occurred_at {shown} has no UTC offset")
-    return int(value.astimezone(timezone.utc).timestamp() * 1000)
+    try:
+        return int(value.astimezone(timezone.utc).timestamp() * 1000)
+    except (OverflowError, ValueError):  # year 1 or 9999 plus an offset leaves the calendar
+        raise Rejected(Reason.BAD_TIMESTAMP, f"occurred_at {shown} is outside the calendar in UTC") from None
 
 
 def _check_event_time(ms: int) -> int:

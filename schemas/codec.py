@@ -291,13 +291,16 @@ class AvroCodec:
         return None
 
     def _read_avro(self, body: bytes, writer: dict, same: bool = False) -> dict:
+        stream = io.BytesIO(body)
         try:
-            record = fastavro.schemaless_reader(io.BytesIO(body), writer, None if same else self._reader)
+            record = fastavro.schemaless_reader(stream, writer, None if same else self._reader)
         except fastavro.read.SchemaResolutionError as exc:
             reason = Reason.UNKNOWN_ENUM if "enum" in str(exc).lower() or "symbol" in str(exc).lower() else Reason.WRONG_TYPE
             raise Rejected(reason, str(exc)[:300]) from None
         except Exception as exc:  # truncated or corrupt Avro body
             raise Rejected(Reason.UNDECODABLE, f"invalid Avro body: {type(exc).__name__}: {exc}"[:300]) from None
+        if stream.tell() != len(body):  # a record and something else: not one record (nor reusable as one)
+            raise Rejected(Reason.UNDECODABLE, f"{len(body) - stream.tell()} bytes after the Avro record")
         return record
 
 

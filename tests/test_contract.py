@@ -8,7 +8,7 @@ import json
 import fastavro
 import pytest
 
-from processors.customer import CustomerState, Outcome, apply, prune_seen
+from processors.customer import CustomerState, Outcome, apply, mark_written, prune_seen
 from processors.ingest import Ingestor, Kind, SourceRecord
 from processors.synthetic import DEFAULT_START_MS as T0  # 2026-01-01T00:00:00Z
 from processors.touchpoint import Touchpoint, validate
@@ -141,6 +141,7 @@ def test_replay_redelivery_and_horizon():
     assert state.events_total == 1
     apply(state, tp("b", T0 + 25 * 3600 * 1000), 0, 3, T0)
     apply(state, tp("c", T0 + 26 * 3600 * 1000), 0, 4, T0)
+    mark_written(state)  # entries applied since the state was last written are kept for replays
     prune_seen(state, 24 * 3600 * 1000)
     # beyond the horizon, in event time, measured back from the second-latest touchpoint (b)
     assert "a" not in state.seen and {"b", "c"} <= set(state.seen)

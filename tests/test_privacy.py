@@ -51,7 +51,7 @@ KINDS = tuple(PLACEHOLDERS)
         ("j.smith [at] example.org", "[email]"),
         ("mark @ example.com", "[email]"),
         ("tina@example dot com", "[email]"),
-        ("john dot doe at gmail dot com", "[email]"),
+        ("john dot doe at example dot com", "[email]"),
         ("peter AT example DOT com", "[email]"),
     ],
 )
@@ -426,7 +426,7 @@ def test_comments_without_pii_are_left_exactly_as_they_are():
 _PIECES = [
     "4111 1111 1111 1111", "4111111111111111", "3782 822463 10005", "DE89 3704 0044 0532 0130 00",
     "GB29NWBK60161331926819", "+44 20 7946 0958", "(555) 123-4567", "07700 900123", "06 12 34 56 78",
-    "jane@example.com", "jane (at) example (dot) com", "john dot doe at gmail dot com", "@", " at ", " dot ",
+    "jane@example.com", "jane (at) example (dot) com", "john dot doe at example dot com", "@", " at ", " dot ",
     "(at)", "[", "]", "[email]", "[phone]", "+", "(", ")", "-", ".", "/", " ", "  ", "0", "1", "7", "12",
     "2026-01-15", "15.01.2026", "order #", "ref ", "€", "1 234,50", "12.5%", "DE", "89", "\x00", "😀", "\ud800",
 ]
@@ -435,7 +435,7 @@ _ANY_TEXT = st.text(st.characters()) | _PIECEWISE  # st.characters(): surrogates
 
 
 @given(_ANY_TEXT)
-@settings(database=None)
+@settings(max_examples=500, database=None)
 def test_redact_never_raises_and_is_idempotent(text):
     once = redact(text)
     assert isinstance(once, str)

@@ -18,7 +18,7 @@ from pipeline.app.metrics import Metrics, observe_many
 from pipeline.app.outputs import AlertOutputs, Shipped
 from pipeline.app.rows import customer_state_row
 from processors.alerts import Alert
-from processors.customer import CustomerState
+from processors.customer import CustomerState, mark_written
 from processors.plan import BatchPlan
 from schemas.contract import TOPIC_ALERTS
 from sinks.clickhouse import ClickHouseSink
@@ -117,6 +117,8 @@ class Commit:
             changed, self._changed = self._changed, {}
             changelogs = [self._changelog(state) for state in changed.values()]
             rows = [customer_state_row(state) for state in changed.values()]
+            for state in changed.values():
+                mark_written(state)
             checkpoint = self._checkpoint()
 
             await asyncio.gather(*alerts)  # 1. (a failed alert send raises: nothing after it is sent)

@@ -12,13 +12,13 @@ import orjson
 
 from processors.alerts import Alert
 from processors.customer import CustomerState, Enriched
-from processors.ingest import DeadLetter
+from processors.ingest import DeadLetter, record_time
 from processors.training import MetricRow
 from schemas.contract import Reason, Stage
 from schemas.tables import names
 from sinks.clickhouse import Row, TableRow
 
-DEAD_LETTER_PAYLOAD_LIMIT = 64 * 1024  # the full bytes are on the DLQ topic; ClickHouse keeps a prefix
+DEAD_LETTER_PAYLOAD_LIMIT = 16 * 1024  # the full bytes are on the DLQ topic; ClickHouse keeps a redacted prefix
 RedactBytes = Callable[[bytes], str]
 
 
@@ -39,7 +39,7 @@ def dead_letter_row(dead: DeadLetter, redact: RedactBytes) -> TableRow:
     source = dead.source
     payload = source.value or b""
     return "dead_letters", (
-        source.timestamp_ms, source.topic, source.partition, source.epoch, source.offset, dead.reason.value,
+        record_time(source.timestamp_ms, 0), source.topic, source.partition, source.epoch, source.offset, dead.reason.value,
         dead.stage.value, dead.detail, _key_text(source.key, redact), redact(payload[:DEAD_LETTER_PAYLOAD_LIMIT]),
         len(payload), len(payload) > DEAD_LETTER_PAYLOAD_LIMIT,
     )
