@@ -630,6 +630,18 @@ class ChurnLabeler(Snapshot):
                 marked += 1
         return marked
 
+    def forget(self, customer_id: str) -> int:
+        """Drop every snapshot of an erased customer (its features are personal data); returns how many.
+
+        >>> labeler = ChurnLabeler(horizon_ms=30 * DAY_MS)
+        >>> labeler.snapshot("a", 0, {"f": 1.0}), labeler.forget("a"), labeler.advance(31 * DAY_MS)
+        (True, 1, [])
+        """
+        seqs = list(self._pending.get(customer_id, {}))
+        for seq in seqs:
+            self._drop(customer_id, seq)
+        return len(seqs)
+
     def advance(self, watermark_ms: int) -> list[tuple[Features, bool]]:
         """Labels: every snapshot older than ``watermark_ms - horizon``, oldest first."""
         cutoff = watermark_ms - self.horizon_ms

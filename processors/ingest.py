@@ -3,8 +3,9 @@
 :class:`Ingestor` knows nothing about Kafka clients or Faust; it takes a :class:`SourceRecord` (the
 bytes and coordinates of one input record) and a state lookup, and returns a :class:`Result` that
 says which outputs to write. Every record ends in exactly one of: processed, replayed, duplicate,
-dead-lettered, so ``in = processed + dead-lettered + deduplicated`` holds by construction; an
-unexpected exception inside the step is a dead letter too (``processing_error``), never a crash.
+dead-lettered, suppressed (the customer was erased), so ``in = processed + dead-lettered +
+deduplicated + suppressed`` holds by construction; an unexpected exception inside the step is a dead
+letter too (``processing_error``), never a crash.
 
 Privacy happens here, before anything downstream sees the touchpoint: free text is redacted and,
 when configured, the customer id is replaced by its pseudonym (see :mod:`processors.privacy`).
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Container
 
 from processors.customer import DEFAULT_DEDUPE_HORIZON_MS, CustomerState, Enriched, Outcome, apply
 from processors.touchpoint import Touchpoint, validate
@@ -52,6 +53,7 @@ class Kind(str, enum.Enum):
     REPLAYED = "replayed"  # re-processed after a restart: outputs again, state untouched
     DUPLICATE = "duplicate"
     DEAD_LETTER = "dead_letter"
+    SUPPRESSED = "suppressed"  # of an erased customer: dropped and counted, nothing kept
 
 
 @dataclass(slots=True)
@@ -87,11 +89,13 @@ class Ingestor:
         dedupe_horizon_ms: int = DEFAULT_DEDUPE_HORIZON_MS,
         redact: Transform | None = None,
         pseudonymize: Transform | None = None,
+        erased: Container[str] = frozenset(),
     ):
         self.codec = codec
         self.dedupe_horizon_ms = dedupe_horizon_ms
         self.redact = redact
         self.pseudonymize = pseudonymize
+        self.erased = erased  # the suppression list: customers (as the state knows them) erased
 
     def handle(self, record: SourceRecord, state_for: Callable[[str], CustomerState]) -> Result:
         stage = Stage.DECODE
@@ -113,6 +117,8 @@ class Ingestor:
                     record, Reason.KEY_MISMATCH, Stage.VALIDATE, "Kafka key must be the customer_id (UTF-8)", channel,
                 )
             rewritten = self._protect(touchpoint)
+            if touchpoint.customer_id in self.erased:
+                return Result(Kind.SUPPRESSED, touchpoint.channel)
             stage = Stage.STATE
             state = state_for(touchpoint.customer_id)
             outcome, enriched = apply(

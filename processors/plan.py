@@ -128,7 +128,7 @@ class BatchPlanner(Generic[Out]):
     def _one(self, record: SourceRecord, states: StateStore, plan: BatchPlan[Out]) -> None:
         result = self.ingestor.handle(record, states.get)
         plan.tallies.add(result)
-        if result.kind is Kind.DUPLICATE:
+        if result.kind is Kind.DUPLICATE or result.kind is Kind.SUPPRESSED:
             return
         if result.kind is Kind.DEAD_LETTER:
             assert result.dead_letter is not None

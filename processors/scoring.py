@@ -46,12 +46,14 @@ class TrainingBatch:
     snapshots: list[tuple[str, int, Features]] = field(default_factory=list)  # (customer, t, features)
     churns: list[tuple[str, int]] = field(default_factory=list)  # (customer, churned at)
     watermark_ms: int = 0  # highest event time the sender has seen
+    erasures: list[str] = field(default_factory=list)  # customers erased: forget their pending examples
 
     def __bool__(self) -> bool:
-        return bool(self.texts or self.snapshots or self.churns)
+        return bool(self.texts or self.snapshots or self.churns or self.erasures)
 
     def to_record(self) -> dict[str, Any]:
-        return {"texts": self.texts, "snapshots": self.snapshots, "churns": self.churns, "watermark": self.watermark_ms}
+        return {"texts": self.texts, "snapshots": self.snapshots, "churns": self.churns, "watermark": self.watermark_ms,
+                "erasures": self.erasures}
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> "TrainingBatch":
@@ -60,6 +62,7 @@ class TrainingBatch:
             [(str(c), int(t), dict(x)) for c, t, x in record.get("snapshots", ())],
             [(str(c), int(t)) for c, t in record.get("churns", ())],
             int(record.get("watermark", 0)),
+            [str(c) for c in record.get("erasures", ())],
         )
 
 

@@ -87,6 +87,8 @@ class ModelTrainer(Snapshot):
         """Learn from one batch; False (and nothing learned) if ``offset`` was already applied."""
         if offset <= self.trained_through:
             return False
+        for customer_id in batch.erasures:
+            self.labeler.forget(customer_id)
         for text, positive, t in batch.texts:
             self._learn_text(text, positive, t)
         self.watermark_ms = max(self.watermark_ms, batch.watermark_ms)

@@ -112,6 +112,15 @@ TABLES: dict[str, Columns] = {
         ("metric", "LowCardinality(String)"),
         ("value", "Float64"),
     ),
+    # One row per erasure carried out: who asked, when, and what was removed or anonymised.
+    "erasure_audit": (
+        ("customer_id", "String"),  # as the pipeline knows the customer (its pseudonym when pseudonymised)
+        ("requested_at", TIME),
+        ("requested_by", "String"),
+        ("reason", "String"),
+        ("erased_at", TIME),
+        ("removed", "Map(String, UInt64)"),  # table or store -> rows (or entries) removed or anonymised
+    ),
     # One row per incarnation of a source partition's log: a record of it (offset and digest) to
     # recognise it by, so that a log that starts over is never mistaken for a replay.
     "source_logs": (

@@ -15,7 +15,7 @@ from __future__ import annotations
 from schemas.contract import CSAT_SATISFIED_MIN, DETRACTOR_MAX, PROMOTER_MIN
 from schemas.tables import POSITION, TABLES
 
-SCHEMA_VERSION = 2  # bumped when a table's layout changes in a way CREATE ... IF NOT EXISTS cannot apply
+SCHEMA_VERSION = 3  # bumped when a table's layout changes in a way CREATE ... IF NOT EXISTS cannot apply
 MERGE_SETTINGS = "SETTINGS non_replicated_deduplication_window = 10000"
 
 # The KPI aggregates of cem.kpi_minute, shared by the projection that stores them and the view that
@@ -48,6 +48,9 @@ def _columns(table: str) -> str:
     return ",\n        ".join(f"{name} {type_}" for name, type_ in TABLES[table])
 
 
+# The sort key leaves customer_id and event_id out on purpose: an erasure anonymises them in place
+# (ClickHouse cannot update a key column), which keeps the per-minute KPIs exact; a bloom-filter
+# index keeps a lookup by customer to the granules that hold the customer.
 # Why projections and not materialized views: a projection lives inside the part it aggregates, so a
 # crash mid-insert (the embedded engine dies with the worker) can never leave the aggregates or the
 # offset high-water marks out of step with the rows. With materialized views it can, and a replay
@@ -57,10 +60,11 @@ DDL: tuple[str, ...] = (
     f"""
     CREATE TABLE IF NOT EXISTS {{db}}.touchpoints_enriched (
         {_columns("touchpoints_enriched")},
+        INDEX customer customer_id TYPE bloom_filter GRANULARITY 1,
         PROJECTION kpi_minute (SELECT {KPI_KEY}, {KPI_AGGREGATES} GROUP BY minute, channel),
         PROJECTION offsets ({OFFSETS})
     ) ENGINE = MergeTree
-    ORDER BY (channel, toStartOfHour(occurred_at), customer_id, event_id)
+    ORDER BY (channel, toStartOfHour(occurred_at), source_partition, source_offset)
     {MERGE_SETTINGS}
     """,
     f"""
@@ -96,6 +100,12 @@ DDL: tuple[str, ...] = (
         {_columns("model_metrics")}
     ) ENGINE = ReplacingMergeTree(version)
     ORDER BY (model, metric, minute)
+    """,
+    f"""
+    CREATE TABLE IF NOT EXISTS {{db}}.erasure_audit (
+        {_columns("erasure_audit")}
+    ) ENGINE = MergeTree
+    ORDER BY (erased_at, customer_id)
     """,
     f"""
     CREATE TABLE IF NOT EXISTS {{db}}.source_logs (

@@ -67,6 +67,10 @@ class Commit:
             self._changed[state.customer_id] = state
         self._events.append((events, time.time()))
 
+    def forget(self, customer_id: str) -> None:
+        """An erased customer: its state is not to be written again."""
+        self._changed.pop(customer_id, None)
+
     def void(self, partition: Any) -> None:
         """The partition's log started over: acks staged for it name offsets of the old log."""
         self._void.add(partition)

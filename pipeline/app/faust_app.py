@@ -17,7 +17,7 @@ from pipeline.app.kafka_security import faust_credentials
 from pipeline.app.metrics import Metrics
 from pipeline.app.worker import CustomerStates, TouchpointWorker
 from pipeline.settings import Settings
-from schemas.contract import STATE_TABLE, TOPIC_CUSTOMERS, TOPIC_TOUCHPOINTS, TOPIC_TRAINING
+from schemas.contract import STATE_TABLE, TOPIC_CUSTOMERS, TOPIC_ERASURES, TOPIC_TOUCHPOINTS, TOPIC_TRAINING
 
 log = logging.getLogger("cem.app")
 
@@ -102,6 +102,10 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> tuple[faus
         TOPIC_CUSTOMERS, key_type=bytes, value_type=bytes,
         key_serializer="raw", value_serializer="raw", partitions=settings.partitions,
     )
+    erasures = app.topic(
+        TOPIC_ERASURES, key_type=bytes, value_type=bytes,
+        key_serializer="raw", value_serializer="raw", partitions=settings.partitions,
+    )
     training = app.topic(TOPIC_TRAINING, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw", partitions=1)
     # bytes keys use the raw codec; values use the app default (json): the CustomerState record
     table = app.Table(STATE_TABLE, partitions=settings.partitions, key_type=bytes)
@@ -144,6 +148,15 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> tuple[faus
                 await worker.process_profiles(list(events))
 
         await supervised("customers", run())
+
+    @app.agent(erasures, name="erasures")
+    async def erase_customers(stream: faust.StreamT) -> None:
+        async def run() -> None:
+            await started()
+            async for events in stream.noack_take(100, 0.2):
+                await worker.process_erasures(list(events))
+
+        await supervised("erasures", run())
 
     @app.agent(training, name="training")
     async def train_models(stream: faust.StreamT) -> None:

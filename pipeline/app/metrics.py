@@ -18,6 +18,8 @@ class Metrics:
         self.processed = Counter("cem_touchpoints_processed", "Touchpoints validated, deduplicated and enriched.", ["channel"], registry=r)
         self.replayed = Counter("cem_touchpoints_replayed", "Records re-processed after a restart (outputs re-sent, state untouched).", ["channel"], registry=r)
         self.dead_lettered = Counter("cem_touchpoints_dead_lettered", "Records sent to the dead-letter topic.", ["reason", "stage"], registry=r)
+        self.suppressed = Counter("cem_touchpoints_suppressed", "Touchpoints of erased customers, dropped (nothing kept).", ["channel"], registry=r)
+        self.erasures = Counter("cem_erasures", "Erasure requests carried out (state, ClickHouse rows, pending examples).", registry=r)
         self.deduplicated = Counter("cem_touchpoints_deduplicated", "Redelivered touchpoints dropped (same event_id within the horizon).", ["channel"], registry=r)
         self.nps = Counter("cem_nps_responses", "NPS answers by category.", ["channel", "category"], registry=r)
         self.csat = Counter("cem_csat_responses", "CSAT answers; satisfied = 4-5.", ["channel", "satisfied"], registry=r)

@@ -6,7 +6,7 @@ Encoding lives here, in the wiring, so the planner stays pure and the sinks see 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import orjson
 
@@ -33,9 +33,10 @@ class ShippedOutputs:
     """Enriched touchpoints as Avro ``cem.EnrichedTouchpoint`` on their source partition; dead letters
     with their original key and bytes and the reason in headers; rows for both tables."""
 
-    def __init__(self, codec: AvroCodec, redact_bytes: RedactBytes):
+    def __init__(self, codec: AvroCodec, redact_bytes: RedactBytes, pseudonymize: Callable[[str], str] | None = None):
         self.codec = codec
         self.redact_bytes = redact_bytes
+        self.pseudonymize = pseudonymize
         self.encoder = EnrichedEncoder()
 
     def enriched(self, record: SourceRecord, enriched: Enriched, rewritten: bool) -> Shipped:
@@ -48,7 +49,7 @@ class ShippedOutputs:
                        enriched_row(enriched, record.topic, record.epoch))
 
     def dead_letter(self, dead: DeadLetter) -> Shipped:
-        return Shipped(dead_letter_record(dead), dead_letter_row(dead, self.redact_bytes))
+        return Shipped(dead_letter_record(dead), dead_letter_row(dead, self.redact_bytes, self.pseudonymize))
 
 
 def dead_letter_record(dead: DeadLetter) -> KafkaRecord:

@@ -33,20 +33,20 @@ def enriched_row(enriched: Enriched, topic: str, epoch: int) -> TableRow:
     )
 
 
-def dead_letter_row(dead: DeadLetter, redact: RedactBytes) -> TableRow:
+def dead_letter_row(dead: DeadLetter, redact: RedactBytes, key_text: Callable[[str], str] | None = None) -> TableRow:
     """The dead letter for ClickHouse: its payload as text with PII redacted (the DLQ topic keeps the
-    original bytes), and the key only if it is short text."""
+    original bytes), and its key as ``key_text`` makes it (the customer's pseudonym, when the
+    pipeline pseudonymises: what an erasure finds it by)."""
     source = dead.source
     payload = source.value or b""
+    text = redact(payload[:DEAD_LETTER_PAYLOAD_LIMIT])
+    key = None if source.key is None else redact(source.key[:1024])
+    if key and key_text is not None:  # the id in clear goes, from the key and from the payload's text
+        key, text = key_text(key), text.replace(key, key_text(key))
     return "dead_letters", (
         record_time(source.timestamp_ms, 0), source.topic, source.partition, source.epoch, source.offset, dead.reason.value,
-        dead.stage.value, dead.detail, _key_text(source.key, redact), redact(payload[:DEAD_LETTER_PAYLOAD_LIMIT]),
-        len(payload), len(payload) > DEAD_LETTER_PAYLOAD_LIMIT,
+        dead.stage.value, dead.detail, key, text, len(payload), len(payload) > DEAD_LETTER_PAYLOAD_LIMIT,
     )
-
-
-def _key_text(key: bytes | None, redact: RedactBytes) -> str | None:
-    return None if key is None else redact(key[:1024])
 
 
 def customer_state_row(state: CustomerState) -> TableRow:

@@ -24,6 +24,7 @@ import orjson
 
 from pipeline.app.commit import Commit
 from pipeline.app.delivery import BatchDelivery, Fetch
+from pipeline.app.erasure import ClickHouseErasure, ErasureList, ErasureRequest, erase_in_clickhouse
 from pipeline.app.health import Health
 from pipeline.app.kafka_security import client_options
 from pipeline.app.logs import BrokerProbe, LogBook, LogProbeError, digest
@@ -41,7 +42,7 @@ from processors.plan import BatchPlanner, Tallies
 from processors.privacy import Redactor
 from processors.profile import parse_profile
 from processors.pseudonym import from_settings as pseudonymizer_from_settings
-from processors.scoring import TouchpointScoring, alert_state
+from processors.scoring import TouchpointScoring, TrainingBatch, alert_state
 from processors.sentiment import MODEL_NAME as SENTIMENT_MODEL_NAME
 from processors.training import ModelTrainer
 from schemas.codec import AvroCodec, SchemaRegistry, confluent_schema_id
@@ -92,6 +93,12 @@ class CustomerStates:
     def all(self) -> Iterable[CustomerState]:
         return [state for key in list(self._table.data) if (state := self.peek(key.decode())) is not None]
 
+    def delete(self, customer_id: str) -> None:
+        """Gone from the table (an erased customer; its changelog tombstone is written apart)."""
+        key = customer_id.encode()
+        self._table.data.pop(key, None)
+        self._partitions.pop(key, None)
+
     def place(self, customer_id: str, partition: int) -> None:
         """The customer's state lives in (and is changelogged to) ``partition``."""
         self._partitions[customer_id.encode()] = partition
@@ -127,12 +134,15 @@ class TouchpointWorker:
                                  settings.schema_registry_password, hold_s=settings.schema_registry_hold_s)
             if settings.schema_registry_url else None
         )
-        redactor = Redactor.from_spec(settings.pii_patterns)
-        ingestor = Ingestor(self.codec, int(settings.dedupe_horizon_s * 1000), redact=redactor.redact,
-                            pseudonymize=pseudonymizer_from_settings(settings.pseudonymize, settings.pseudonym_key))
-        self.scoring = TouchpointScoring(alerts=AlertEngine(AlertConfig.from_spec(settings.alert_rules)))
-        self.planner: BatchPlanner[Shipped] = BatchPlanner(ingestor, self.scoring, ShippedOutputs(self.codec, redactor.redact_bytes))
         options = client_options(settings)
+        redactor = Redactor.from_spec(settings.pii_patterns)
+        pseudonymize = pseudonymizer_from_settings(settings.pseudonymize, settings.pseudonym_key)
+        self.erasures = ErasureList(settings.kafka_bootstrap, options)
+        ingestor = Ingestor(self.codec, int(settings.dedupe_horizon_s * 1000), redact=redactor.redact,
+                            pseudonymize=pseudonymize, erased=self.erasures.ids)
+        self.scoring = TouchpointScoring(alerts=AlertEngine(AlertConfig.from_spec(settings.alert_rules)))
+        self.planner: BatchPlanner[Shipped] = BatchPlanner(
+            ingestor, self.scoring, ShippedOutputs(self.codec, redactor.redact_bytes, pseudonymize))
         self.kafka = KafkaSink(settings.kafka_bootstrap, KafkaObserver(metrics), client_id=f"{settings.app_id}-sink",
                                priority_topics=frozenset({TOPIC_ALERTS}), client_options=options)
         self.connection = connect(settings.clickhouse_url, settings.clickhouse_user, settings.clickhouse_password)
@@ -143,6 +153,7 @@ class TouchpointWorker:
         self.commit = Commit(self.kafka, self.clickhouse, delivery, states.changelog, metrics,
                              AlertOutputs(settings.alert_format), self._engine_checkpoint)
         self.probe = BrokerProbe(settings.kafka_bootstrap, options)
+        self.clickhouse_erasure = ClickHouseErasure(self.connection, settings.clickhouse_database)
         self.logs = LogBook(self.connection, self.clickhouse, settings.clickhouse_database, self.probe, self._new_log)
         self.models = ModelFeed(settings.kafka_bootstrap, self._swap_model, options)
         self.trainer = TrainerRuntime(
@@ -162,6 +173,7 @@ class TouchpointWorker:
         await self.kafka.start()
         await self.clickhouse.start(create_schema=self.settings.clickhouse_migrate)
         await self.probe.start()
+        await self.erasures.start()  # the suppression list, before the first touchpoint
         await self.models.start()  # the last published models, before the first score
         self.engine_key = alert_engine_key(partitions)
         checkpoint = self.models.alert_engine(self.engine_key)
@@ -180,6 +192,7 @@ class TouchpointWorker:
             await self.kafka.close()
             await self.models.stop()
             await self.probe.stop()
+            await self.erasures.stop()
             self.started = False
 
     def model_versions(self) -> dict[str, Any]:
@@ -293,6 +306,7 @@ class TouchpointWorker:
         m.count(m.processed, tallies.by_kind[_PROCESSED])
         m.count(m.replayed, tallies.by_kind[_REPLAYED])
         m.count(m.deduplicated, tallies.by_kind[_DUPLICATE])
+        m.count(m.suppressed, tallies.by_kind[Kind.SUPPRESSED])
         m.count(m.dead_lettered, tallies.dead)
         m.count(m.nps, tallies.nps)
         m.count(m.csat, tallies.csat)
@@ -336,6 +350,37 @@ class TouchpointWorker:
     async def flush_if_due(self) -> None:
         await self._maybe_commit()
 
+    # -- erasure ------------------------------------------------------------------------------------
+    async def process_erasures(self, events: list[Any]) -> None:
+        """Carry out erasure requests of this worker's partitions (see ``pipeline.app.erasure``)."""
+        for event in events:
+            message = event.message
+            try:
+                request = ErasureRequest.from_value(message.value)
+            except (ValueError, TypeError) as exc:
+                log.error("erasure request %s/%s ignored: %s", message.partition, message.offset, exc)
+                event.ack()
+                continue
+            removed = self._forget(request.customer_id, message.partition)
+            async with self._processing:  # a fetch being planned is staged before the commit
+                pass
+            await self.flush()  # (4) nothing of the customer left in the sinks' buffers
+            await erase_in_clickhouse(self.clickhouse_erasure, self.clickhouse, request, removed)
+            self.metrics.erasures.inc()
+            event.ack()
+
+    def _forget(self, customer_id: str, partition: int) -> dict[str, int]:
+        """Steps (1)-(3): suppressed from now on; the state deleted, with its tombstone; the
+        trainer's pending examples forgotten."""
+        self.erasures.ids.add(customer_id)
+        state = self.states.peek(customer_id)
+        if state is not None:
+            self.states.delete(customer_id)
+        self.commit.forget(customer_id)
+        self.kafka.add(KafkaRecord(self.states.changelog_topic, customer_id.encode(), None, partition))
+        self.kafka.add(training_record(TrainingBatch(erasures=[customer_id])))
+        return {"state": int(state is not None)}
+
     # -- CRM profiles ------------------------------------------------------------------------------
     async def process_profiles(self, events: list[Any]) -> None:
         """CRM profiles from ``cem.customers`` join the customer's state (a churn model input)."""
@@ -347,7 +392,10 @@ class TouchpointWorker:
             except Rejected as exc:
                 self._dead_profile(message, exc.reason, exc.detail)
                 continue
-            customer_id = self.planner.ingestor.pseudonymize(profile.customer_id) if self.planner.ingestor.pseudonymize else profile.customer_id
+            pseudonymize = self.planner.ingestor.pseudonymize
+            customer_id = pseudonymize(profile.customer_id) if pseudonymize else profile.customer_id
+            if customer_id in self.erasures.ids:
+                continue  # an erased customer's profile is not kept either
             state = self.states.get(customer_id)
             state.profile = profile.attributes
             self.states.place(customer_id, message.partition)

@@ -69,6 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
     pub.add_argument("--skip-bad", action="store_true", help="publish the good lines even if some are bad")
     pub.set_defaults(handler=_publish)
 
+    erase = sub.add_parser("erase", help="erase customers: state, stored touchpoints, alerts, dead letters (GDPR)")
+    erase.add_argument("customer_ids", nargs="+", metavar="CUSTOMER_ID")
+    erase.add_argument("--requested-by", default=None, help="who asks (the audit record); default: the OS user")
+    erase.add_argument("--reason", default="", help="why, for the audit record (e.g. a ticket number)")
+    erase.add_argument("--bootstrap", default=None)
+    erase.set_defaults(handler=_erase)
+
     query = sub.add_parser("query", help="run SQL against ClickHouse (embedded chDB or a server)")
     query.add_argument("sql")
     query.add_argument("--data-dir", default=None)
@@ -96,6 +103,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _settings(**overrides: Any) -> Settings:
     return Settings.from_env().replace(**overrides)
+
+
+def _kafka_options(settings: Settings) -> dict[str, Any]:
+    """The aiokafka security options of the CEM_KAFKA_* settings; a bad one is a one-line error."""
+    from pipeline.app.kafka_security import SecuritySettingsError, client_options
+
+    try:
+        return client_options(settings)
+    except SecuritySettingsError as exc:
+        raise CliError(str(exc)) from None
 
 
 # -- handlers -----------------------------------------------------------------------------------
@@ -142,6 +159,7 @@ def _generate(args: argparse.Namespace) -> int:
 
     if not args.output and not args.bootstrap:
         raise CliError("give --output FILE.jsonl or --bootstrap HOST:PORT")
+    options = _kafka_options(_settings()) if args.bootstrap else {}
     generator = JourneyGenerator(customers=args.customers, seed=args.seed)
     events = list(generator.events(args.events))
     if args.output:
@@ -155,7 +173,7 @@ def _generate(args: argparse.Namespace) -> int:
     if args.bootstrap:
         from pipeline.runtime.run import publish_at_rate
 
-        sent = asyncio.run(publish_at_rate(args.bootstrap, events, args.rate, args.format))
+        sent = asyncio.run(publish_at_rate(args.bootstrap, events, args.rate, args.format, client_options=options))
         print(json.dumps({"events": sent, "bootstrap": args.bootstrap, "format": args.format}))
     return 0
 
@@ -172,13 +190,34 @@ def _publish(args: argparse.Namespace) -> int:
     if bad and not args.skip_bad:
         print(f"cem: {len(bad)} bad line(s), nothing published (use --skip-bad to publish the {len(good)} good ones)", file=sys.stderr)
         return 1
-    bootstrap = args.bootstrap or _settings().kafka_bootstrap
+    settings = _settings()
+    bootstrap = args.bootstrap or settings.kafka_bootstrap
+    options = _kafka_options(settings)
     try:
-        sent = asyncio.run(publish(bootstrap, good, args.format))
+        sent = asyncio.run(publish(bootstrap, good, args.format, client_options=options))
     except Exception as exc:
         raise CliError(f"cannot publish to {bootstrap}: {exc}") from None
     print(json.dumps({"published": sent, "bad_lines": len(bad), "format": args.format, "bootstrap": bootstrap}))
     return 1 if bad else 0
+
+
+def _erase(args: argparse.Namespace) -> int:
+    import getpass
+
+    from pipeline.runtime.embedded import publish_erasures
+
+    settings = _settings()
+    bootstrap = args.bootstrap or settings.kafka_bootstrap
+    requested_by = args.requested_by or getpass.getuser()
+    try:
+        sent = asyncio.run(publish_erasures(settings.replace(kafka_bootstrap=bootstrap), args.customer_ids,
+                                            requested_by, args.reason))
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    except Exception as exc:
+        raise CliError(f"cannot publish to {bootstrap}: {exc}") from None
+    print(json.dumps({"erasure_requests": sent, "requested_by": requested_by, "bootstrap": bootstrap}))
+    return 0
 
 
 def _query(args: argparse.Namespace) -> int:

@@ -198,11 +198,13 @@ async def tail(
     timeout_s: float | None = None,
     warn: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
     stop: asyncio.Event | None = None,
+    client_options: Mapping[str, Any] | None = None,
 ) -> int:
     """Read ``cem.alerts`` and call ``emit`` once per matching, new alert; returns how many were emitted.
 
     Stops after ``max_alerts`` alerts, after ``timeout_s`` seconds without emitting one, or when ``stop``
     is set. Raises :class:`TailError` when the broker cannot be reached or the topic does not exist.
+    ``client_options`` are the Kafka security options (``pipeline.app.kafka_security``).
     """
     from aiokafka import AIOKafkaConsumer, TopicPartition
     from aiokafka.errors import KafkaError
@@ -211,7 +213,7 @@ async def tail(
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
         auto_offset_reset="earliest" if from_beginning else "latest",
-        request_timeout_ms=CONNECT_TIMEOUT_MS, client_id="cem-alerts-tail",
+        request_timeout_ms=CONNECT_TIMEOUT_MS, client_id="cem-alerts-tail", **(client_options or {}),
     )
     try:
         await consumer.start()
@@ -307,9 +309,16 @@ def add_alerts_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
 
 
 def run_alerts_tail(args: argparse.Namespace) -> int:
+    from pipeline.app.kafka_security import SecuritySettingsError, client_options
     from pipeline.settings import Settings
 
-    bootstrap = args.bootstrap or Settings.from_env().kafka_bootstrap
+    settings = Settings.from_env()
+    bootstrap = args.bootstrap or settings.kafka_bootstrap
+    try:
+        options = client_options(settings)
+    except SecuritySettingsError as error:
+        print(f"cem alerts tail: {error}", file=sys.stderr)
+        return 2
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # failures are reported once, as one line
     formatter = FORMATTERS[args.format]
 
@@ -325,7 +334,7 @@ def run_alerts_tail(args: argparse.Namespace) -> int:
             pass
         return await tail(
             bootstrap, emit, types=args.types, severities=args.severities, from_beginning=args.from_beginning,
-            max_alerts=args.max_alerts, timeout_s=args.timeout, stop=stop,
+            max_alerts=args.max_alerts, timeout_s=args.timeout, stop=stop, client_options=options,
         )
 
     try:

@@ -13,10 +13,13 @@ import asyncio
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 
+from pipeline.app.kafka_security import client_options
 from pipeline.runtime.broker import EmbeddedBroker, ensure_topics, free_port
 from pipeline.runtime.embedded import WorkerProcess, publish
 from pipeline.views.client import total
@@ -35,15 +38,16 @@ def run_bench(events: int, customers: int, partitions: int, seed: int, data_dir:
                                     session_timeout_s=6.0, rebalance_timeout_s=4.0),
         directory, port,
     )
+    options = client_options(settings)  # the embedded broker's: plaintext
     with EmbeddedBroker(port, log_file=directory / "broker.log") as broker:
-        ensure_topics(broker.bootstrap, partitions)
+        ensure_topics(broker.bootstrap, partitions, options)
         touchpoints = list(JourneyGenerator(customers=customers, seed=seed).events(events))
         _say(f"pre-loading {len(touchpoints)} touchpoints ...")
         began = time.perf_counter()
-        asyncio.run(publish(broker.bootstrap, touchpoints, "avro", timestamp_from_event=True))
+        asyncio.run(publish(broker.bootstrap, touchpoints, "avro", timestamp_from_event=True, client_options=options))
         produce_s = time.perf_counter() - began
         _say("measuring the raw aiokafka consume rate ...")
-        consume_per_s = asyncio.run(_raw_consume_rate(broker.bootstrap, len(touchpoints)))
+        consume_per_s = asyncio.run(_raw_consume_rate(broker.bootstrap, len(touchpoints), options))
         _say(f"raw consume: {consume_per_s:,.0f} records/s; starting the worker ...")
         worker = WorkerProcess(settings, directory / "worker.log").start()
         try:
@@ -76,10 +80,10 @@ def _progress(status: dict, total: int) -> bool:
     return done >= total
 
 
-async def _raw_consume_rate(bootstrap: str, expected: int) -> float:
+async def _raw_consume_rate(bootstrap: str, expected: int, options: Mapping[str, Any] | None = None) -> float:
     consumer = AIOKafkaConsumer(
         TOPIC_TOUCHPOINTS, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
-        enable_auto_commit=False, max_partition_fetch_bytes=8 << 20, fetch_max_bytes=64 << 20,
+        enable_auto_commit=False, max_partition_fetch_bytes=8 << 20, fetch_max_bytes=64 << 20, **(options or {}),
     )
     await consumer.start()
     try:

@@ -6,7 +6,9 @@ import asyncio
 import socket
 import subprocess
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
@@ -83,9 +85,15 @@ class EmbeddedBroker:
         self.stop()
 
 
-async def create_topics(bootstrap: str, partitions: int) -> None:
-    """The pipeline's topics; keyed topics share the partition count so they stay co-partitioned."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+async def create_topics(bootstrap: str, partitions: int, client_options: Mapping[str, Any] | None = None) -> None:
+    """The pipeline's topics; keyed topics share the partition count so they stay co-partitioned.
+    ``client_options``: the Kafka security options; by default those of the ``CEM_KAFKA_*`` environment."""
+    if client_options is None:
+        from pipeline.app.kafka_security import client_options as security_options
+        from pipeline.settings import Settings
+
+        client_options = security_options(Settings.from_env())
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client_options)
     await admin.start()
     try:
         wanted = [
@@ -113,5 +121,5 @@ async def create_topics(bootstrap: str, partitions: int) -> None:
         await admin.close()
 
 
-def ensure_topics(bootstrap: str, partitions: int) -> None:
-    asyncio.run(create_topics(bootstrap, partitions))
+def ensure_topics(bootstrap: str, partitions: int, client_options: Mapping[str, Any] | None = None) -> None:
+    asyncio.run(create_topics(bootstrap, partitions, client_options))

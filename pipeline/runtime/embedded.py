@@ -14,11 +14,12 @@ import sys
 import time
 import urllib.error
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import orjson
 from aiokafka import AIOKafkaProducer
 
+from pipeline.app import kafka_security
 from pipeline.runtime.processes import spawn, stop
 from pipeline.settings import Settings
 from pipeline.views.client import WorkerError, fetch_status, query_worker, received
@@ -99,10 +100,14 @@ class TouchpointPublisher:
 
     ``timestamp_from_event`` sets the Kafka record timestamp to ``occurred_at`` (replaying
     historical or simulated traffic), so the far-future check is relative to the event's own time.
+    ``client_options`` are the Kafka security options (``pipeline.app.kafka_security``); by default
+    those of the ``CEM_KAFKA_*`` environment.
     """
 
-    def __init__(self, bootstrap: str, fmt: str = "avro", codec: AvroCodec | None = None, timestamp_from_event: bool = False):
+    def __init__(self, bootstrap: str, fmt: str = "avro", codec: AvroCodec | None = None, timestamp_from_event: bool = False,
+                 client_options: Mapping[str, Any] | None = None):
         self._bootstrap = bootstrap
+        self._options = _security(client_options)
         self._fmt = fmt
         self._codec = codec or AvroCodec()
         self._timestamp_from_event = timestamp_from_event
@@ -111,6 +116,7 @@ class TouchpointPublisher:
     async def __aenter__(self) -> "TouchpointPublisher":
         self._producer = AIOKafkaProducer(
             bootstrap_servers=self._bootstrap, enable_idempotence=False, acks="all", linger_ms=10, max_batch_size=1 << 20,
+            **self._options,
         )
         await self._producer.start()
         return self
@@ -140,18 +146,21 @@ async def publish(
     fmt: str = "avro",
     codec: AvroCodec | None = None,
     timestamp_from_event: bool = False,
+    client_options: Mapping[str, Any] | None = None,
 ) -> int:
     """Publish touchpoint dicts once (see :class:`TouchpointPublisher`); returns the count."""
-    async with TouchpointPublisher(bootstrap, fmt, codec, timestamp_from_event) as publisher:
+    async with TouchpointPublisher(bootstrap, fmt, codec, timestamp_from_event, client_options) as publisher:
         return await publisher.send(touchpoints)
 
 
 async def publish_raw(
     bootstrap: str, records: Iterable[tuple], timestamp_ms: int | None = None, topic: str = TOPIC_TOUCHPOINTS,
+    client_options: Mapping[str, Any] | None = None,
 ) -> int:
     """Publish raw ``(key, value)`` or ``(key, value, timestamp_ms)`` records to ``topic`` (bad-input
     tests, replays, CRM profiles); ``timestamp_ms`` is the default record timestamp."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False, max_request_size=4 << 20)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False, max_request_size=4 << 20,
+                                **_security(client_options))
     await producer.start()
     try:
         futures = []
@@ -163,14 +172,53 @@ async def publish_raw(
     return len(futures)
 
 
+def _security(client_options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The given security options, or (None) those of the ``CEM_KAFKA_*`` environment."""
+    if client_options is None:
+        return kafka_security.client_options(Settings.from_env())
+    return dict(client_options)
+
+
 async def _settle(futures: list) -> None:
     for future in futures:
         await future
     futures.clear()
 
 
-async def publish_profiles(bootstrap: str, profiles: Iterable[dict]) -> int:
+async def publish_erasures(settings: Settings, customer_ids: Iterable[str], requested_by: str, reason: str = "") -> int:
+    """Erasure requests on ``cem.erasures``: keyed by the customer as the pipeline knows it (its pseudonym
+    when pseudonymisation is on) and on the partition of the customer's touchpoints (the producers'
+    default partitioner on the raw id), so that the worker holding the customer carries it out."""
+    from aiokafka.partitioner import DefaultPartitioner
+
+    from pipeline.app.erasure import ErasureRequest
+    from processors.pseudonym import from_settings
+    from schemas.contract import TOPIC_ERASURES
+
+    pseudonymize = from_settings(settings.pseudonymize, settings.pseudonym_key)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=False, acks="all",
+                                **kafka_security.client_options(settings))
+    await producer.start()
+    try:
+        partitions = sorted(await producer.partitions_for(TOPIC_TOUCHPOINTS))
+        partitioner, now = DefaultPartitioner(), int(time.time() * 1000)
+        futures = []
+        for raw in customer_ids:
+            if not raw.strip():
+                raise ValueError("a customer id is empty")
+            customer_id = pseudonymize(raw) if pseudonymize else raw
+            request = ErasureRequest(customer_id, now, requested_by, reason)
+            partition = partitioner(raw.encode(), partitions, partitions)
+            futures.append(await producer.send(TOPIC_ERASURES, request.to_value(), key=customer_id.encode(), partition=partition))
+        await _settle(futures)
+    finally:
+        await producer.stop()
+    return len(futures)
+
+
+async def publish_profiles(bootstrap: str, profiles: Iterable[dict], client_options: Mapping[str, Any] | None = None) -> int:
     """Publish CRM profiles (``{customer_id, attributes}``) to ``cem.customers``, keyed by customer_id."""
     return await publish_raw(
         bootstrap, ((p["customer_id"].encode(), orjson.dumps(p)) for p in profiles), topic=TOPIC_CUSTOMERS,
+        client_options=client_options,
     )

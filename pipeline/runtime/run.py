@@ -14,8 +14,9 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable, Mapping
 
+from pipeline.app import kafka_security
 from pipeline.runtime.broker import EmbeddedBroker, ensure_topics
 from pipeline.runtime.embedded import TouchpointPublisher, WorkerProcess, publish, publish_profiles
 from pipeline.settings import Settings
@@ -25,9 +26,9 @@ PROGRESS_EVERY_S = 1.0
 
 
 def embedded_settings(settings: Settings, data_dir: Path, broker_port: int) -> Settings:
-    """Settings for a worker on the embedded stack under ``data_dir``."""
+    """Settings for a worker on the embedded stack under ``data_dir`` (its broker is plaintext on loopback)."""
     return settings.replace(
-        kafka_bootstrap=f"127.0.0.1:{broker_port}",
+        kafka_bootstrap=f"127.0.0.1:{broker_port}", kafka_security_protocol="PLAINTEXT",
         clickhouse_url=f"chdb://{data_dir / 'clickhouse'}",
         data_dir=str(data_dir),
     )
@@ -50,7 +51,7 @@ def run_embedded(
     signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
     started = time.monotonic()
     with EmbeddedBroker(broker_port, log_file=data_dir / "broker.log") as broker:
-        ensure_topics(broker.bootstrap, settings.partitions)
+        ensure_topics(broker.bootstrap, settings.partitions, kafka_security.client_options(settings))
         worker = WorkerProcess(settings, data_dir / "worker.log")
         _say(f"broker on {broker.bootstrap}; starting the worker (chDB under {data_dir / 'clickhouse'}) ...")
         worker.start()
@@ -77,8 +78,9 @@ async def _traffic(settings: Settings, progress: "_Progress", duration_s: float 
     # Each run's event ids are its own: a second run on the same data directory sends new touchpoints
     # of the same customers, not redeliveries of the first run's.
     journeys = JourneyGenerator(customers=customers, seed=seed, start_ms=start_ms, run=f"r{int(time.time() * 1000):x}.")
+    options = kafka_security.client_options(settings)
     if rate > 0:
-        await publish_profiles(settings.kafka_bootstrap, journeys.profiles())  # the CRM join, first
+        await publish_profiles(settings.kafka_bootstrap, journeys.profiles(), options)  # the CRM join, first
     events = journeys.events()
     deadline = None if duration_s is None else time.monotonic() + duration_s
     if rate <= 0:
@@ -86,20 +88,21 @@ async def _traffic(settings: Settings, progress: "_Progress", duration_s: float 
             await asyncio.sleep(PROGRESS_EVERY_S)
             progress.show()
         return
-    await publish_at_rate(settings.kafka_bootstrap, events, rate, "avro", deadline, progress)
+    await publish_at_rate(settings.kafka_bootstrap, events, rate, "avro", deadline, progress, options)
 
 
 async def publish_at_rate(
     bootstrap: str, events: Iterable[dict], rate: float, fmt: str = "avro",
-    deadline: float | None = None, progress: "_Progress | None" = None,
+    deadline: float | None = None, progress: "_Progress | None" = None, client_options: Mapping[str, Any] | None = None,
 ) -> int:
-    """Publish at ``rate`` events/s (0 = as fast as possible) until the events or the deadline run out."""
+    """Publish at ``rate`` events/s (0 = as fast as possible) until the events or the deadline run out;
+    ``client_options``: the Kafka security options (default: the ``CEM_KAFKA_*`` environment's)."""
     iterator = iter(events)
     if rate <= 0:
-        return await publish(bootstrap, iterator, fmt, timestamp_from_event=True)
+        return await publish(bootstrap, iterator, fmt, timestamp_from_event=True, client_options=client_options)
     began = last_progress = time.monotonic()
     produced = 0
-    async with TouchpointPublisher(bootstrap, fmt, timestamp_from_event=True) as publisher:
+    async with TouchpointPublisher(bootstrap, fmt, timestamp_from_event=True, client_options=client_options) as publisher:
         while deadline is None or time.monotonic() < deadline:
             due = int((time.monotonic() - began) * rate) - produced
             chunk = [event for _, event in zip(range(max(0, due)), iterator)]
