@@ -46,9 +46,16 @@ def client_options(settings: Settings) -> dict[str, Any]:
 def ssl_context(settings: Settings) -> ssl.SSLContext:
     """Server verification against ``kafka_ssl_cafile`` (or the system's CAs), and the client
     certificate for mutual TLS when one is configured."""
-    context = ssl.create_default_context(cafile=settings.kafka_ssl_cafile or None)
+    try:
+        context = ssl.create_default_context(cafile=settings.kafka_ssl_cafile or None)
+    except (OSError, ssl.SSLError) as exc:
+        raise SecuritySettingsError(f"CEM_KAFKA_SSL_CAFILE={settings.kafka_ssl_cafile!r}: {exc}") from None
     if settings.kafka_ssl_certfile:
-        context.load_cert_chain(settings.kafka_ssl_certfile, settings.kafka_ssl_keyfile or None)
+        try:
+            context.load_cert_chain(settings.kafka_ssl_certfile, settings.kafka_ssl_keyfile or None)
+        except (OSError, ssl.SSLError) as exc:
+            raise SecuritySettingsError(
+                f"CEM_KAFKA_SSL_CERTFILE={settings.kafka_ssl_certfile!r} / CEM_KAFKA_SSL_KEYFILE: {exc}") from None
     return context
 
 

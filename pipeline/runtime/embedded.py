@@ -166,10 +166,11 @@ async def publish_raw(
         futures = []
         for key, value, *when in records:
             futures.append(await producer.send(topic, value, key=key, timestamp_ms=when[0] if when else timestamp_ms))
+        sent = len(futures)
         await _settle(futures)
     finally:
         await producer.stop()
-    return len(futures)
+    return sent
 
 
 def _security(client_options: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -210,10 +211,11 @@ async def publish_erasures(settings: Settings, customer_ids: Iterable[str], requ
             request = ErasureRequest(customer_id, now, requested_by, reason)
             partition = partitioner(raw.encode(), partitions, partitions)
             futures.append(await producer.send(TOPIC_ERASURES, request.to_value(), key=customer_id.encode(), partition=partition))
+        sent = len(futures)
         await _settle(futures)
     finally:
         await producer.stop()
-    return len(futures)
+    return sent
 
 
 async def publish_profiles(bootstrap: str, profiles: Iterable[dict], client_options: Mapping[str, Any] | None = None) -> int:
