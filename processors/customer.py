@@ -224,6 +224,10 @@ class Enriched:
         """Every field but the touchpoint itself (see ``schemas.codec.EnrichedEncoder``)."""
         return {name: getattr(self, name) for name in _ENRICHED_FIELDS}
 
+    def tail_values(self) -> list[Any]:
+        """The same, as values in the schema's order (the fields are declared in it)."""
+        return [getattr(self, name) for name in _ENRICHED_FIELDS]
+
 
 _ENRICHED_FIELDS = tuple(f.name for f in fields(Enriched) if f.name != "touchpoint")
 

@@ -448,8 +448,8 @@ def test_enriched_header_is_the_fingerprint_other_implementations_compute():
     headers = {
         "fingerprint(load_schema)": fingerprint(load_schema("enriched")),
         "RecordEncoder": RecordEncoder("enriched").encode({**tail, "event": event})[2:10],
-        "EnrichedEncoder(body)": EnrichedEncoder().encode(tail, None, body)[2:10],
-        "EnrichedEncoder(event)": EnrichedEncoder().encode(tail, event, None)[2:10],
+        "EnrichedEncoder(body)": EnrichedEncoder().encode(EnrichedEncoder().tail_values(tail), None, body)[2:10],
+        "EnrichedEncoder(event)": EnrichedEncoder().encode(EnrichedEncoder().tail_values(tail), event, None)[2:10],
     }
     assert {k: v.hex() for k, v in headers.items()} == dict.fromkeys(headers, java_hex)
 
@@ -626,8 +626,8 @@ def test_enriched_encoders_read_by_apache_and_fastavro():
     body = AvroCodec().encode(event, "avro")[10:]
     payloads = [
         RecordEncoder("enriched").encode({**tail, "event": event}),
-        EnrichedEncoder().encode(tail, None, body),
-        EnrichedEncoder().encode(tail, event, None),
+        EnrichedEncoder().encode(EnrichedEncoder().tail_values(tail), None, body),
+        EnrichedEncoder().encode(EnrichedEncoder().tail_values(tail), event, None),
     ]
     assert len(set(payloads)) == 1
     expected = {**tail, "event": event}

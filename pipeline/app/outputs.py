@@ -43,7 +43,7 @@ class ShippedOutputs:
         # The input's own Avro body is the enriched record's first field, unless privacy rewrote it.
         body = None if rewritten else self.codec.current_body(record.value or b"")
         tp = enriched.touchpoint
-        value = self.encoder.encode(enriched.tail_record(), None if body is not None else tp.to_record(), body)
+        value = self.encoder.encode(enriched.tail_values(), None if body is not None else tp.to_record(), body)
         key = tp.customer_id.encode()  # the pseudonym when pseudonymisation is on
         return Shipped(KafkaRecord(TOPIC_ENRICHED, key, value, enriched.source_partition),
                        enriched_row(enriched, record.topic, record.epoch))

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import tempfile
 import time
@@ -25,6 +26,9 @@ from pipeline.runtime.embedded import WorkerProcess, publish
 from pipeline.views.client import total
 from pipeline.runtime.run import embedded_settings
 from pipeline.settings import Settings
+from processors.ingest import SourceRecord
+from pipeline.runtime.stages import stage_costs
+from schemas.codec import AvroCodec
 from schemas.contract import TOPIC_TOUCHPOINTS
 
 
@@ -59,6 +63,13 @@ def run_bench(events: int, customers: int, partitions: int, seed: int, data_dir:
             worker.stop()
     _say("")
     seconds = status["last_committed"] - status["first_received"]
+    _say("measuring the stages in-process ...")
+    codec = AvroCodec()
+    sample = [SourceRecord(TOPIC_TOUCHPOINTS, i % partitions, i, t["occurred_at"], t["customer_id"].encode(),
+                           codec.encode(t, "avro")) for i, t in enumerate(touchpoints[:20_000])]
+    stages = stage_costs(sample)
+    end_to_end_us = seconds / len(touchpoints) * 1e6
+    stages["rest (delivery, Kafka outputs, ClickHouse, commits)"] = round(end_to_end_us - sum(stages.values()), 1)
     return {
         "events": len(touchpoints),
         "customers": customers,
@@ -71,6 +82,9 @@ def run_bench(events: int, customers: int, partitions: int, seed: int, data_dir:
         "kafka_produce_per_s": round(len(touchpoints) / produce_s, 1),
         "ratio_to_kafka_consume": round(len(touchpoints) / seconds / consume_per_s, 4),
         "dead_lettered": total(status["totals"], "touchpoints_dead_lettered"),
+        "us_per_touchpoint": round(end_to_end_us, 1),
+        "stages_us": stages,
+        "load_avg_1m": round(os.getloadavg()[0], 2),
     }
 
 

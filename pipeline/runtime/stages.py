@@ -1,0 +1,65 @@
+"""Per-stage cost of the touchpoint path, in-process, on the benchmark's own records.
+
+Each stage runs over the same sample on its own, timed: decode (the Avro or JSON reader), validate
+(the contract's rules, redaction), state (dedupe and enrichment), score (sentiment, churn, alert
+rules), encode (the enriched record and its row). ``cem bench`` prints these beside the end-to-end
+cost per touchpoint; the difference is the rest: delivery, Kafka outputs, ClickHouse, commits.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Sequence
+
+from pipeline.app.outputs import ShippedOutputs
+from processors.customer import CustomerState, apply
+from processors.ingest import SourceRecord
+from processors.privacy import Redactor
+from processors.scoring import TouchpointScoring, TrainingBatch
+from processors.touchpoint import validate
+from schemas.codec import AvroCodec
+
+
+def stage_costs(records: Sequence[SourceRecord], sample: int = 20_000) -> dict[str, float]:
+    """µs per touchpoint of each stage over the first ``sample`` records (valid touchpoints), under
+    the worker's garbage-collector settings."""
+    from pipeline.app.main import tune_gc
+
+    tune_gc()
+    records = list(records[:sample])
+    codec, redactor = AvroCodec(), Redactor()
+    costs: dict[str, float] = {}
+    decoded = _timed(costs, "decode", lambda: [codec.decode(r.value or b"") for r in records])
+
+    def checked() -> list:
+        out = []
+        for r, d in zip(records, decoded):
+            tp = validate(d, r.timestamp_ms, typed=True)
+            if tp.text:
+                tp.text = redactor.redact(tp.text)
+            out.append(tp)
+        return out
+
+    touchpoints = _timed(costs, "validate", checked)
+    states: dict[str, CustomerState] = {}
+
+    def enrich() -> list:
+        out = []
+        for r, tp in zip(records, touchpoints):
+            state = states.get(tp.customer_id) or states.setdefault(tp.customer_id, CustomerState(tp.customer_id))
+            out.append((apply(state, tp, r.partition, r.offset, r.timestamp_ms)[1], state))
+        return out
+
+    enriched = _timed(costs, "state", enrich)
+    scoring, batch = TouchpointScoring(), TrainingBatch()
+    _timed(costs, "score", lambda: [scoring.score(e, s, True, batch) for e, s in enriched])
+    outputs = ShippedOutputs(codec, redactor.redact_bytes)
+    _timed(costs, "encode", lambda: [outputs.enriched(r, e, False) for r, (e, _) in zip(records, enriched)])
+    return {stage: round(us / len(records), 1) for stage, us in costs.items()}
+
+
+def _timed(costs: dict[str, float], stage: str, run: Callable[[], list]) -> list:
+    began = time.perf_counter()
+    result = run()
+    costs[stage] = (time.perf_counter() - began) * 1e6
+    return result
