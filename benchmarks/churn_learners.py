@@ -27,16 +27,17 @@ import json
 import random
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from river import facto, forest, linear_model, optim, tree  # noqa: E402
+from river import facto, forest, linear_model, optim, tree
 
-from processors.churn import ChurnModel, TabularEncoder  # noqa: E402
-from processors.evaluation import read_labeled, roc_auc  # noqa: E402
+from processors.churn import ChurnModel, TabularEncoder
+from processors.evaluation import read_labeled, roc_auc
 
 Rows = list[tuple[dict, bool]]
 
@@ -94,7 +95,7 @@ def river_model(model: Any) -> Callable[[dict, bool], float]:
 
 
 def churn_model() -> Callable[[dict, bool], float]:
-    return ChurnModel(prior_labels=0).learn_scored
+    return ChurnModel(prior_labels=0).predict_then_learn_one
 
 
 def candidates(nominal: list[str]) -> dict[str, Callable[[], Callable[[dict, bool], float]]]:

@@ -14,8 +14,9 @@
   offline logistic regression on the same binned encoding (the ceiling of an additive model), and
   both offline models under the online protocol (refitted every 250 rows on the rows before,
   each block scored before it is learned: :func:`prequential_offline`).
-* Cost: mean microseconds per call of ``SentimentModel.score`` on real review sentences, and of
-  ``churn_features`` + ``ChurnModel.predict_proba`` on realistic customer states.
+* Cost: mean microseconds per call of ``SentimentModel.score`` on real review sentences, of
+  ``churn_features`` + ``ChurnModel.predict_proba_one`` on realistic customer states, and of
+  ``ChurnLabeler.keep`` (the trainer keeping a churn example).
 
 Prints one JSON object on stdout and a markdown table on stderr.
 """
@@ -31,18 +32,19 @@ import sys
 import time
 import timeit
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from processors.churn import ChurnLabeler, ChurnModel, churn_features  # noqa: E402
-from processors.customer import DAY_MS, CustomerState  # noqa: E402
-from processors.evaluation import evaluate_file, read_labeled, replay, roc_auc  # noqa: E402
-from processors.quality import SentimentQuality  # noqa: E402
-from processors.sentiment import SentimentModel  # noqa: E402
-from schemas.contract import CHANNELS  # noqa: E402
+from processors.churn import ChurnLabeler, ChurnModel, churn_features
+from processors.customer import DAY_MS, CustomerState
+from processors.evaluation import evaluate_file, read_labeled, replay, roc_auc
+from processors.quality import SentimentQuality
+from processors.sentiment import SentimentModel
+from schemas.contract import CHANNELS
 
 SEED = 0
 FOLDS = 5
@@ -72,7 +74,7 @@ def online_sentiment(examples: list[tuple[str, bool]], shuffle: bool) -> float:
     quality = SentimentQuality()
     for y, p in replay(SentimentModel.pretrained(), examples):
         quality.update(y, p >= 0.5)
-    return quality.snapshot()["macro_f1"]
+    return quality.figures()["macro_f1"]
 
 
 def offline_sentiment(examples: list[tuple[str, bool]]) -> float:
@@ -252,21 +254,21 @@ def bench_cost(data: Path) -> dict[str, float]:
     sentences = [t for t, _ in read_labeled("sentiment", data / "sentiment/uci/amazon_cells_labelled.txt", 0, 1).examples]
     sentiment = SentimentModel.pretrained()
     for text in sentences[:500]:  # a model that has seen some stream, as in production
-        sentiment.learn(text, rng.random() < 0.5)
+        sentiment.learn_one(text, rng.random() < 0.5)
     sentiment_us = _mean_us(sentiment.score, sentences)
 
     states = synthetic_states(2000, rng)
     churn = ChurnModel()
     for state, now in states[:1000]:  # enough labels to freeze the bins and leave the prior
-        churn.learn(churn_features(state, now), rng.random() < 0.2)
+        churn.learn_one(churn_features(state, now), rng.random() < 0.2)
     feature_dicts = [churn_features(s, now) for s, now in states]
     features_us = _mean_us(lambda item: churn_features(*item), states)
-    predict_us = _mean_us(churn.predict_proba, feature_dicts)
+    predict_us = _mean_us(churn.predict_proba_one, feature_dicts)
     labeler = ChurnLabeler()
-    # Distinct customers and times, so every call keeps a snapshot (the throttle would make it cheaper).
+    # Distinct customers and times, so every call keeps an example (the throttle would make it cheaper).
     stamps = [(f"c{i}", i * 3_600_000) for i in range(len(states) * 9)]
     it = iter(stamps)
-    snapshot_us = _mean_us(lambda _: labeler.snapshot(*next(it), feature_dicts[0]), states, repeat=7)
+    keep_us = _mean_us(lambda _: labeler.keep(*next(it), feature_dicts[0]), states, repeat=7)
     return {
         "sentiment_score_us": sentiment_us,
         "sentiment_words_mean": sum(len(s.split()) for s in sentences) / len(sentences),
@@ -274,7 +276,7 @@ def bench_cost(data: Path) -> dict[str, float]:
         "churn_predict_us": predict_us,
         "churn_total_us": features_us + predict_us,
         "churn_features_per_dict": sum(map(len, feature_dicts)) / len(feature_dicts),
-        "labeler_snapshot_us": snapshot_us,
+        "labeler_keep_us": keep_us,
     }
 
 

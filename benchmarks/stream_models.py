@@ -11,13 +11,13 @@ bytes and go, in event-time order, through what ``pipeline/worker.py`` does per 
 and per batch of ``--batch`` events: ``TouchpointScoring.sweep`` to the watermark, the batch's
 :class:`TrainingBatch` (watermark = the engine's) to one :class:`ModelTrainer` (offset = batch
 number). The worker hot-swaps the scorers' models with the trainer's latest published snapshot every
-few seconds; here every ``--swap-every`` batches both scorers get a pickle round trip of the
-trainer's models (``unpack(pack(...))``, what ``cem.models`` carries). CRM profiles join each
-customer's state before its first event, like ``cem.customers`` does.
+few seconds; here every ``--swap-every`` batches both scorers get a snapshot round trip of the
+trainer's models (``from_snapshot(to_snapshot(...))``, what ``cem.models`` carries). CRM profiles
+join each customer's state before its first event, like ``cem.customers`` does.
 
 * Churn quality: the trainer's progressive (test-then-train) ROC AUC over every label it learned.
-  Labels arrive in event time: a churn labels the customer's snapshots of the 30 days before it
-  positive; a snapshot becomes a negative only once the watermark is 30 days (+1 h lateness) past
+  Labels arrive in event time: a churn labels the customer's churn examples of the 30 days before it
+  positive; an example becomes a negative only once the watermark is 30 days (+1 h lateness) past
   it, so the run must be well over 30 days of event time. The (p, y) pairs the trainer scores are
   recorded (a :class:`BinaryQuality` that keeps them), for the exact AUC (Mann-Whitney), the AUC of
   the second half of the labels (the model once it has learned from the first half), and per tenth.
@@ -25,13 +25,13 @@ customer's state before its first event, like ``cem.customers`` does.
   of both classes keep coming; the generator's own default (28 days) puts every churn in the first
   month, before the first negative exists.
 * The trainer's figure flatters the model, so three checks sit beside it. (1) ``deployed``: the
-  risk each scorer gave at each training snapshot (hot-swapped model, at scoring time) against the
+  risk each scorer gave at each churn example (hot-swapped model, at scoring time) against the
   generator's ground truth (churned within 30 days after it?), pooled and "time matched" (only
-  snapshots of the same event-time day ranked against each other, as a live ranking of customers
+  examples of the same event-time day ranked against each other, as a live ranking of customers
   is), also from day 31 on (scorers trained on both classes). (2) ``leak_checks``: the trainer's
-  labels of the same snapshot day only (what drifts with time cannot separate them). (3) diagnostics, off by default: ``--ceiling`` (:func:`feature_ceiling`: are
+  labels of the same example day only (what drifts with time cannot separate them). (3) diagnostics, off by default: ``--ceiling`` (:func:`feature_ceiling`: are
   the early tenths hard for any linear model on these features?), ``--holdout`` (a share of customers whose
-  labels the trainer scores but never learns: by the time a churner's snapshot is labeled, the
+  labels the trainer scores but never learns: by the time a churner's example is labeled, the
   trainer has learned the customer's earlier ones, positives included, and this measures what that
   knowledge adds) and ``--drop-features`` (the model ignores them).
 * Cost: ``time.perf_counter_ns`` around each stage call, summed and divided by ALL events (not only
@@ -61,21 +61,24 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import orjson  # noqa: E402
+import orjson
 
-from pipeline.app.main import tune_gc  # noqa: E402
-from processors.churn import ChurnModel  # noqa: E402
-from processors.customer import DAY_MS, CustomerState  # noqa: E402
-from processors.evaluation import roc_auc  # noqa: E402
-from processors.ingest import Ingestor, Kind, SourceRecord  # noqa: E402
-from processors.quality import BinaryQuality  # noqa: E402
-from processors.scoring import ChurnScorer, TextSentiment, TouchpointScoring, TrainingBatch  # noqa: E402
-from processors.sentiment import SentimentModel  # noqa: E402
-from processors.synthetic import DEFAULT_START_MS, JourneyGenerator  # noqa: E402
-from processors.training import ModelTrainer, pack, unpack  # noqa: E402
-from schemas.codec import AvroCodec  # noqa: E402
-from schemas.contract import MODEL_CHURN  # noqa: E402
-from schemas.contract import TOPIC_TOUCHPOINTS  # noqa: E402
+from pipeline.app.main import tune_gc
+from processors.churn import ChurnModel
+from processors.customer import DAY_MS, CustomerState
+from processors.evaluation import roc_auc
+from processors.ingest import Ingestor, Kind, SourceRecord
+from processors.quality import BinaryQuality
+from processors.scoring import ChurnScorer, TextSentiment, TouchpointScoring, TrainingBatch
+from processors.sentiment import SentimentModel
+from processors.snapshot import from_snapshot, to_snapshot
+from processors.synthetic import DEFAULT_START_MS, JourneyGenerator
+from processors.training import ModelTrainer
+from schemas.codec import AvroCodec
+from schemas.contract import (
+    MODEL_CHURN,
+    TOPIC_TOUCHPOINTS,
+)
 
 ISSUE_AUC = 0.85
 ISSUE_US = 30.0
@@ -120,7 +123,7 @@ class RecordingQuality(BinaryQuality):
 
 class DiagnosticTrainer(ModelTrainer):
     """The pipeline's trainer, also keeping, per churn label it learns (in the order its quality
-    tracker sees them), a few feature values and the snapshot's day. Learns exactly what
+    tracker sees them), a few feature values and the example's day. Learns exactly what
     :class:`ModelTrainer` learns (``--holdout`` aside)."""
 
     COLUMNS = ("events_per_day_7d", "activity_trend", "sentiment_mean", "purchases_28d", "crm_tenure_months")
@@ -130,25 +133,25 @@ class DiagnosticTrainer(ModelTrainer):
         # --ceiling: every label, in order, with its customer
         self.kept: list[tuple[dict, bool, str | None]] | None = [] if keep_labels else None
         self.values: dict[str, list[float]] = {c: [] for c in self.COLUMNS}
-        self.snapshot_days: list[int | None] = []  # event-time day of each label's snapshot
+        self.example_days: list[int | None] = []  # event-time day of each label's example
         self.holdout = holdout
         self.held: list[tuple[bool, float]] = []  # (y, p) of held-out customers' labels: scored, never learned
 
     def _learn_churn(self, labeled, t):  # type: ignore[no-untyped-def]
-        # The run loop tags each snapshot with its time and, for --holdout and --ceiling, its
+        # The run loop tags each example with its time and, for --holdout and --ceiling, its
         # customer (the labels come back without either); the tags stop here, before any model.
-        rows = [({k: v for k, v in x.items() if k not in TAGS}, y, x.get(SNAPSHOT_T), x.get(CID)) for x, y in labeled]
+        rows = [({k: v for k, v in x.items() if k not in TAGS}, y, x.get(EXAMPLE_T), x.get(CID)) for x, y in labeled]
         if self.kept is not None:
             self.kept.extend((features, y, customer) for features, y, _, customer in rows)
         if self.holdout:
             learn = []
             for row in rows:
                 if held_out(str(row[3]), self.holdout):
-                    self.held.append((row[1], self.churn.predict_proba(row[0])))
+                    self.held.append((row[1], self.churn.predict_proba_one(row[0])))
                 else:
                     learn.append(row)
             rows = learn
-        self.snapshot_days.extend(-1 if s is None else int(s // DAY_MS) for _, _, s, _ in rows)
+        self.example_days.extend(-1 if s is None else int(s // DAY_MS) for _, _, s, _ in rows)
         labeled = [(x, y) for x, y, _, _ in rows]
         for features, _ in labeled:
             for column, values in self.values.items():
@@ -157,9 +160,9 @@ class DiagnosticTrainer(ModelTrainer):
         super()._learn_churn(labeled, t)
 
 
-CID = "__customer"  # --holdout, --ceiling: the snapshot's customer, for the trainer to route it
-SNAPSHOT_T = "__t"  # the snapshot's event time, for the leak checks
-TAGS = frozenset({CID, SNAPSHOT_T})  # stripped by DiagnosticTrainer before the model sees a label
+CID = "__customer"  # --holdout, --ceiling: the example's customer, for the trainer to route it
+EXAMPLE_T = "__t"  # the example's event time, for the leak checks
+TAGS = frozenset({CID, EXAMPLE_T})  # stripped by DiagnosticTrainer before the model sees a label
 
 
 def held_out(customer_id: str, share: float) -> bool:
@@ -168,7 +171,7 @@ def held_out(customer_id: str, share: float) -> bool:
 
 class DroppingChurnModel(ChurnModel):
     """Diagnostic only (``--drop-features``): :class:`ChurnModel` blind to some features, in the
-    scorers and in the trainer alike (a pickle round trip keeps the class); every method that takes
+    scorers and in the trainer alike (a snapshot round trip keeps the class); every method that takes
     features drops them."""
 
     DROP: frozenset[str] = frozenset()
@@ -176,17 +179,17 @@ class DroppingChurnModel(ChurnModel):
     def _kept(self, features):  # type: ignore[no-untyped-def]
         return {k: v for k, v in features.items() if k not in self.DROP}
 
-    def predict_proba(self, features):  # type: ignore[no-untyped-def]
-        return super().predict_proba(self._kept(features))
+    def predict_proba_one(self, features):  # type: ignore[no-untyped-def]
+        return super().predict_proba_one(self._kept(features))
 
     def observe(self, features):  # type: ignore[no-untyped-def]
         super().observe(self._kept(features))
 
-    def learn(self, features, churned, observe=True):  # type: ignore[no-untyped-def]
-        super().learn(self._kept(features), churned, observe)
+    def learn_one(self, features, churned, *, observe=True):  # type: ignore[no-untyped-def]
+        super().learn_one(self._kept(features), churned, observe=observe)
 
-    def learn_scored(self, features, churned, observe=True):  # type: ignore[no-untyped-def]
-        return super().learn_scored(self._kept(features), churned, observe)
+    def predict_then_learn_one(self, features, churned, *, observe=True):  # type: ignore[no-untyped-def]
+        return super().predict_then_learn_one(self._kept(features), churned, observe=observe)
 
     def contributions(self, features):  # type: ignore[no-untyped-def]
         return super().contributions(self._kept(features))
@@ -247,10 +250,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return state
 
     counts = dict.fromkeys(("events", "processed", "text", "sentiment_scored", "churn_scored", "alerts",
-                            "sweep_alerts", "swaps", "batches", "training_texts", "training_snapshots",
+                            "sweep_alerts", "swaps", "batches", "training_texts", "training_churn_examples",
                             "training_churns"), 0)
     kinds: dict[str, int] = {}
-    scored: list[tuple[str, int, float]] = []  # (customer, t, risk) of every snapshot sent to training
+    scored: list[tuple[str, int, float]] = []  # (customer, t, risk) of every churn example sent to training
     events = gen.events(args.events)
     offset = 0
     last_t = args.start_ms
@@ -292,18 +295,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             counts["sentiment_scored"] += enriched.sentiment is not None
             counts["churn_scored"] += rescored
             counts["alerts"] += len(fired)
-            if rescored and training.snapshots and training.snapshots[-1][1] == enriched.touchpoint.occurred_at \
-                    and training.snapshots[-1][0] == customer_id:
-                scored.append((customer_id, training.snapshots[-1][1], enriched.churn_risk))
+            examples = training.churn_examples
+            if rescored and examples and examples[-1][1] == enriched.touchpoint.occurred_at and examples[-1][0] == customer_id:
+                scored.append((customer_id, examples[-1][1], enriched.churn_risk))
         counts["events"] += len(records)
-        training.snapshots = [(c, t, {**x, SNAPSHOT_T: t, **({CID: c} if tag_customer else {})})
-                              for c, t, x in training.snapshots]
+        training.churn_examples = [(c, t, {**x, EXAMPLE_T: t, **({CID: c} if tag_customer else {})})
+                                   for c, t, x in training.churn_examples]
         t0 = clock()
         counts["sweep_alerts"] += len(scoring.sweep(states.get))
         t1 = clock()
         training.watermark_ms = engine.watermark_ms
         counts["training_texts"] += len(training.texts)
-        counts["training_snapshots"] += len(training.snapshots)
+        counts["training_churn_examples"] += len(training.churn_examples)
         counts["training_churns"] += len(training.churns)
         quality.batch = counts["batches"]
         if training:
@@ -314,16 +317,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         counts["batches"] += 1
         if counts["batches"] % args.swap_every == 0:
             t0 = clock()
-            scoring.sentiment.model = unpack(pack(trainer.sentiment), SentimentModel)
-            scoring.churn.model = unpack(pack(trainer.churn), ChurnModel)
+            scoring.sentiment.model = from_snapshot(to_snapshot(trainer.sentiment), SentimentModel)
+            scoring.churn.model = from_snapshot(to_snapshot(trainer.churn), ChurnModel)
             ns["swap"] += clock() - t0
             counts["swaps"] += 1
     seconds = time.perf_counter() - started
     t0 = clock()
-    labeler_blob = trainer.labeler.to_bytes()  # the bulk of the trainer's checkpoint on cem.models
-    snapshot = {"labeler_bytes": len(labeler_blob), "labeler_pickle_ms": (clock() - t0) / 1e6,
-                "labeler_bytes_per_pending": len(labeler_blob) / max(1, trainer.labeler.size),
-                "churn_bytes": len(pack(trainer.churn)), "sentiment_bytes": len(pack(trainer.sentiment))}
+    labeler_blob = to_snapshot(trainer.labeler)  # the bulk of the trainer's checkpoint on cem.models
+    snapshots = {"labeler_bytes": len(labeler_blob), "labeler_pickle_ms": (clock() - t0) / 1e6,
+                 "labeler_bytes_per_pending": len(labeler_blob) / max(1, trainer.labeler.size),
+                 "churn_bytes": len(to_snapshot(trainer.churn)), "sentiment_bytes": len(to_snapshot(trainer.sentiment))}
 
     n = max(1, counts["events"])
     per_event = {f"{stage}_us": ns[stage] / n / 1000 for stage in ("ingest", "sentiment", "churn", "alerts", "sweep")}
@@ -336,14 +339,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     truth = gen.ground_truth()["churned"]
     diagnostics: dict[str, Any] = {}
     leak: dict[str, Any] = {}
-    if len(trainer.snapshot_days) == len(pairs) and all(len(v) == len(pairs) for v in trainer.values.values()):
+    if len(trainer.example_days) == len(pairs) and all(len(v) == len(pairs) for v in trainer.values.values()):
         ys = [y for y, _, _ in pairs]
         for column, values in trainer.values.items():
-            kept = [(y, v) for y, v in zip(ys, values) if not math.isnan(v)]
+            kept = [(y, v) for y, v in zip(ys, values, strict=True) if not math.isnan(v)]
             diagnostics[column] = roc_auc([y for y, _ in kept], [v for _, v in kept]) if kept else None
-        # Only labels of snapshots taken on the same event-time day compared.
-        days = trainer.snapshot_days
-        leak["same_snapshot_day_roc_auc"] = _matched_auc([(d, y, p) for d, (y, p, _) in zip(days, pairs)])
+        # Only labels of examples scored on the same event-time day compared.
+        days = trainer.example_days
+        leak["same_example_day_roc_auc"] = _matched_auc([(d, y, p) for d, (y, p, _) in zip(days, pairs, strict=True)])
     return {
         "settings": {k: v for k, v in vars(args).items()},
         "stream": {
@@ -357,15 +360,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "alerts": counts["alerts"],
             "sweep_alerts": counts["sweep_alerts"],
             "training_texts": counts["training_texts"],
-            "training_snapshots": counts["training_snapshots"],
+            "training_churn_examples": counts["training_churn_examples"],
             "training_churns": counts["training_churns"],
             "labeler_pending": labeler.size,
             "labeler_evicted": labeler.evicted,
             "labeler_refused": labeler.refused,
-            "snapshots": snapshot,
+            "snapshots": snapshots,
         },
         "churn": {
-            "trainer_quality": trainer.churn_quality.snapshot(),
+            "trainer_quality": trainer.churn_quality.figures(),
             "prequential": _auc(pairs),
             "second_half": _auc(pairs[half:]),
             "by_tenth": tenths,
@@ -384,7 +387,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "top_weights": top_weights(trainer.churn),
             "target_roc_auc": ISSUE_AUC,
         },
-        "sentiment": trainer.sentiment_quality.snapshot(),
+        "sentiment": trainer.sentiment_quality.figures(),
         "cost": {
             **per_event,
             "sentiment_per_scored_us": ns["sentiment"] / max(1, counts["sentiment_scored"]) / 1000,
@@ -408,7 +411,7 @@ def feature_ceiling(kept: list[tuple[dict, bool, str | None]], pairs: list[tuple
     Customers are split in two halves by a hash of their id. Offline logistic regressions (all the
     passes they want, scaled features, categories one-hot) are fitted on half B's labels and score
     half A's: customers they never saw, so nothing is remembered. ``same_tenth`` is fitted on B's
-    labels of the same tenth (snapshots of the same days: what those days' features can tell, in
+    labels of the same tenth (examples of the same days: what those days' features can tell, in
     hindsight), ``later`` on B's labels of the run's second half. When neither does better than the
     online model did at the time, an early tenth is as hard as the features make it, not a model
     still learning.
@@ -444,8 +447,8 @@ def feature_ceiling(kept: list[tuple[dict, bool, str | None]], pairs: list[tuple
 def deployed_auc(scored: list[tuple[str, int, float]], churned: dict[str, int], horizon_ms: int, lateness_ms: int,
                  watermark_ms: int, start_ms: int) -> dict[str, float]:
     """The scorers' own risks (the hot-swapped models, at scoring time) against the truth: did the
-    customer churn within the horizon after the snapshot? Only snapshots whose horizon has passed.
-    ``time_matched`` compares only snapshots of the same event-time day."""
+    customer churn within the horizon after the example? Only examples whose horizon has passed.
+    ``time_matched`` compares only examples of the same event-time day."""
     rows, near = [], []  # near: only positives within 14 days of their churn (the generator's decline)
     for customer_id, t, risk in scored:
         at = churned.get(customer_id)
@@ -469,7 +472,7 @@ def deployed_auc(scored: list[tuple[str, int, float]], churned: dict[str, int], 
         "from_day_positives": sum(y for _, y, _ in later),
         "from_day_time_matched_roc_auc": _matched_auc(later),
         "from_day_within_14d_time_matched_roc_auc": _matched_auc([r for r in near if r[0] >= first_negatives]),
-        "time_matched_by_horizon": {  # snapshot days [0, h), [h, 2h), ...: how the scorers improve
+        "time_matched_by_horizon": {  # example days [0, h), [h, 2h), ...: how the scorers improve
             f"days_{k * span}_{(k + 1) * span}": round(_matched_auc([r for r in rows if r[0] // span == k]), 4)
             for k in range(int(max((r[0] for r in rows), default=0)) // span + 1)
         },
@@ -506,15 +509,15 @@ def markdown(result: dict[str, Any]) -> str:
         f"| second half of the labels | {c['second_half']['labels']} | {c['second_half']['positives']} | {c['second_half']['roc_auc']:.3f} |",
         f"| scorers' risks vs truth at the 30-day horizon | {c['deployed']['labels']} | {c['deployed']['positives']} "
         f"| {c['deployed']['roc_auc']:.3f} |",
-        f"| same, only same-day snapshots compared | | | {c['deployed']['time_matched_roc_auc']:.3f} |",
-        f"| same, snapshots from day {c['deployed']['from_day']} on (trained scorers) | {c['deployed']['from_day_labels']} "
+        f"| same, only same-day examples compared | | | {c['deployed']['time_matched_roc_auc']:.3f} |",
+        f"| same, examples from day {c['deployed']['from_day']} on (trained scorers) | {c['deployed']['from_day_labels']} "
         f"| {c['deployed']['from_day_positives']} | {c['deployed']['from_day_time_matched_roc_auc']:.3f} |",
         f"| same, positives only those within 14 days of their churn | | | {c['deployed']['from_day_within_14d_time_matched_roc_auc']:.3f} |",
     ]
     leak = c["leak_checks"]
     if leak:
         lines += [
-            f"| trainer's labels, same snapshot day only | | | {leak['same_snapshot_day_roc_auc']:.3f} |",
+            f"| trainer's labels, same example day only | | | {leak['same_example_day_roc_auc']:.3f} |",
         ]
     lines += [f"| tenth {i + 1} | {t['labels']} | {t['positives']} | {t['roc_auc']:.3f} |" for i, t in enumerate(c["by_tenth"])]
     h = c["holdout"]
@@ -545,7 +548,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"| training (context: trainer, not scoring) | {cost['train_per_event_us']:.2f} |",
         f"| timer overhead per measured stage | {cost['timer_overhead_us']:.3f} |",
         "",
-        f"model swap (pack + unpack of both models): {cost['swap_ms']:.1f} ms; {result['seconds']:.0f} s in all",
+        f"model swap (snapshot round trip of both models): {cost['swap_ms']:.1f} ms; {result['seconds']:.0f} s in all",
     ]
     return "\n".join(lines)
 

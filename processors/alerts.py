@@ -16,11 +16,11 @@ an event twice never yields a second alert.
 
 State lives in two places:
 
-* :class:`CustomerAlertState`, one per customer, stored by the pipeline beside ``CustomerState``
-  (JSON-friendly ``to_dict``/``from_dict``): cooldowns, fired alert ids, churn hysteresis, the
-  customer's complaint cases and their SLA deadlines.
-* the engine itself (``to_bytes``/``from_bytes``): the SLA timer heap (an index over the cases
-  above, rebuildable with :meth:`AlertEngine.track`), the channel-minute aggregates and their
+* :class:`~processors.alert_state.CustomerAlertState`, one per customer, inside its
+  ``CustomerState`` (and so in the customer-state changelog): cooldowns, fired alert ids, churn
+  hysteresis, the customer's complaint cases and their SLA deadlines.
+* the engine itself (a snapshot, :mod:`processors.snapshot`): the SLA timer heap (an index over the
+  cases above, rebuildable with :meth:`AlertEngine.track`), the channel-minute aggregates and their
   detectors, the customer-value quantile, and the watermark.
 
 >>> from processors.touchpoint import Touchpoint
@@ -37,13 +37,14 @@ from __future__ import annotations
 import hashlib
 import heapq
 import math
-import pickle
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, cast
 
 from river import stats
 
+from processors.alert_state import CustomerAlertState
 from processors.customer import Enriched
 from processors.kpi import is_detractor, is_promoter
 from processors.touchpoint import Touchpoint
@@ -112,7 +113,7 @@ class AlertConfig:
             raise ValueError("allowed_lateness_ms and cooldown_ms must be >= 0")
 
     @classmethod
-    def from_spec(cls, spec: str) -> "AlertConfig":
+    def from_spec(cls, spec: str) -> AlertConfig:
         """Overrides as ``name=value`` pairs, comma-separated (``CEM_ALERT_RULES``); ``sla_ms.<channel>``
         sets one channel's SLA.
 
@@ -198,38 +199,10 @@ def alert_id(alert_type: str, *keys: str) -> str:
 
 # -- per-customer state ------------------------------------------------------------------------
 
-# A case is a list (compact in the JSON changelog): [opened_at, deadline, channel, open_event_id,
-# status, closed_at, vip_at_open]
+# A case of CustomerAlertState.cases is a list (compact in the JSON changelog): [opened_at, deadline,
+# channel, open_event_id, status, closed_at, vip_at_open]
 _OPENED, _DEADLINE, _CHANNEL, _OPEN_EVENT, _STATUS, _CLOSED, _VIP = range(7)
 CASE_OPEN, CASE_RESOLVED, CASE_BREACHED = 0, 1, 2
-
-
-@dataclass(slots=True)
-class CustomerAlertState:
-    """What the alert rules remember about one customer; stored beside ``CustomerState``.
-
-    >>> s = CustomerAlertState("c1", last_alert_at={"detractor": 5})
-    >>> CustomerAlertState.from_dict(s.to_dict()) == s
-    True
-    """
-
-    customer_id: str
-    last_event_at: int = 0  # the customer's latest event time seen
-    last_alert_at: dict[str, int] = field(default_factory=dict)  # alert type -> event time (cooldown)
-    fired: dict[str, int] = field(default_factory=dict)  # alert_id -> occurred_at: never emit an id twice
-    churn_armed: bool = True  # hysteresis: False after an alert until risk falls below re-arm level
-    last_risk: float | None = None
-    cases: dict[str, list] = field(default_factory=dict)  # case_id -> case list (see above)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in _ALERT_STATE_FIELDS}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "CustomerAlertState":
-        return cls(**{k: v for k, v in data.items() if k in _ALERT_STATE_FIELDS})
-
-
-_ALERT_STATE_FIELDS = tuple(f.name for f in fields(CustomerAlertState))
 
 
 def _prune(state: CustomerAlertState, memory_ms: int) -> None:
@@ -254,7 +227,7 @@ class _Detector:
     n: int = 0
 
     @classmethod
-    def new(cls, fading: float, var_fading: float) -> "_Detector":
+    def new(cls, fading: float, var_fading: float) -> _Detector:
         return cls(stats.EWMean(fading), stats.EWVar(var_fading))
 
     def std(self, floor: float) -> float:
@@ -269,7 +242,7 @@ class _Detector:
 @dataclass(slots=True)
 class _ChannelState:
     closed_through: int  # last closed minute index (epoch minutes)
-    minutes: dict[int, list] = field(default_factory=dict)  # open minute -> aggregate
+    minutes: dict[int, list[float]] = field(default_factory=dict)  # open minute -> aggregate
     detectors: dict[str, _Detector] = field(default_factory=dict)
     last_alert: dict[str, int] = field(default_factory=dict)  # metric -> minute start of its last alert
     quiet_minutes: int = 0  # consecutive empty minutes closed
@@ -288,7 +261,7 @@ def _from_anscombe(y: float) -> float:
     return max(0.0, (y / 2.0) ** 2 - 0.375)
 
 
-def _minute_values(agg: list, min_responses: int) -> dict[str, float]:
+def _minute_values(agg: list[float], min_responses: int) -> dict[str, float]:
     """The metrics of one closed minute; scores only with enough responses to mean something."""
     values = {"volume": anscombe(agg[_EVENTS])}
     if agg[_NPS_N] >= min_responses:
@@ -306,10 +279,22 @@ StateLookup = Callable[[str], "CustomerAlertState | None"]
 
 
 class AlertEngine:
-    """The alert rules plus the state they share across customers (see the module docstring)."""
+    """The alert rules plus the state they share across customers (see the module docstring).
 
-    _PERSISTED = ("_max_seen", "_timers", "_channels", "_value", "_value_n", "late_events", "_partition_top")
-    _VERSION = 2
+    Its snapshot (:func:`processors.snapshot.to_snapshot`) holds the engine whole, not the customers'
+    states. The config in it is the one it ran with: a restored engine takes the rules as
+    configured now (``engine.config = ...``).
+
+    >>> from processors.snapshot import from_snapshot, to_snapshot
+    >>> engine = AlertEngine()
+    >>> engine.late_events = 3
+    >>> from_snapshot(to_snapshot(engine), AlertEngine).late_events
+    3
+    """
+
+    SNAPSHOT_KIND = "alerts"
+    SNAPSHOT_VERSION = 3  # 3: the whole engine in a snapshot; 2 was a pickled dict of its state
+    SNAPSHOT_COMPRESSED = False  # checkpointed with every commit: small, and zlib would be on the hot path
 
     def __init__(self, config: AlertConfig | None = None):
         self.config = config or AlertConfig()
@@ -322,25 +307,10 @@ class AlertEngine:
         self._value_n = 0
         self.late_events = 0  # events too late for their channel minute (not counted there)
 
-    # -- persistence ---------------------------------------------------------------------------
-    def to_bytes(self) -> bytes:
-        """Snapshot of the engine's own state (not the config, not the customers' states)."""
-        return pickle.dumps({"version": self._VERSION, **{name: getattr(self, name) for name in self._PERSISTED}}, protocol=5)
-
-    @classmethod
-    def from_bytes(cls, data: bytes, config: AlertConfig | None = None) -> "AlertEngine":
-        engine = cls(config)
-        snapshot = pickle.loads(data)
-        if snapshot.get("version") != cls._VERSION:
-            raise ValueError(f"unknown alert engine snapshot version {snapshot.get('version')!r}")
-        for name in cls._PERSISTED:
-            if name in snapshot:
-                setattr(engine, name, snapshot[name])
-        return engine
-
+    # -- state ---------------------------------------------------------------------------------
     def track(self, states: Iterable[CustomerAlertState]) -> int:
-        """Put the open cases of ``states`` on the SLA timer index (after a rebalance or a restart
-        without a snapshot); returns how many. Entries already there are harmless duplicates."""
+        """Put the open cases of ``states`` on the SLA timer index (after a rebalance, or a restart
+        without the engine's snapshot); returns how many. Entries already there are harmless duplicates."""
         pushed = 0
         for state in states:
             for case_id, case in state.cases.items():
@@ -423,7 +393,8 @@ class AlertEngine:
         rising = risk is not None and previous is not None and risk - previous >= cfg.vip_risk_rise
         if (rising or kind == "complaint_opened") and self.is_vip(enriched.revenue_to_date):
             if not self._cooling(state, VIP_AT_RISK, t):
-                self._emit(state, alerts, vip_alert(enriched, cfg, previous, self._value.get(), rising))
+                p90 = cast(float, self._value.get())  # not None: is_vip checked it
+                self._emit(state, alerts, vip_alert(enriched, cfg, previous, p90, rising))
         if risk is not None:
             state.last_risk = risk
         return alerts
@@ -456,7 +427,8 @@ class AlertEngine:
         return (
             self._value_n >= self.config.vip_min_samples
             and revenue_to_date > 0
-            and revenue_to_date >= self._value.get()
+            and (threshold := self._value.get()) is not None  # None until the first update
+            and revenue_to_date >= threshold
         )
 
     def _cooling(self, state: CustomerAlertState, alert_type: str, t: int) -> bool:
@@ -512,7 +484,7 @@ class AlertEngine:
             if case[_STATUS] == CASE_OPEN and case[_DEADLINE] < t:
                 alerts.append(self._breach(state, case_id, case))
 
-    def _breach(self, state: CustomerAlertState, case_id: str, case: list) -> Alert:
+    def _breach(self, state: CustomerAlertState, case_id: str, case: list[Any]) -> Alert:
         case[_STATUS] = CASE_BREACHED  # fires once per case, whichever path finds it first
         case[_CLOSED] = case[_DEADLINE]
         return sla_alert(state.customer_id, case_id, case, self.config)
@@ -596,7 +568,7 @@ class AlertEngine:
             minute += 1
         channel.closed_through = last
 
-    def _score_minute(self, name: str, channel: _ChannelState, minute: int, agg: list, alerts: list[Alert]) -> None:
+    def _score_minute(self, name: str, channel: _ChannelState, minute: int, agg: list[float], alerts: list[Alert]) -> None:
         cfg = self.config
         start = minute * MINUTE_MS
         for metric, value in _minute_values(agg, cfg.anomaly_min_responses).items():
@@ -754,7 +726,7 @@ def vip_alert(enriched: Enriched, cfg: AlertConfig, previous_risk: float | None,
     return _customer_alert(VIP_AT_RISK, "critical", tp, reason, evidence, action, version)
 
 
-def sla_alert(customer_id: str, case_id: str, case: list, cfg: AlertConfig) -> Alert:
+def sla_alert(customer_id: str, case_id: str, case: list[Any], cfg: AlertConfig) -> Alert:
     """A complaint case still open past its channel's SLA; ``occurred_at`` is the deadline."""
     opened, deadline, channel, open_event = case[_OPENED], case[_DEADLINE], case[_CHANNEL], case[_OPEN_EVENT]
     sla_h = (deadline - opened) / HOUR_MS
@@ -774,7 +746,7 @@ _METRIC_LABELS = {"volume": "volume", "nps": "NPS", "csat": "CSAT", "sentiment":
 
 
 def channel_alert(
-    channel: str, metric: str, start: int, value: float, mean: float, std: float, z: float, agg: list, cfg: AlertConfig,
+    channel: str, metric: str, start: int, value: float, mean: float, std: float, z: float, agg: list[float], cfg: AlertConfig,
 ) -> Alert:
     """A channel's minute departed from its own recent behaviour (EWMA z-score)."""
     evidence = {

@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, Sequence
+from typing import Any
 
+from processors.alert_state import CustomerAlertState
 from processors.kpi import is_promoter
 from processors.touchpoint import Touchpoint
 from schemas.contract import DAY_MS
@@ -118,14 +120,14 @@ class CustomerState:
     last_session_channel: str | None = None
     channel_switches: int = 0
     sentiment_n: int = 0
-    sentiment_mean: float = 0.0  # exponentially weighted, see processors.models
+    sentiment_mean: float = 0.0  # exponentially weighted, see processors.sentiment.fold_sentiment
     sentiment_last: float | None = None
     recent: dict[str, float] = field(default_factory=dict)  # RECENT_WINDOWS_MS name -> count at last_seen
     gap_ms_avg: float | None = None  # moving average of the event-time gaps between touchpoints
     last_gap_ms: int | None = None  # the gap the latest touchpoint ended
     churn_risk: float | None = None
     churn_scored_at: int | None = None  # event time of the latest churn score
-    churn_snapshot_at: int | None = None  # event time of the latest feature snapshot sent to training
+    churn_example_at: int | None = None  # event time of the latest churn example sent to training
     churned_at: int | None = None
     profile: dict[str, str] = field(default_factory=dict)  # CRM attributes from cem.customers
     seen: dict[str, Sequence[int]] = field(default_factory=dict)  # event_id -> (occurred_at, log_position)
@@ -135,18 +137,35 @@ class CustomerState:
     # their age: a crash before the input is acked replays them into the written state, which must
     # recognise them (see mark_written).
     written_position: int = 0
-    # What the alert rules remember (a processors.alerts.CustomerAlertState, or its dict when read
-    # back from the changelog); typed loosely because the alert rules build on this module.
-    alerting: Any = None
+    alerting: CustomerAlertState | None = None  # what the alert rules remember (created by them)
 
     def to_dict(self) -> dict[str, Any]:
+        """The state as JSON-ready values (the changelog's form; the worker has orjson encode the
+        dataclass itself, which gives the same JSON)."""
         # Shallow on purpose: dataclasses.asdict deep-copies, which costs more than the JSON encoding.
-        return {name: getattr(self, name) for name in _STATE_FIELDS}
+        values = {name: getattr(self, name) for name in _STATE_FIELDS}
+        if self.alerting is not None:
+            values["alerting"] = self.alerting.to_dict()
+        return values
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "CustomerState":
-        state = cls(**{k: v for k, v in data.items() if k in _STATE_FIELDS})
+    def from_dict(cls, data: Mapping[str, Any]) -> CustomerState:
+        """The state back from its changelog JSON, every field of its own type again.
+
+        >>> import orjson
+        >>> s = CustomerState("c1", seen={"e1": (5, 7)}, alerting=CustomerAlertState("c1", fired={"a1": 5}))
+        >>> again = CustomerState.from_dict(orjson.loads(orjson.dumps(s)))
+        >>> again == s, type(again.alerting).__name__, again.seen["e1"]
+        (True, 'CustomerAlertState', (5, 7))
+        """
+        values = {k: v for k, v in data.items() if k in _STATE_FIELDS}
+        alerting = values.pop("alerting", None)
+        state = cls(**values)
         state.seen = {event_id: tuple(seen) for event_id, seen in state.seen.items()}  # JSON gave lists
+        if alerting is not None:
+            state.alerting = CustomerAlertState.from_dict(alerting)  # JSON gave its dict
+        if _EXAMPLE_AT_BEFORE in data:  # a record written before the field had its name
+            state.churn_example_at = data[_EXAMPLE_AT_BEFORE]
         return state
 
     @property
@@ -187,6 +206,7 @@ class CustomerState:
 
 
 _STATE_FIELDS = tuple(f.name for f in fields(CustomerState))
+_EXAMPLE_AT_BEFORE = "churn_snapshot_at"  # churn_example_at's name in older changelog records
 
 
 @dataclass(slots=True)

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import csv
 import random
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Literal
 
 from processors.churn import ChurnModel, is_identifier, profile_features
+from processors.models import OnlineModel
 from processors.quality import BinaryQuality, SentimentQuality
 from processors.sentiment import SentimentModel
 
@@ -74,7 +76,7 @@ def evaluate_file(
         quality = SentimentQuality()
         for y, p in replay(sentiment, examples):
             quality.update(y, p >= 0.5)
-        result.update(quality.snapshot(), model_version=sentiment.version)
+        result.update(quality.figures(), model_version=sentiment.version)
     else:
         churn = ChurnModel(prior_labels=0)  # the CX prior knows the pipeline's features, not a file's columns
         binary = BinaryQuality()
@@ -83,7 +85,7 @@ def evaluate_file(
             binary.update(y, p)
             ys.append(y)
             ps.append(p)
-        metrics = binary.snapshot()
+        metrics = binary.figures()
         metrics["roc_auc_streaming"] = metrics.pop("roc_auc")  # River's, over 100 thresholds
         result.update(roc_auc=roc_auc(ys, ps), **metrics, model_version=churn.version)
         result.update(features=data.features, excluded_columns=data.excluded)
@@ -91,16 +93,12 @@ def evaluate_file(
     return result
 
 
-def replay(model: SentimentModel | ChurnModel, examples: Sequence[tuple[Any, bool]]) -> Iterator[tuple[bool, float]]:
+def replay(model: OnlineModel[Any], examples: Sequence[tuple[Any, bool]]) -> Iterator[tuple[bool, float]]:
     """Test-then-train: yields ``(label, p(positive))`` as predicted *before* learning the label
     (the model has learned it by the time it is yielded)."""
-    if isinstance(model, SentimentModel):
-        for text, y in examples:
-            p = model.learn_scored(text, y)
-            yield y, 0.5 if p is None else p  # text without tokens: 0.5, like proba, and not learned
-    else:
-        for features, y in examples:
-            yield y, model.learn_scored(features, y)
+    for x, y in examples:
+        p = model.predict_then_learn_one(x, y)
+        yield y, 0.5 if p is None else p  # None: nothing to learn from (text without tokens); 0.5, as predicted
 
 
 def roc_auc(y_true: Sequence[bool], scores: Sequence[float]) -> float:
@@ -160,7 +158,7 @@ def read_labeled(
             sample = handle.read(64 * 1024)
             handle.seek(0)
             delimiter = delimiter or sniff_delimiter(path, sample)
-            quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL  # TSV text has stray quotes
+            quoting: Literal[0, 1, 2, 3] = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL  # TSV text has stray quotes
             rows = list(csv.reader(handle, delimiter=delimiter, quoting=quoting))
     except (OSError, csv.Error, TypeError) as error:  # TypeError: a delimiter that is not one character
         raise EvaluationError(f"cannot read {path}: {error}") from None
@@ -186,7 +184,7 @@ def read_labeled(
             data.excluded.insert(0, header[id_i])
         feature_i = [i for i, h in enumerate(header) if i not in skip and not is_identifier(h)]
         data.features = [header[i] for i in feature_i]
-    for row, raw in zip(rows, labels):
+    for row, raw in zip(rows, labels, strict=True):
         label = parse_label(raw, rating) if raw is not None else None
         if label is None:
             data.skipped += 1

@@ -36,7 +36,7 @@ class BinaryQuality(_DriftCount):
     >>> q = BinaryQuality()
     >>> for y, p in [(True, 0.9), (False, 0.2), (True, 0.7), (False, 0.4)]:
     ...     _ = q.update(y, p)
-    >>> s = q.snapshot()
+    >>> s = q.figures()
     >>> s["n"], s["positives"], s["roc_auc"], round(s["log_loss"], 3), s["drifts"]
     (4.0, 2.0, 1.0, 0.299, 0.0)
     """
@@ -56,7 +56,8 @@ class BinaryQuality(_DriftCount):
         self.positives += y_true
         return self._count(abs(y_true - p_true))
 
-    def snapshot(self) -> dict[str, float]:
+    def figures(self) -> dict[str, float]:
+        """The current figures by metric name (``n``: predictions recorded)."""
         return {
             "n": float(self.n),
             "positives": float(self.positives),
@@ -72,7 +73,7 @@ class SentimentQuality(_DriftCount):
     >>> q = SentimentQuality()
     >>> for y, pred in [(True, True), (False, False), (True, False), (False, False)]:
     ...     _ = q.update(y, pred)
-    >>> s = q.snapshot()
+    >>> s = q.figures()
     >>> s["n"], s["accuracy"], round(s["macro_f1"], 3), s["drifts"]
     (4.0, 0.75, 0.733, 0.0)
     """
@@ -89,7 +90,8 @@ class SentimentQuality(_DriftCount):
         self.macro_f1.update(y_true, y_pred)
         return self._count(float(y_true != y_pred))
 
-    def snapshot(self) -> dict[str, float]:
+    def figures(self) -> dict[str, float]:
+        """The current figures by metric name (``n``: predictions recorded)."""
         return {
             "n": float(self.n),
             "accuracy": float(self.accuracy.get()),

@@ -1,23 +1,26 @@
 """Scoring touchpoints with the online models inside the stream, and what they send to training.
 
-Scoring and training live in different places. Every worker *scores* with the latest model snapshot
-(:class:`TextSentiment`, :class:`ChurnScorer`); the single trainer (:mod:`processors.training`)
+Scoring and training live in different places. Every worker *scores* with the latest published
+models (:class:`TextSentiment`, :class:`ChurnScorer`); the single trainer (:mod:`processors.training`)
 *learns*, from the examples the scorers collect in a :class:`TrainingBatch`:
 
 * sentiment: texts whose survey score says how the customer felt (test-then-train happens in the
   trainer, which scores each example with its own model before learning it);
-* churn: feature snapshots of scored customers and the churn events that will label them, plus the
-  event-time watermark that turns old snapshots into negatives (:class:`processors.churn.ChurnLabeler`).
+* churn: the features customers were scored with (churn examples) and the churn events that will
+  label them, plus the event-time watermark that turns old examples into negatives
+  (:class:`processors.churn.ChurnLabeler`).
 
 Nothing here reads the wall clock: a replay of the same input gives the same scores and examples.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
-from processors.alerts import Alert, AlertEngine, CustomerAlertState
+from processors.alert_state import CustomerAlertState
+from processors.alerts import Alert, AlertEngine
 from processors.churn import ChurnModel, Features, churn_features
 from processors.customer import CHURN_TYPES, CustomerState, Enriched
 from processors.sentiment import SentimentModel, fold_sentiment
@@ -40,26 +43,31 @@ class TrainingBatch:
     >>> batch.texts.append(("Great help", True, 0)); batch.watermark_ms = 5
     >>> TrainingBatch.from_record(batch.to_record()) == batch, bool(TrainingBatch())
     (True, False)
+    >>> TrainingBatch.from_record({"snapshots": [["c1", 7, {"f": 1.0}]]}).churn_examples  # an older record
+    [('c1', 7, {'f': 1.0})]
     """
 
     texts: list[tuple[str, bool, int]] = field(default_factory=list)  # (text, positive, occurred_at)
-    snapshots: list[tuple[str, int, Features]] = field(default_factory=list)  # (customer, t, features)
+    # (customer, scored at, features): what the labeler labels once the horizon tells
+    churn_examples: list[tuple[str, int, Features]] = field(default_factory=list)
     churns: list[tuple[str, int]] = field(default_factory=list)  # (customer, churned at)
     watermark_ms: int = 0  # highest event time the sender has seen
     erasures: list[str] = field(default_factory=list)  # customers erased: forget their pending examples
 
     def __bool__(self) -> bool:
-        return bool(self.texts or self.snapshots or self.churns or self.erasures)
+        return bool(self.texts or self.churn_examples or self.churns or self.erasures)
 
     def to_record(self) -> dict[str, Any]:
-        return {"texts": self.texts, "snapshots": self.snapshots, "churns": self.churns, "watermark": self.watermark_ms,
-                "erasures": self.erasures}
+        return {"texts": self.texts, "churn_examples": self.churn_examples, "churns": self.churns,
+                "watermark": self.watermark_ms, "erasures": self.erasures}
 
     @classmethod
-    def from_record(cls, record: Mapping[str, Any]) -> "TrainingBatch":
+    def from_record(cls, record: Mapping[str, Any]) -> TrainingBatch:
+        # Records written before the churn examples had their name carry them as "snapshots".
+        examples = record.get("churn_examples", record.get("snapshots", ()))
         return cls(
             [(str(t), bool(y), int(at)) for t, y, at in record.get("texts", ())],
-            [(str(c), int(t), dict(x)) for c, t, x in record.get("snapshots", ())],
+            [(str(c), int(t), dict(x)) for c, t, x in examples],
             [(str(c), int(t)) for c, t in record.get("churns", ())],
             int(record.get("watermark", 0)),
             [str(c) for c in record.get("erasures", ())],
@@ -80,7 +88,7 @@ class TextSentiment:
     """
 
     def __init__(self, model: SentimentModel | None = None):
-        self.model = model or SentimentModel.pretrained()  # replaced whole by each published snapshot
+        self.model = model or SentimentModel.pretrained()  # replaced whole by each published model
 
     def score(self, enriched: Enriched, state: CustomerState, new: bool, batch: TrainingBatch) -> float | None:
         """Score ``enriched`` in place; ``new`` is False for a replayed record (state already has it)."""
@@ -102,27 +110,27 @@ class TextSentiment:
 class ChurnScorer:
     """Every customer's current churn risk, rescored as their touchpoints arrive.
 
-    The features are the customer's state *after* the touchpoint (:func:`churn_features`). A
-    snapshot of them goes to training at most once per ``snapshot_gap_ms`` of the customer's event
-    time; a churn event goes too, to label the snapshots before it. A churned customer is no longer
-    scored: there is nothing left to predict.
+    The features are the customer's state *after* the touchpoint (:func:`churn_features`). They go
+    to training as a churn example at most once per ``example_gap_ms`` of the customer's event time;
+    a churn event goes too, to label the examples before it. A churned customer is no longer scored:
+    there is nothing left to predict.
 
     >>> from processors.touchpoint import Touchpoint
     >>> from processors.customer import apply
     >>> scorer, state, batch = ChurnScorer(ChurnModel(min_labels=1)), CustomerState("c1"), TrainingBatch()
     >>> _, enriched = apply(state, Touchpoint("e1", "c1", 0, "web", "purchase", amount=5.0), 0, 1, 0)
     >>> risk = scorer.score(enriched, state, new=True, batch=batch)
-    >>> round(risk, 3), state.churn_risk == risk == enriched.churn_risk, len(batch.snapshots)
+    >>> round(risk, 3), state.churn_risk == risk == enriched.churn_risk, len(batch.churn_examples)
     (0.039, True, 1)
     >>> _, enriched = apply(state, Touchpoint("e2", "c1", 1000, "web", "account_closed"), 0, 2, 0)
     >>> scorer.score(enriched, state, new=True, batch=batch), batch.churns
     (None, [('c1', 1000)])
     """
 
-    def __init__(self, model: ChurnModel | None = None, rescore_after_ms: int = 6 * HOUR_MS, snapshot_gap_ms: int = HOUR_MS):
-        self.model = model or ChurnModel()  # replaced whole by each published snapshot
+    def __init__(self, model: ChurnModel | None = None, rescore_after_ms: int = 6 * HOUR_MS, example_gap_ms: int = HOUR_MS):
+        self.model = model or ChurnModel()  # replaced whole by each published model
         self.rescore_after_ms = rescore_after_ms
-        self.snapshot_gap_ms = snapshot_gap_ms
+        self.example_gap_ms = example_gap_ms
 
     def score(self, enriched: Enriched, state: CustomerState, new: bool, batch: TrainingBatch) -> float | None:
         """Rescore the customer if this touchpoint calls for it; returns the new risk, else None."""
@@ -139,17 +147,17 @@ class ChurnScorer:
             return None
         model = self.model
         features = churn_features(state, t)
-        risk = model.predict_proba(features)
+        risk = model.predict_proba_one(features)
         state.churn_risk = enriched.churn_risk = risk
         state.churn_scored_at = t if last is None else max(last, t)
         enriched.model_versions[MODEL_CHURN] = model.version
-        taken = state.churn_snapshot_at
-        if taken is None or abs(t - taken) >= self.snapshot_gap_ms:
-            state.churn_snapshot_at = t
-            batch.snapshots.append((tp.customer_id, t, features))
+        sent = state.churn_example_at
+        if sent is None or abs(t - sent) >= self.example_gap_ms:
+            state.churn_example_at = t
+            batch.churn_examples.append((tp.customer_id, t, features))
         return risk
 
-    def contributions(self, state: CustomerState, t_ms: int) -> "LazyContributions":
+    def contributions(self, state: CustomerState, t_ms: int) -> LazyContributions:
         """What drove the customer's risk (computed only if an alert asks for it)."""
         return LazyContributions(self.model, state, t_ms)
 
@@ -178,12 +186,11 @@ class LazyContributions(Mapping[str, float]):
 
 
 def alert_state(state: CustomerState) -> CustomerAlertState:
-    """The alert rules' memory of a customer, kept inside the customer's state (one changelog)."""
+    """The alert rules' memory of a customer, kept inside the customer's state (one changelog);
+    created on the customer's first scored touchpoint."""
     alerting = state.alerting
     if alerting is None:
         alerting = state.alerting = CustomerAlertState(state.customer_id)
-    elif isinstance(alerting, dict):  # as read back from the JSON changelog
-        alerting = state.alerting = CustomerAlertState.from_dict(alerting)
     return alerting
 
 

@@ -18,18 +18,18 @@ prequential macro-F1, and stays within 0.03 of an offline TF-IDF + logistic regr
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable, Iterable
 from importlib import resources
-from typing import Iterable
+from typing import Any, cast
 
 from river import base, feature_extraction, linear_model, naive_bayes, optim
 
 from processors.customer import CustomerState
 from processors.kpi import csat_satisfied, is_promoter, nps_category
+from processors.models import model_version
 from processors.text import terms
-from schemas.contract import CSAT_NEUTRAL
-from processors.snapshot import Snapshot
+from schemas.contract import CSAT_NEUTRAL, MODEL_SENTIMENT
 
-MODEL_NAME = "sentiment-v1"
 SEED_CORPUS = "seed_sentiment.tsv"
 _MAX_LOG_ODDS = 30.0  # keeps exp() finite; p is already 1 - 1e-13 there
 
@@ -61,27 +61,27 @@ class BinaryMultinomialNB(naive_bayes.MultinomialNB):
     """
 
     def __init__(self, alpha: float = 1.0):
-        super().__init__(alpha=alpha)
-        self.log_ratio: dict = {}  # term -> log((count | True + alpha) / (count | False + alpha))
+        super().__init__(alpha=alpha)  # type: ignore[no-untyped-call]  # River is untyped
+        self.log_ratio: dict[Hashable, float] = {}  # term -> log((count | True + alpha) / (count | False + alpha))
 
-    def learn_one(self, x: dict, y: bool) -> None:
-        super().learn_one(x, y)
+    def learn_one(self, x: dict[Hashable, Any], y: base.typing.ClfTarget) -> None:
+        super().learn_one(x, y)  # type: ignore[no-untyped-call]
         counts, alpha = self.feature_counts, self.alpha
         for f in x:
             c = counts[f]
             self.log_ratio[f] = math.log((c.get(True, 0) + alpha) / (c.get(False, 0) + alpha))
 
-    def predict_proba_one(self, x: dict) -> dict:
+    def predict_proba_one(self, x: dict[Hashable, Any], **kwargs: Any) -> dict[base.typing.ClfTarget, float]:
         counts = self.class_counts
         if set(counts) - {True, False}:
-            return super().predict_proba_one(x)
+            return cast("dict[base.typing.ClfTarget, float]", super().predict_proba_one(x))  # type: ignore[no-untyped-call]
         if not counts.get(True) or not counts.get(False):
             # One class seen so far: that is all naive Bayes can say, without claiming certainty.
             p = 0.5 if not counts else (0.75 if counts.get(True) else 0.25)
             return {True: p, False: 1 - p}
         return {True: (p := _sigmoid(self.log_odds(x))), False: 1 - p}
 
-    def log_odds(self, x: dict) -> float:
+    def log_odds(self, x: dict[Hashable, Any]) -> float:
         """``log p(True | x) - log p(False | x)`` for a term-frequency dict ``x`` (both classes seen)."""
         ratio = self.log_ratio
         z = 0.0
@@ -109,26 +109,28 @@ class LogOddsMean(base.Classifier):
     def __init__(self, models: list[base.Classifier]):
         self.models = models
 
-    def learn_one(self, x: dict, y: bool) -> None:
+    def learn_one(self, x: dict[Hashable, Any], y: base.typing.ClfTarget) -> None:
         for model in self.models:
             model.learn_one(x, y)
 
-    def log_odds(self, x: dict) -> float:
+    def log_odds(self, x: dict[Hashable, Any]) -> float:
         return sum(_member_log_odds(m, x) for m in self.models) / len(self.models)
 
-    def predict_proba_one(self, x: dict) -> dict:
+    def predict_proba_one(self, x: dict[Hashable, Any], **kwargs: Any) -> dict[base.typing.ClfTarget, float]:
         return {True: (p := _sigmoid(self.log_odds(x))), False: 1 - p}
 
 
-def _member_log_odds(model: base.Classifier, x: dict) -> float:
+def _member_log_odds(model: base.Classifier, x: dict[Hashable, Any]) -> float:
     # Members that know their log-odds skip the sigmoid -> dict -> logit round trip (~4 µs).
     if isinstance(model, BinaryMultinomialNB) and model.class_counts.get(True) and model.class_counts.get(False):
         return model.log_odds(x)
     return _log_odds(model.predict_proba_one(x).get(True, 0.5))
 
 
-class SentimentModel(Snapshot):
-    """Online text sentiment: ``score`` in ``[-1, 1]``, ``learn`` from labeled text.
+class SentimentModel:
+    """Online text sentiment, an :class:`~processors.models.OnlineModel` of text: ``x`` is the
+    text, ``y`` whether the customer was positive. :meth:`score` in ``[-1, 1]`` is what the pipeline
+    shows.
 
     >>> model = SentimentModel.pretrained()
     >>> model.label(model.score("Great service, the agent was really helpful!"))
@@ -140,6 +142,10 @@ class SentimentModel(Snapshot):
     >>> SentimentModel.label_from_scores(csat=5), SentimentModel.label_from_scores(nps=3)
     (True, False)
     """
+
+    SNAPSHOT_KIND = MODEL_SENTIMENT
+    SNAPSHOT_VERSION = 1  # also the "v1" of ``version``: snapshots of another format are refused
+    SNAPSHOT_COMPRESSED = True  # term counts and weights keyed by words: they compress well
 
     def __init__(self, neutral_band: float = 0.2, nb_alpha: float = 1.0, learning_rate: float = 0.5):
         if not 0 <= neutral_band < 1:
@@ -156,20 +162,20 @@ class SentimentModel(Snapshot):
         self.n_learned = 0  # stream labels learned (the seed corpus not counted)
 
     @classmethod
-    def pretrained(cls, **params: float) -> "SentimentModel":
+    def pretrained(cls, **params: float) -> SentimentModel:
         """A model trained on the packaged seed corpus: ready to score before any stream label."""
         model = cls(**params)
         for text, positive in seed_corpus():
-            model.learn(text, positive)
+            model.learn_one(text, positive)
         model.n_learned = 0  # the version counts stream labels only
         return model
 
     @property
     def version(self) -> str:
-        """Model name plus the number of stream labels learned, e.g. ``sentiment-v1+120``."""
-        return f"{MODEL_NAME}+{self.n_learned}"
+        """Model name, format and the number of stream labels learned, e.g. ``sentiment-v1+120``."""
+        return model_version(MODEL_SENTIMENT, self.SNAPSHOT_VERSION, self.n_learned)
 
-    def proba(self, text: str) -> float:
+    def predict_proba_one(self, text: str) -> float:
         """``p(positive | text)``; 0.5 for text without a single token."""
         x = self.vectoriser.transform_one(text)
         if not x:
@@ -178,7 +184,7 @@ class SentimentModel(Snapshot):
 
     def score(self, text: str) -> float:
         """Sentiment in ``[-1, 1]``: ``2 * p(positive) - 1``."""
-        return 2.0 * self.proba(text) - 1.0
+        return 2.0 * self.predict_proba_one(text) - 1.0
 
     def label(self, score: float) -> str:
         """``positive`` / ``negative``, or ``neutral`` inside ``±neutral_band``.
@@ -193,7 +199,7 @@ class SentimentModel(Snapshot):
             return "negative"
         return "neutral"
 
-    def learn(self, text: str, positive: bool) -> None:
+    def learn_one(self, text: str, positive: bool) -> None:
         """Learn one labeled text (no-op for text without tokens)."""
         x = self.vectoriser.transform_one(text)
         if not x:
@@ -201,15 +207,15 @@ class SentimentModel(Snapshot):
         self.classifier.learn_one(x, bool(positive))
         self.n_learned += 1
 
-    def learn_scored(self, text: str, positive: bool) -> float | None:
+    def predict_then_learn_one(self, text: str, positive: bool) -> float | None:
         """Test-then-train in one pass: ``p(positive | text)`` as scored *before* learning the text,
         then learn it; None (and nothing learned) for text without a single token.
 
-        Same as :meth:`proba` followed by :meth:`learn`, with the text vectorised once.
+        Same as :meth:`predict_proba_one` followed by :meth:`learn_one`, with the text vectorised once.
 
         >>> model = SentimentModel.pretrained()
-        >>> p = model.proba("Lovely staff")
-        >>> model.learn_scored("Lovely staff", True) == p, model.n_learned, model.learn_scored("", True)
+        >>> p = model.predict_proba_one("Lovely staff")
+        >>> model.predict_then_learn_one("Lovely staff", True) == p, model.n_learned, model.predict_then_learn_one("", True)
         (True, 1, None)
         """
         x = self.vectoriser.transform_one(text)

@@ -5,27 +5,28 @@
 
 * sentiment: each labeled text is scored by the current model, the pair goes to
   :class:`~processors.quality.SentimentQuality`, then the model learns it;
-* churn: feature snapshots wait in a :class:`~processors.churn.ChurnLabeler`; a churn event labels
-  the customer's snapshots of the preceding horizon positive, and the watermark (the highest event
-  time seen, less ``lateness_ms``) releases older ones as negatives. Each label is scored by the
-  current model before it is learned (:class:`~processors.quality.BinaryQuality`).
+* churn: churn examples (the features a customer was scored with) wait in a
+  :class:`~processors.churn.ChurnLabeler`; a churn event labels the customer's examples of the
+  preceding horizon positive, and the watermark (the highest event time seen, less ``lateness_ms``)
+  releases older ones as negatives. Each label is scored by the current model before it is learned
+  (:class:`~processors.quality.BinaryQuality`).
 
 The trainer's whole state (models, labeler, quality, and the offset it has trained through) is one
-snapshot; :meth:`apply` skips batches at or below that offset, so a restart that re-reads some of the
-topic never learns an example twice.
+snapshot (:mod:`processors.snapshot`); :meth:`apply` skips batches at or below that offset, so a
+restart that re-reads some of the topic never learns an example twice.
 """
 
 from __future__ import annotations
 
-import zlib
 from dataclasses import dataclass
+from typing import Any
 
-from processors.churn import MODEL_NAME as CHURN_MODEL, ChurnLabeler, ChurnModel, Features
+from processors.churn import ChurnLabeler, ChurnModel, Features
 from processors.quality import BinaryQuality, SentimentQuality
 from processors.scoring import TrainingBatch
-from processors.sentiment import MODEL_NAME as SENTIMENT_MODEL, SentimentModel
-from processors.snapshot import Snapshot
-from schemas.contract import HOUR_MS, MINUTE_MS
+from processors.sentiment import SentimentModel
+from processors.snapshot import SnapshotError
+from schemas.contract import HOUR_MS, MINUTE_MS, MODEL_CHURN, MODEL_SENTIMENT
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,11 +40,12 @@ class MetricRow:
     value: float
 
 
-class ModelTrainer(Snapshot):
+class ModelTrainer:
     """Trains both models from training batches; see the module docstring.
 
     >>> trainer = ModelTrainer(churn=ChurnModel(min_labels=1), labeler=ChurnLabeler(horizon_ms=10 * MINUTE_MS))
-    >>> batch = TrainingBatch(texts=[("Awful, never again", False, 0)], snapshots=[("a", 0, {"f": 1.0}), ("b", 0, {"f": 0.0})],
+    >>> batch = TrainingBatch(texts=[("Awful, never again", False, 0)],
+    ...                       churn_examples=[("a", 0, {"f": 1.0}), ("b", 0, {"f": 0.0})],
     ...                       churns=[("a", 5 * MINUTE_MS)], watermark_ms=5 * MINUTE_MS)
     >>> trainer.apply(batch, offset=0), trainer.sentiment.n_learned, trainer.churn.n_labels  # churn: a horizon to wait
     (True, 1, 0)
@@ -52,12 +54,17 @@ class ModelTrainer(Snapshot):
     >>> trainer.apply(TrainingBatch(watermark_ms=3 * HOUR_MS), offset=1), trainer.churn.n_positive, trainer.churn.n_labels
     (True, 1, 2)
     >>> sorted({(r.model, r.metric) for r in trainer.take_metric_rows()})[:3]
-    [('churn-v1', 'drifts'), ('churn-v1', 'labels'), ('churn-v1', 'log_loss')]
+    [('churn', 'drifts'), ('churn', 'labels'), ('churn', 'log_loss')]
+    >>> from processors.snapshot import from_snapshot, to_snapshot
+    >>> from_snapshot(to_snapshot(trainer), ModelTrainer).trained_through   # a restart resumes here
+    1
     """
 
-    # Its bulk, the labeler's pending features, is compressed already: zlib over tens of MB of it
+    SNAPSHOT_KIND = "trainer"
+    SNAPSHOT_VERSION = 1
+    # Its bulk, the labeler's pending examples, is compressed already: zlib over tens of MB of it
     # would cost a second for nothing.
-    compress_on_publish = False
+    SNAPSHOT_COMPRESSED = False
 
     def __init__(
         self,
@@ -78,7 +85,7 @@ class ModelTrainer(Snapshot):
         self._rows: list[MetricRow] = []
 
     @classmethod
-    def for_horizon(cls, horizon_ms: int) -> "ModelTrainer":
+    def for_horizon(cls, horizon_ms: int) -> ModelTrainer:
         """A trainer for a churn horizon. The labels' allowed lateness is a tenth of the horizon, at
         most an hour, so a short horizon (tests, demos) still releases its negatives."""
         return cls(labeler=ChurnLabeler(horizon_ms), lateness_ms=min(HOUR_MS, horizon_ms // 10))
@@ -92,8 +99,8 @@ class ModelTrainer(Snapshot):
         for text, positive, t in batch.texts:
             self._learn_text(text, positive, t)
         self.watermark_ms = max(self.watermark_ms, batch.watermark_ms)
-        for customer_id, t, features in batch.snapshots:
-            if self.labeler.snapshot(customer_id, t, features):
+        for customer_id, t, features in batch.churn_examples:
+            if self.labeler.keep(customer_id, t, features):
                 self.churn.observe(features)
         for customer_id, t in batch.churns:
             self.labeler.on_churn(customer_id, t)
@@ -102,16 +109,18 @@ class ModelTrainer(Snapshot):
         return True
 
     def _learn_text(self, text: str, positive: bool, t: int) -> None:
-        p = self.sentiment.learn_scored(text, positive)
+        p = self.sentiment.predict_then_learn_one(text, positive)
         if p is not None:  # None: text without tokens, not learned
             self.sentiment_quality.update(positive, p >= 0.5)
-            self._touch(SENTIMENT_MODEL, t)
+            self._touch(MODEL_SENTIMENT, t)
 
     def _learn_churn(self, labeled: list[tuple[Features, bool]], t: int) -> None:
         for features, churned in labeled:
-            self.churn_quality.update(churned, self.churn.learn_scored(features, churned, observe=False))
+            # observe=False: the encoder saw these features when the example arrived (see apply).
+            p = self.churn.predict_then_learn_one(features, churned, observe=False)
+            self.churn_quality.update(churned, p)
         if labeled:
-            self._touch(CHURN_MODEL, t)
+            self._touch(MODEL_CHURN, t)
 
     def _touch(self, model: str, t: int) -> None:
         minute = t - t % MINUTE_MS
@@ -121,10 +130,10 @@ class ModelTrainer(Snapshot):
         self._minutes[model] = minute
 
     def _rows_for(self, model: str, minute_ms: int) -> list[MetricRow]:
-        if model == SENTIMENT_MODEL:
-            version, figures = self.sentiment.n_learned, self.sentiment_quality.snapshot()
+        if model == MODEL_SENTIMENT:
+            version, figures = self.sentiment.n_learned, self.sentiment_quality.figures()
         else:
-            version, figures = self.churn.n_labels, self.churn_quality.snapshot()
+            version, figures = self.churn.n_labels, self.churn_quality.figures()
         figures["labels"] = figures.pop("n")
         return [MetricRow(minute_ms // 1000, model, version, metric, value) for metric, value in figures.items()]
 
@@ -138,22 +147,32 @@ class ModelTrainer(Snapshot):
 
     def quality(self) -> dict[str, dict[str, float]]:
         """Current progressive quality per model name."""
-        return {SENTIMENT_MODEL: self.sentiment_quality.snapshot(), CHURN_MODEL: self.churn_quality.snapshot()}
+        return {MODEL_SENTIMENT: self.sentiment_quality.figures(), MODEL_CHURN: self.churn_quality.figures()}
+
+    def models(self) -> dict[str, SentimentModel | ChurnModel]:
+        """The models the scorers use, by name (their keys on ``cem.models``)."""
+        return {MODEL_SENTIMENT: self.sentiment, MODEL_CHURN: self.churn}
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The models and the labeler travel inside the trainer's pickle, not in snapshots of their
+        # own: their format versions go along, so that a trainer snapshot holding an older one is
+        # refused like any snapshot of another version.
+        return {**self.__dict__, _PART_VERSIONS: _part_versions()}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        saved = state.pop(_PART_VERSIONS, None)
+        if saved != _part_versions():
+            raise SnapshotError(f"trainer snapshot with parts of versions {saved}: this code reads {_part_versions()}")
+        self.__dict__.update(state)
 
 
-def pack(snapshot: Snapshot) -> bytes:
-    """A snapshot as published on ``cem.models``: pickled, then zlib (features compress ~5x) unless
-    the snapshot says its bulk is compressed already (``compress_on_publish``, the trainer's state).
+_PART_VERSIONS = "_part_versions"
 
-    >>> unpack(pack(ChurnModel()), ChurnModel).version
-    'churn-v1+0'
-    >>> unpack(pack(ModelTrainer()), ModelTrainer).trained_through
-    -1
+
+def _part_versions() -> dict[str, int]:
+    """The format version of each part of a trainer, by kind.
+
+    >>> _part_versions()
+    {'sentiment': 1, 'churn': 1, 'labeler': 1}
     """
-    raw = snapshot.to_bytes()
-    return zlib.compress(raw, 1) if snapshot.compress_on_publish else raw
-
-
-def unpack(data: bytes, kind: type[Snapshot]) -> Snapshot:
-    """The snapshot from :func:`pack`'s bytes (a pickle starts with 0x80, a zlib stream never does)."""
-    return kind.from_bytes(data if data[:1] == b"\x80" else zlib.decompress(data))
+    return {part.SNAPSHOT_KIND: part.SNAPSHOT_VERSION for part in (SentimentModel, ChurnModel, ChurnLabeler)}

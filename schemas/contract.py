@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import enum
 import json
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
+from typing import Any
 
 SCHEMA_DIR = Path(__file__).resolve().parent
 
@@ -34,11 +35,13 @@ DETRACTOR_MAX = 6  # NPS 0-6
 CSAT_SATISFIED_MIN = 4  # CSAT 4-5 of 5
 CSAT_NEUTRAL = 3  # CSAT 3: neither satisfied nor dissatisfied
 
-# The models by name: keys of the enriched event's ``model_versions`` (which model scored it).
+# Each model's one name: its key on cem.models and in the enriched event's ``model_versions``, the
+# kind of its snapshots, the start of its version (``churn-v1+5210``), the ``model`` label of its
+# metrics and the ``model`` column of cem.model_metrics.
 MODEL_SENTIMENT = "sentiment"
 MODEL_CHURN = "churn"
 
-MODEL_MAX_BYTES = 64 << 20  # cem.models: a trainer checkpoint holds the pending churn feature snapshots
+MODEL_MAX_BYTES = 64 << 20  # cem.models: a trainer checkpoint holds the pending churn examples
 MAX_RECORD_BYTES = 1024 * 1024  # larger records are dead-lettered as `oversize`
 MAX_FUTURE_MS = DAY_MS  # occurred_at more than this ahead of the record timestamp
 
@@ -114,10 +117,11 @@ HEADER_SOURCE_PARTITION = "cem.source.partition"
 HEADER_SOURCE_OFFSET = "cem.source.offset"
 
 
-@lru_cache(maxsize=None)
-def schema_json(name: str) -> dict:
+@cache
+def schema_json(name: str) -> dict[str, Any]:
     """The raw JSON of ``schemas/<name>.avsc``."""
-    return json.loads((SCHEMA_DIR / f"{name}.avsc").read_text())
+    schema: dict[str, Any] = json.loads((SCHEMA_DIR / f"{name}.avsc").read_text())
+    return schema
 
 
 def enum_symbols(field: str) -> tuple[str, ...]:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Iterable
 from dataclasses import replace
-from typing import Iterable
 
 import fastavro
 import pytest
@@ -30,6 +30,7 @@ from processors.alerts import (
     example_enriched,
 )
 from processors.customer import CustomerState, Enriched, Outcome, apply
+from processors.snapshot import from_snapshot, to_snapshot
 from processors.synthetic import DEFAULT_START_MS as T0  # 2026-01-01T00:00:00Z
 from processors.touchpoint import Touchpoint
 from schemas.codec import RecordEncoder
@@ -324,7 +325,7 @@ def test_no_channel_anomaly_during_warm_up():
 def nps_traffic(drop_scores: list[int]) -> list[Enriched]:
     events = traffic("survey", {m: 10 for m in range(50)}, range(50), type_="survey_response", nps=10)
     drop = [e for e in events if e.touchpoint.occurred_at // MIN == T0 // MIN + 40]
-    for e, score in zip(drop, drop_scores):
+    for e, score in zip(drop, drop_scores, strict=False):
         e.touchpoint.nps = score
     return events
 
@@ -404,11 +405,11 @@ def test_restart_from_snapshots_then_replay_of_the_tail_matches_an_uninterrupted
     h = Harness(config)
     cut = len(stream) // 2
     before = h.run(stream[:cut])
-    engine_bytes = h.engine.to_bytes()
+    engine_bytes = to_snapshot(h.engine)
     state_json = {cid: json.dumps(s.to_dict()) for cid, s in h.states.items()}
 
     restarted = Harness(config)
-    restarted.engine = AlertEngine.from_bytes(engine_bytes, config)
+    restarted.engine = from_snapshot(engine_bytes, AlertEngine)
     restarted.states = {cid: CustomerAlertState.from_dict(json.loads(v)) for cid, v in state_json.items()}
     # The consumer resumes from an older committed offset: the last 20 records come again.
     again = restarted.run(stream[cut - 20:cut], replay=True)

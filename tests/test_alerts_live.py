@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import orjson
 import pytest
-
 from conftest import read_topic, run
+
 from pipeline.runtime.embedded import publish
 from processors.alerts import AlertConfig, AlertEngine
 from processors.customer import CustomerState
@@ -19,7 +19,7 @@ from processors.scoring import TouchpointScoring, TrainingBatch
 from processors.synthetic import DEFAULT_START_MS as T0  # 2026-01-01T00:00:00Z
 from processors.synthetic import JourneyGenerator
 from schemas.codec import AvroCodec, RecordEncoder
-from schemas.contract import TOPIC_ALERTS, TOPIC_TOUCHPOINTS
+from schemas.contract import MODEL_CHURN, MODEL_SENTIMENT, TOPIC_ALERTS, TOPIC_TOUCHPOINTS
 
 pytestmark = pytest.mark.integration
 
@@ -185,7 +185,7 @@ def test_models_learn_while_running_and_a_restarted_worker_resumes_from_the_last
     # The scorers swap models when the publish is on cem.models; its metric rows reach ClickHouse with the next flush.
     worker.wait_until(lambda _: len(worker.query(quality)) == 2, 30, "no model_metrics rows for both models", interval_s=0.2)
     rows = worker.query(quality)
-    assert [r[0] for r in rows] == ["churn-v1", "sentiment-v1"] and all(0.0 <= float(r[2]) <= 1.0 for r in rows)  # a short stream: present and sane, not good
+    assert [r[0] for r in rows] == [MODEL_CHURN, MODEL_SENTIMENT] and all(0.0 <= float(r[2]) <= 1.0 for r in rows)  # a short stream: present and sane, not good
     risk = worker.query("SELECT countIf(churn_risk IS NOT NULL), uniqExact(round(churn_risk, 3)) FROM cem.touchpoints_enriched")
     assert risk[0][0] > 1000 and risk[0][1] > 50  # every customer scored, and the scores move
     worker.stop()  # publishes a last snapshot

@@ -17,7 +17,7 @@ import stream_models  # noqa: E402
 
 @pytest.fixture(scope="module")
 def diagnosed() -> tuple[dict, list]:
-    """A 45-day, 300-customer stream with the diagnostics that tag each snapshot with its customer;
+    """A 45-day, 300-customer stream with the diagnostics that tag each churn example with its customer;
     the result, and the trainer's churn model (caught on its way to ``top_weights``)."""
     models = []
     top_weights = stream_models.top_weights
@@ -38,7 +38,7 @@ def diagnosed() -> tuple[dict, list]:
 
 
 def test_the_customer_tag_and_dropped_features_never_reach_the_model(diagnosed):
-    """--ceiling and --holdout send each snapshot's customer id along to the trainer; a model that
+    """--ceiling and --holdout send each churn example's customer id along to the trainer; a model that
     took it for a feature learns customers by name (the trainer's AUC rose to 0.91 when it did)."""
     _, (model,) = diagnosed
     columns = set(model.pipeline.steps["LogisticRegression"].weights)

@@ -10,20 +10,21 @@ import pytest
 from pipeline.cli import build_parser
 from pipeline.cli.model import run_model_eval
 from processors.churn import (
-    prior_risk,
     ChurnLabeler,
     ChurnModel,
     TabularEncoder,
     churn_features,
     is_identifier,
+    prior_risk,
     profile_features,
 )
 from processors.customer import DAY_MS, CustomerState, apply
-from processors.touchpoint import Touchpoint
 from processors.evaluation import EvaluationError, evaluate_file, parse_label, roc_auc
 from processors.quality import BinaryQuality, SentimentQuality
 from processors.sentiment import SentimentModel, seed_corpus
+from processors.snapshot import SnapshotError, from_snapshot, to_snapshot
 from processors.text import normalise, terms
+from processors.touchpoint import Touchpoint
 
 HOUR_MS = 3600 * 1000
 
@@ -142,11 +143,11 @@ def test_learning_moves_scores():
     text = "the zorblax widget"
     before = model.score(text)
     for _ in range(20):
-        model.learn("zorblax widget", True)
+        model.learn_one("zorblax widget", True)
     assert model.score(text) > before + 0.2
     assert model.version == "sentiment-v1+20"
     for _ in range(60):
-        model.learn("zorblax widget", False)
+        model.learn_one("zorblax widget", False)
     assert model.score(text) < before
 
 
@@ -173,16 +174,16 @@ def test_label_from_scores(csat, nps, expected):
 
 def test_sentiment_snapshot_round_trip():
     model = SentimentModel.pretrained()
-    model.learn("slow refund", False)
-    copy = SentimentModel.from_bytes(model.to_bytes())
+    model.learn_one("slow refund", False)
+    copy = from_snapshot(to_snapshot(model), SentimentModel)
     texts = POSITIVE + NEGATIVE + ["slow refund", "unknown words here"]
     assert [copy.score(t) for t in texts] == [model.score(t) for t in texts]
     assert copy.version == model.version
-    model.learn("great", True)
-    copy.learn("great", True)
+    model.learn_one("great", True)
+    copy.learn_one("great", True)
     assert [copy.score(t) for t in texts] == [model.score(t) for t in texts]
-    with pytest.raises(TypeError):
-        SentimentModel.from_bytes(ChurnModel().to_bytes())
+    with pytest.raises(SnapshotError, match="a 'churn' snapshot, not a 'sentiment' one"):
+        from_snapshot(to_snapshot(ChurnModel()), SentimentModel)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -222,7 +223,7 @@ def test_churn_features_are_relative_to_event_time():
 
 def test_churn_features_do_not_grow_with_how_long_a_customer_was_watched():
     """Two customers with the same daily habits, watched 20 and 80 days: the same features. Totals
-    since first sight would tell the model when a snapshot was taken, not who churns."""
+    since first sight would tell the model when an example was scored, not who churns."""
     def watched(days: int) -> dict:
         state = CustomerState("c1")
         for day in range(days):
@@ -301,28 +302,28 @@ def test_churn_model_cold_start_then_learns():
     x_risky = {"recency_days": 60.0, "open_complaints": 2.0, "plan": "basic"}
     x_safe = {"recency_days": 1.0, "open_complaints": 0.0, "plan": "gold"}
     # Cold start: the domain prior ranks the customer with old complaints and no contact higher.
-    assert model.predict_proba(x_risky) == pytest.approx(prior_risk(x_risky)) and prior_risk(x_risky) > 0.5
-    assert model.predict_proba(x_safe) < 0.15
+    assert model.predict_proba_one(x_risky) == pytest.approx(prior_risk(x_risky)) and prior_risk(x_risky) > 0.5
+    assert model.predict_proba_one(x_safe) < 0.15
     for _ in range(5):
-        model.learn(x_safe, False)
-    assert model.predict_proba(x_risky) == pytest.approx(prior_risk(x_risky))  # one class seen: still the prior
+        model.learn_one(x_safe, False)
+    assert model.predict_proba_one(x_risky) == pytest.approx(prior_risk(x_risky))  # one class seen: still the prior
     rng = random.Random(1)
     for _ in range(300):
         churned = rng.random() < 0.3
-        model.learn(x_risky if churned else x_safe, churned)
-    assert model.predict_proba(x_risky) > 0.7 > 0.3 > model.predict_proba(x_safe)
-    assert 0.0 <= model.predict_proba({}) <= 1.0
+        model.learn_one(x_risky if churned else x_safe, churned)
+    assert model.predict_proba_one(x_risky) > 0.7 > 0.3 > model.predict_proba_one(x_safe)
+    assert 0.0 <= model.predict_proba_one({}) <= 1.0
 
 
 def test_churn_snapshot_round_trip():
     rng = random.Random(2)
     model = ChurnModel(warmup=50, min_labels=5)
-    for i in range(300):
+    for _ in range(300):
         state = _state(events_total=rng.randint(1, 50), last_csat=rng.randint(1, 5))
-        model.learn(churn_features(state, rng.randint(20, 90) * DAY_MS), rng.random() < 0.3)
-    copy = ChurnModel.from_bytes(model.to_bytes())
+        model.learn_one(churn_features(state, rng.randint(20, 90) * DAY_MS), rng.random() < 0.3)
+    copy = from_snapshot(to_snapshot(model), ChurnModel)
     xs = [churn_features(_state(events_total=n), 40 * DAY_MS) for n in range(1, 30)]
-    assert [copy.predict_proba(x) for x in xs] == [model.predict_proba(x) for x in xs]
+    assert [copy.predict_proba_one(x) for x in xs] == [model.predict_proba_one(x) for x in xs]
     assert copy.version == model.version == "churn-v1+300"
 
 
@@ -345,15 +346,15 @@ def test_tabular_encoder_bins_freeze_after_warmup():
 
 def test_labeler_positives_within_horizon_before_churn():
     lab = ChurnLabeler(horizon_ms=30 * DAY_MS)
-    lab.snapshot("a", 0, {"t": 0.0})  # 40 days before churn: outside the horizon
-    lab.snapshot("a", 15 * DAY_MS, {"t": 15.0})
-    lab.snapshot("a", 39 * DAY_MS, {"t": 39.0})
-    lab.snapshot("a", 41 * DAY_MS, {"t": 41.0})  # after churn: not a prediction of it
-    lab.snapshot("b", 20 * DAY_MS, {"t": 20.0})
+    lab.keep("a", 0, {"t": 0.0})  # 40 days before churn: outside the horizon
+    lab.keep("a", 15 * DAY_MS, {"t": 15.0})
+    lab.keep("a", 39 * DAY_MS, {"t": 39.0})
+    lab.keep("a", 41 * DAY_MS, {"t": 41.0})  # after churn: not a prediction of it
+    lab.keep("b", 20 * DAY_MS, {"t": 20.0})
     assert lab.on_churn("a", 40 * DAY_MS) == 2
     assert lab.size == 4  # a@41 dropped; the rest wait for their horizon
     assert lab.advance(40 * DAY_MS) == [({"t": 0.0}, False)]
-    # Both classes are released a horizon after their snapshot, never earlier.
+    # Both classes are released a horizon after their example, never earlier.
     assert lab.advance(45 * DAY_MS + 1) == [({"t": 15.0}, True)]
     assert lab.advance(69 * DAY_MS + 1) == [({"t": 20.0}, False), ({"t": 39.0}, True)]
     assert lab.size == 0
@@ -361,7 +362,7 @@ def test_labeler_positives_within_horizon_before_churn():
 
 def test_labeler_negatives_only_after_horizon():
     lab = ChurnLabeler(horizon_ms=30 * DAY_MS)
-    lab.snapshot("a", 10 * DAY_MS, {"t": 10.0})
+    lab.keep("a", 10 * DAY_MS, {"t": 10.0})
     assert lab.advance(40 * DAY_MS) == []  # exactly the horizon: churn could still come
     assert lab.advance(40 * DAY_MS + 1) == [({"t": 10.0}, False)]
     assert lab.advance(400 * DAY_MS) == []
@@ -370,19 +371,19 @@ def test_labeler_negatives_only_after_horizon():
 
 def test_labeler_default_gap_is_a_sixtieth_of_the_horizon():
     lab = ChurnLabeler(horizon_ms=30 * DAY_MS)
-    assert lab.snapshot("a", 0, {}) and not lab.snapshot("a", 12 * HOUR_MS - 1, {}) and lab.snapshot("a", 12 * HOUR_MS, {})
+    assert lab.keep("a", 0, {}) and not lab.keep("a", 12 * HOUR_MS - 1, {}) and lab.keep("a", 12 * HOUR_MS, {})
 
 
 def test_labeler_throttles_per_customer_and_caps():
     lab = ChurnLabeler(min_gap_ms=HOUR_MS, max_per_customer=3, max_total=5)
-    assert lab.snapshot("a", 0, {"i": 0.0})
-    assert not lab.snapshot("a", HOUR_MS - 1, {"i": 1.0})  # same hour of event time
-    assert lab.snapshot("a", HOUR_MS, {"i": 2.0})
+    assert lab.keep("a", 0, {"i": 0.0})
+    assert not lab.keep("a", HOUR_MS - 1, {"i": 1.0})  # same hour of event time
+    assert lab.keep("a", HOUR_MS, {"i": 2.0})
     for i in range(3, 6):
-        assert lab.snapshot("a", i * HOUR_MS, {"i": float(i)})
+        assert lab.keep("a", i * HOUR_MS, {"i": float(i)})
     assert lab.size == 3 and lab.evicted == 2  # per-customer cap drops the oldest
     for c in "bcd":
-        lab.snapshot(c, 10 * HOUR_MS, {"i": 0.0})
+        lab.keep(c, 10 * HOUR_MS, {"i": 0.0})
     assert lab.size == 5 and lab.evicted == 2 and lab.refused == 1  # full: the newest is refused, the oldest kept
     released = lab.advance(10**15)
     assert [x["i"] for x, _ in released] == [3.0, 4.0, 5.0, 0.0, 0.0]
@@ -391,18 +392,18 @@ def test_labeler_throttles_per_customer_and_caps():
 
 def test_labeler_keeps_labels_flowing_with_more_customers_than_it_can_hold():
     """50 customers scored hourly against room for 10: labels still come, horizon after horizon
-    (evicting the oldest instead would drop every snapshot before its label was known)."""
+    (evicting the oldest instead would drop every example before its label was known)."""
     lab = ChurnLabeler(horizon_ms=DAY_MS, min_gap_ms=HOUR_MS, max_total=10)
     released = []
     for hour in range(24 * 4):
         for c in range(50):
-            lab.snapshot(f"c{c}", hour * HOUR_MS, {"hour": float(hour)})
+            lab.keep(f"c{c}", hour * HOUR_MS, {"hour": float(hour)})
         released += lab.advance(hour * HOUR_MS)
         assert lab.size <= 10
     assert len(released) >= 30 and {x["hour"] // 24 for x, _ in released} == {0.0, 1.0, 2.0}
 
 
-def test_labeler_is_deterministic_and_snapshots():
+def test_labeler_is_deterministic_and_restores_from_its_snapshot():
     rng = random.Random(3)
     events = []
     for i in range(2000):
@@ -414,7 +415,7 @@ def test_labeler_is_deterministic_and_snapshots():
         out = []
         for kind, cid, t in events:
             if kind == "score":
-                lab.snapshot(cid, t, {"t": float(t)})
+                lab.keep(cid, t, {"t": float(t)})
             elif kind == "churn":
                 out.append(lab.on_churn(cid, t))
             else:
@@ -424,10 +425,10 @@ def test_labeler_is_deterministic_and_snapshots():
     first = run(ChurnLabeler(horizon_ms=2 * DAY_MS), events)
     assert first == run(ChurnLabeler(horizon_ms=2 * DAY_MS), events)
     assert any(labels for labels in first)
-    # A restored snapshot carries on exactly like the original.
+    # A labeler restored from its snapshot carries on exactly like the original.
     a = ChurnLabeler(horizon_ms=2 * DAY_MS)
     run(a, events[:1000])
-    b = ChurnLabeler.from_bytes(a.to_bytes())
+    b = from_snapshot(to_snapshot(a), ChurnLabeler)
     assert run(a, events[1000:]) == run(b, events[1000:])
 
 
@@ -442,12 +443,12 @@ def test_binary_quality_and_drift():
     for _ in range(1000):
         y = rng.random() < 0.3
         q.update(y, 0.8 if y else 0.1)
-    assert q.snapshot()["roc_auc"] == pytest.approx(1.0)
-    assert q.snapshot()["drifts"] == 0
+    assert q.figures()["roc_auc"] == pytest.approx(1.0)
+    assert q.figures()["drifts"] == 0
     for _ in range(1000):  # the model's ranking flips
         y = rng.random() < 0.3
         q.update(y, 0.1 if y else 0.8)
-    s = q.snapshot()
+    s = q.figures()
     assert s["drifts"] >= 1 and s["n"] == 2000 and s["roc_auc"] < 0.9
 
 
@@ -455,10 +456,10 @@ def test_sentiment_quality_and_drift():
     q = SentimentQuality()
     for i in range(1000):
         q.update(i % 2 == 0, i % 2 == 0)
-    assert q.snapshot()["macro_f1"] == 1.0 and q.snapshot()["drifts"] == 0
+    assert q.figures()["macro_f1"] == 1.0 and q.figures()["drifts"] == 0
     for i in range(500):
         q.update(i % 2 == 0, i % 2 == 1)
-    assert q.snapshot()["drifts"] >= 1 and q.snapshot()["accuracy"] == pytest.approx(1000 / 1500)
+    assert q.figures()["drifts"] >= 1 and q.figures()["accuracy"] == pytest.approx(1000 / 1500)
 
 
 def test_exact_roc_auc():
@@ -622,7 +623,7 @@ async def test_trainer_publishes_models_often_and_acks_only_at_a_checkpoint():
     from pipeline.app.metrics import Metrics
     from pipeline.app.models import TRAINER, TrainerRuntime
     from processors.scoring import TrainingBatch
-    from processors.training import ModelTrainer, unpack
+    from processors.training import ModelTrainer
 
     feed = type("Feed", (), {"trainer": lambda self: None})()
     kafka, clickhouse = _Recorder(), _Recorder()
@@ -637,5 +638,5 @@ async def test_trainer_publishes_models_often_and_acks_only_at_a_checkpoint():
     assert len(kafka.records) == 4
     await runtime.release()  # revoked or stopping: a checkpoint, then the acks
     assert [r.key for r in kafka.records[4:]] == [b"sentiment", b"churn", TRAINER.encode()] and first.acked and second.acked
-    resumed = unpack(kafka.records[-1].value, ModelTrainer)
+    resumed = from_snapshot(kafka.records[-1].value, ModelTrainer)
     assert resumed.trained_through == 1 and resumed.sentiment.n_learned == 2

@@ -9,6 +9,10 @@
   the single partition of ``cem.model.training``. It resumes from the last ``trainer`` checkpoint,
   publishes the models often and its own state less often, and acks training records only once a
   checkpoint that includes them is durable, so a crash never loses or repeats a training example.
+
+Every value on ``cem.models`` is a snapshot (:mod:`processors.snapshot`) of the kind its key names.
+One of another format version is not loaded: a scorer keeps its current model, the trainer starts
+afresh, an alert engine warms up again (``pipeline.app.worker``); each says so in the log.
 """
 
 from __future__ import annotations
@@ -16,27 +20,32 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from schemas.contract import MODEL_MAX_BYTES
+from pipeline.app.logs import read_to_end
 from pipeline.app.metrics import Metrics
+from pipeline.app.rows import model_metric_row
+from processors.alerts import AlertEngine
 from processors.churn import ChurnModel
 from processors.scoring import TrainingBatch
 from processors.sentiment import SentimentModel
-from processors.training import ModelTrainer, pack, unpack
-from schemas.contract import MODEL_CHURN, MODEL_SENTIMENT, TOPIC_MODELS, TOPIC_TRAINING
+from processors.snapshot import SnapshotError, Snapshottable, from_snapshot, to_snapshot
+from processors.training import ModelTrainer
+from schemas.contract import MODEL_CHURN, MODEL_MAX_BYTES, MODEL_SENTIMENT, TOPIC_MODELS, TOPIC_TRAINING
 from sinks.clickhouse import ClickHouseSink
-from pipeline.app.rows import model_metric_row
 from sinks.kafka import KafkaRecord, KafkaSink
 
 log = logging.getLogger("cem.models")
 
 Swap = Callable[[str, Any], None]
-TRAINER = "trainer"  # the cem.models key of the trainer's own state
-ALERT_ENGINE = "alerts/"  # + a worker's touchpoint partitions: its alert engine (channel detectors, ...)
+# cem.models keys are the kinds of the snapshots under them: the models' names, the trainer's own state,
+TRAINER = ModelTrainer.SNAPSHOT_KIND
+# and, + a worker's touchpoint partitions, that worker's alert engine (channel detectors, ...).
+ALERT_ENGINE = AlertEngine.SNAPSHOT_KIND + "/"
 
 
 def alert_engine_key(partitions: Iterable[int]) -> str:
@@ -51,7 +60,7 @@ def alert_engine_key(partitions: Iterable[int]) -> str:
 class ModelFeed:
     """The latest published snapshot per key, loaded and handed to ``on_model(key, model)``."""
 
-    KINDS = {MODEL_SENTIMENT: SentimentModel, MODEL_CHURN: ChurnModel, TRAINER: ModelTrainer}
+    KINDS: dict[str, type[Snapshottable]] = {kind.SNAPSHOT_KIND: kind for kind in (SentimentModel, ChurnModel, ModelTrainer)}
 
     def __init__(self, bootstrap: str, on_model: Swap, client_options: Mapping[str, Any] | None = None):
         self._bootstrap = bootstrap
@@ -59,7 +68,7 @@ class ModelFeed:
         self._options = dict(client_options or {})
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task | None = None
-        self.latest: dict[str, bytes] = {}  # key -> packed snapshot (the trainer's is loaded on demand)
+        self.latest: dict[str, bytes] = {}  # key -> its snapshot (the trainer's is loaded on demand)
         self.loaded = 0
 
     async def start(self) -> None:
@@ -75,9 +84,11 @@ class ModelFeed:
         self._task = asyncio.ensure_future(self._follow())
 
     async def _follow(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None  # start() set it before starting this task
         while True:
             try:
-                batches = await self._consumer.getmany(timeout_ms=500)
+                batches = await consumer.getmany(timeout_ms=500)
                 self._take([r for records in batches.values() for r in records])
             except asyncio.CancelledError:
                 raise
@@ -94,7 +105,12 @@ class ModelFeed:
         arrived = {r.key for r in records}
         for key in (MODEL_SENTIMENT, MODEL_CHURN):
             if key.encode() in arrived and key in self.latest:
-                self._on_model(key, unpack(self.latest[key], self.KINDS[key]))
+                try:
+                    model = from_snapshot(self.latest[key], self.KINDS[key])
+                except SnapshotError as exc:  # another version's: score on with the current model
+                    log.warning("model feed: %s not loaded: %s", key, exc)
+                    continue
+                self._on_model(key, model)
                 self.loaded += 1
 
     def alert_engine(self, key: str) -> bytes | None:
@@ -102,9 +118,16 @@ class ModelFeed:
         return self.latest.get(key)
 
     def trainer(self) -> ModelTrainer | None:
-        """The last published trainer state, or None if none was ever published."""
+        """The last published trainer state; None if none was ever published, or if it cannot be
+        resumed (another version's: the training then starts afresh, and says so)."""
         value = self.latest.get(TRAINER)
-        return unpack(value, ModelTrainer) if value is not None else None  # type: ignore[return-value]
+        if value is None:
+            return None
+        try:
+            return from_snapshot(value, ModelTrainer)
+        except SnapshotError as exc:
+            log.error("trainer state not resumed (%s): training starts afresh", exc)
+            return None
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -118,7 +141,7 @@ class TrainerRuntime:
     """Applies training records, publishes snapshots, acks what a durable snapshot covers.
 
     Two cadences: the scorers' models (tens of KB) every ``publish_interval_s``, so workers score
-    with fresh weights; the trainer's own state (the labeler holds a horizon of feature snapshots,
+    with fresh weights; the trainer's own state (the labeler holds a horizon of churn examples,
     tens of MB) every ``checkpoint_interval_s``, and only then are the training records it covers
     acked. A restart resumes from the checkpoint and re-learns the records after it, exactly as
     before (the trainer skips offsets it has applied, and learning is deterministic). Snapshots are
@@ -170,10 +193,10 @@ class TrainerRuntime:
                 return
             now = time.monotonic()
             checkpoint = checkpoint or now - self._last_checkpoint >= self._checkpoint_interval
-            keys = [(MODEL_SENTIMENT, trainer.sentiment), (MODEL_CHURN, trainer.churn)]
+            keys: list[tuple[str, Any]] = list(trainer.models().items())
             if checkpoint:
                 keys.append((TRAINER, trainer))
-            records = await asyncio.to_thread(_pack_all, keys)  # the lock keeps the trainer still meanwhile
+            records = await asyncio.to_thread(_snapshot_all, keys)  # the lock keeps the trainer still meanwhile
             rows = [model_metric_row(r) for r in trainer.take_metric_rows()]
             self._export(trainer)
             events: list[Any] = []
@@ -189,12 +212,14 @@ class TrainerRuntime:
         self.published += 1
 
     def _export(self, trainer: ModelTrainer) -> None:
-        # The version label is the model's name (e.g. churn-v1), not its label count: one series
-        # per model and metric, not one per snapshot.
+        # The version label is the model's format version (the "1" of churn-v1+5210), not its label
+        # count: one series per model and metric, not one per publish.
+        models = trainer.models()
         for model, figures in trainer.quality().items():
+            version = str(models[model].SNAPSHOT_VERSION)
             for metric, value in figures.items():
                 if metric != "drifts":
-                    self._metrics.model_quality.labels(model, metric, model).set(value)
+                    self._metrics.model_quality.labels(model, metric, version).set(value)
             new = figures["drifts"] - self._drifts.get(model, 0.0)
             if new > 0:
                 self._metrics.model_drift.labels(model).inc(new)
@@ -206,28 +231,13 @@ class TrainerRuntime:
         self.trainer = None
 
 
-async def read_to_end(consumer: AIOKafkaConsumer, partitions: list[TopicPartition], poll_ms: int = 300) -> list[Any]:
-    """Every record from the consumer's positions to the end of ``partitions``.
-
-    Reads past the end offsets until a poll comes back empty: Tansu answers ListOffsets with the
-    last batch's base offset + 1, so reaching the "end" does not mean every record was read.
-    """
-    end = await consumer.end_offsets(partitions)
-    records: list[Any] = []
-    while True:
-        polled = [r for batch in (await consumer.getmany(*partitions, timeout_ms=poll_ms)).values() for r in batch]
-        records += polled
-        if not polled and all([await consumer.position(p) >= end[p] for p in partitions]):
-            return records
-
-
 def model_record(key: str, value: bytes) -> KafkaRecord:
     """One record of the compacted, single-partition ``cem.models``: the latest value per key wins."""
     return KafkaRecord(TOPIC_MODELS, key.encode(), value, 0)
 
 
-def _pack_all(snapshots: list[tuple[str, Any]]) -> list[KafkaRecord]:
-    return [model_record(key, pack(snapshot)) for key, snapshot in snapshots]
+def _snapshot_all(keyed: list[tuple[str, Any]]) -> list[KafkaRecord]:
+    return [model_record(key, to_snapshot(obj)) for key, obj in keyed]
 
 
 def training_record(batch: TrainingBatch) -> KafkaRecord:

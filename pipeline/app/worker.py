@@ -18,7 +18,8 @@ import heapq
 import logging
 import operator
 import time
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import orjson
 
@@ -35,20 +36,27 @@ from pipeline.app.registry import SchemaRegistryClient
 from pipeline.app.rows import storage_rejected
 from pipeline.settings import Settings
 from processors.alerts import AlertConfig, AlertEngine
-from processors.churn import MODEL_NAME as CHURN_MODEL_NAME
 from processors.customer import CustomerState
 from processors.ingest import DeadLetter, Ingestor, Kind, SourceRecord
 from processors.plan import BatchPlanner, Tallies
 from processors.privacy import Redactor
 from processors.profile import parse_profile
 from processors.pseudonym import from_settings as pseudonymizer_from_settings
-from processors.scoring import TouchpointScoring, TrainingBatch, alert_state
-from processors.sentiment import MODEL_NAME as SENTIMENT_MODEL_NAME
+from processors.scoring import TouchpointScoring, TrainingBatch
+from processors.snapshot import from_snapshot, to_snapshot
 from processors.training import ModelTrainer
 from schemas.codec import AvroCodec, SchemaRegistry, confluent_schema_id
 from schemas.contract import (
-    MODEL_CHURN, MODEL_SENTIMENT, TOPIC_ALERTS, TOPIC_DLQ, TOPIC_ENRICHED, TOPIC_MODELS, TOPIC_TRAINING, Reason,
-    Rejected, Stage,
+    MODEL_CHURN,
+    MODEL_SENTIMENT,
+    TOPIC_ALERTS,
+    TOPIC_DLQ,
+    TOPIC_ENRICHED,
+    TOPIC_MODELS,
+    TOPIC_TRAINING,
+    Reason,
+    Rejected,
+    Stage,
 )
 from schemas.tables import TABLES
 from sinks.clickhouse import ClickHouseSink, connect
@@ -87,8 +95,11 @@ class CustomerStates:
         key = customer_id.encode()
         state = data.get(key)
         if isinstance(state, dict):
-            state = data[key] = _from_changelog(state)
+            state = data[key] = CustomerState.from_dict(state)
         return state
+
+    def __len__(self) -> int:
+        return len(self._table.data)
 
     def all(self) -> Iterable[CustomerState]:
         return [state for key in list(self._table.data) if (state := self.peek(key.decode())) is not None]
@@ -109,13 +120,6 @@ class CustomerStates:
         return KafkaRecord(self.changelog_topic, key, value, self._partitions.get(key))
 
 
-def _from_changelog(data: dict) -> CustomerState:
-    state = CustomerState.from_dict(data)
-    if state.alerting is not None:
-        alert_state(state)  # the dict becomes a CustomerAlertState again
-    return state
-
-
 class TouchpointWorker:
     """Per-fetch processing; owns the planner, the commit protocol and the model lifecycle."""
 
@@ -126,7 +130,7 @@ class TouchpointWorker:
         self.delivery = delivery
         self.health = Health(settings.stall_timeout_s)
         metrics.start_at_zero(TABLES, (TOPIC_ENRICHED, TOPIC_DLQ, TOPIC_ALERTS, TOPIC_TRAINING, TOPIC_MODELS),
-                              (CHURN_MODEL_NAME, SENTIMENT_MODEL_NAME))
+                              (MODEL_CHURN, MODEL_SENTIMENT))
         registry = _registry(settings)
         self.codec = AvroCodec(registry)
         self.registry_client = (
@@ -179,9 +183,12 @@ class TouchpointWorker:
         checkpoint = self.models.alert_engine(self.engine_key)
         if checkpoint is not None:  # the same partitions as before a restart: carry on where it was
             try:
-                self.scoring.alerts = AlertEngine.from_bytes(checkpoint, self.scoring.alerts.config)
+                engine = from_snapshot(checkpoint, AlertEngine)  # SnapshotError is a ValueError
             except (ValueError, TypeError, AttributeError) as exc:  # another version's: warm up again
                 log.warning("alert engine checkpoint %s not resumed (%s): starting fresh", self.engine_key, exc)
+            else:
+                engine.config = self.scoring.alerts.config  # the rules as configured now, not as saved
+                self.scoring.alerts = engine
         self.scoring.alerts.track(s.alerting for s in self.states.all() if s.alerting is not None)
         self.started = self.health.started = True
 
@@ -215,7 +222,7 @@ class TouchpointWorker:
         # detectors that match the customer states committed with it.
         if self.engine_key is None:
             return None
-        return model_record(self.engine_key, self.scoring.alerts.to_bytes())
+        return model_record(self.engine_key, to_snapshot(self.scoring.alerts))
 
     def _new_log(self, key: tuple[str, int], epoch: int, why: str) -> None:
         self.metrics.new_logs.labels(key[0]).inc()
@@ -329,10 +336,11 @@ class TouchpointWorker:
         """Commit in the background so processing goes on during inserts; bound what is buffered."""
         running = self._committing is not None and not self._committing.done()
         if running and self.clickhouse.pending_rows >= 3 * self.settings.sink_flush_rows:
+            assert self._committing is not None  # running
             await self._committing  # backpressure: at most one commit in flight plus one buffer
             running = False
-        if self._committing is not None and self._committing.done() and self._committing.exception():
-            raise self._committing.exception()  # a sink failed for good: let the worker crash and replay
+        if self._committing is not None and self._committing.done() and (error := self._committing.exception()):
+            raise error  # a sink failed for good: let the worker crash and replay
         if not running and self.clickhouse.due(waiting=self.commit.waiting):
             self._committing = asyncio.ensure_future(self._commit())
 
