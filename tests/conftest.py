@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
-
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
+from pipeline.app.logs import read_to_end
 from pipeline.runtime.broker import EmbeddedBroker, ensure_topics, free_port
 from pipeline.runtime.embedded import WorkerProcess
-from pipeline.app.models import read_to_end
 from pipeline.runtime.run import embedded_settings
 from pipeline.settings import Settings
 from processors.synthetic import KPI_COLUMNS, kpi_totals
@@ -98,7 +97,7 @@ def kpi_by_channel(worker: WorkerProcess) -> dict[str, dict[str, float]]:
     """The worker's ``cem.kpi_minute`` summed per channel (money to 2 decimals)."""
     sums = ", ".join(f"sum({c})" for c in KPI_COLUMNS)
     rows = worker.query(f"SELECT channel, {sums} FROM cem.kpi_minute GROUP BY channel")
-    return {row[0]: {c: round(float(v), 2) for c, v in zip(KPI_COLUMNS, row[1:])} for row in rows}
+    return {row[0]: {c: round(float(v), 2) for c, v in zip(KPI_COLUMNS, row[1:], strict=True)} for row in rows}
 
 
 def expected_kpis(events: list[dict]) -> dict[str, dict[str, float]]:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import time
 
 import pytest
-
 from conftest import expected_kpis, kpi_by_channel, now_ms, run
+
 from pipeline.runtime.embedded import publish
 from pipeline.views.client import received, total
 from processors.synthetic import JourneyGenerator
@@ -40,7 +40,7 @@ def test_repeated_sigkills_mid_stream_lose_nothing_and_double_nothing(broker, st
     worker = start_worker(take_max=300)
     replays = recoveries = 0
     for n in KILL_AFTER:
-        worker.wait_until(lambda st: st["committed_records"] > 0 and received(st) >= n, 120,
+        worker.wait_until(lambda st, n=n: st["committed_records"] > 0 and received(st) >= n, 120,
                           f"the worker did not read {n} records")
         worker.kill()  # SIGKILL: buffered rows, unacked records and uncommitted offsets are all lost
         killed = time.time()
@@ -58,9 +58,17 @@ def test_repeated_sigkills_mid_stream_lose_nothing_and_double_nothing(broker, st
     assert replays > 0, "the kills must land mid-flight: a restarted worker re-read committed-but-unacked work"
     assert recoveries < 30, f"a restarted worker took {recoveries:.1f} s to its first commit"
 
+    assert not (doubled := _doubled(worker)), f"touchpoints stored twice (event, positions): {doubled}"
     assert kpi_by_channel(worker) == expected_kpis(events)
     rows, distinct = worker.query("SELECT count(), uniqExact(customer_id, event_id) FROM cem.touchpoints_enriched")[0]
     assert rows == distinct == len(events), "no touchpoint stored twice, none lost"
+
+
+def _doubled(worker) -> list[tuple]:
+    return worker.query(
+        "SELECT event_id, groupArray((source_partition, source_epoch, source_offset, received_at))"
+        " FROM cem.touchpoints_enriched GROUP BY customer_id, event_id HAVING count() > 1 LIMIT 10"
+    )
 
 
 def _enriched_rows(worker) -> int:

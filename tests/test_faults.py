@@ -11,6 +11,7 @@ Property, each time: lost 0, doubled 0, ``cem.kpi_minute`` per channel equal to 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -22,11 +23,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from conftest import expected_kpis, kpi_by_channel, now_ms, run
+
 from pipeline.runtime.broker import ensure_topics, free_port
 from pipeline.runtime.embedded import publish
-from pipeline.views.client import received, total
+from pipeline.views.client import total
 from processors.synthetic import JourneyGenerator
 
 pytestmark = pytest.mark.integration
@@ -65,6 +66,60 @@ def test_a_broker_that_loses_its_log_under_a_running_worker_loses_nothing(broker
     # started over: they sit past every offset of the old log, so they were new to the sink too.
     epochs = dict(again.query("SELECT source_epoch, count() FROM cem.touchpoints_enriched GROUP BY source_epoch"))
     assert set(epochs) == {1, 2} and epochs[1] >= 1500 and sum(epochs.values()) == 3500
+
+
+def test_log_ends_are_the_offsets_after_the_last_records_and_reading_to_them_keeps_positions(broker):
+    """Property: ``log_ends`` is one past the last record, however the records were batched, and
+    ``read_to_end`` reads from the consumer's position up to it."""
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+    from pipeline.app.logs import log_ends, read_to_end
+
+    async def check() -> tuple[dict, list[int]]:
+        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=50)
+        await producer.start()
+        for size in (10, 5):  # two record batches
+            await asyncio.gather(*[await producer.send("cem.test-ends", b"x", partition=0) for _ in range(size)])
+        await producer.stop()
+        consumer = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap, auto_offset_reset="none")
+        await consumer.start()
+        tp = TopicPartition("cem.test-ends", 0)
+        consumer.assign([tp])
+        try:
+            ends = await log_ends(consumer, [tp])
+            consumer.seek(tp, 3)
+            return ends, [r.offset for r in await read_to_end(consumer, [tp])]
+        finally:
+            await consumer.stop()
+
+    ends, offsets = run(check())
+    assert list(ends.values()) == [15] and offsets == list(range(3, 15))
+
+
+def test_a_restarted_worker_recovers_every_customer_state_its_changelog_holds(broker, start_worker):
+    """Property: after a restart, every touchpoint processed before it is a duplicate if sent again.
+
+    The states come back from the changelog (Faust's table recovery). A commit writes many states
+    at once, so each changelog partition ends in a record batch of many; a recovery that stops at
+    the batch's base offset (Tansu's ListOffsets answer) would forget all but its first state.
+    """
+    events = list(JourneyGenerator(customers=400, seed=41, start_ms=now_ms() - 3_600_000).events(1200))
+    worker = start_worker()
+    run(publish(broker.bootstrap, events, "avro", timestamp_from_event=True))
+    worker.wait_drained(len(events))
+    worker.kill()
+
+    customers = len({event["customer_id"] for event in events})
+    again = start_worker()
+    recovered = again.wait_until(lambda st: st["recovered"], 60, "the restarted worker did not recover")
+    assert recovered["customer_states"] == customers, "the changelog's states all recovered before the first record"
+    run(publish(broker.bootstrap, events, "avro", timestamp_from_event=True))  # all of them redelivered
+    status = again.wait_until(
+        lambda st: sum(total(st["totals"], f"touchpoints_{n}") for n in ("deduplicated", "processed")) >= len(events)
+        and st["pending_rows"] == 0, 90, "the restarted worker did not read the redeliveries",
+    )
+    assert stored(again) == (len(events), len(events)), "no redelivery stored as a new touchpoint"
+    assert total(status["totals"], "touchpoints_deduplicated") == len(events)
 
 
 # -- a second `cem run` on the same data directory --------------------------------------------------

@@ -159,9 +159,7 @@ def recorder(monkeypatch: pytest.MonkeyPatch) -> Recorder:
         ("pipeline.runtime.broker.AIOKafkaAdminClient", admin),
         ("pipeline.runtime.bench.AIOKafkaConsumer", consumer),
         ("sinks.kafka.AIOKafkaProducer", producer),
-        ("pipeline.app.models.AIOKafkaConsumer", consumer),
         ("pipeline.app.logs.AIOKafkaConsumer", consumer),
-        ("pipeline.app.erasure.AIOKafkaConsumer", consumer),
     ]:
         monkeypatch.setattr(target, fake)
     # imported where they are used (pipeline.cli.alerts.tail), so patched at the source
@@ -465,7 +463,7 @@ async def _round_trip_and_refusals(bootstrap: str, ca: Path) -> None:
     from aiokafka import AIOKafkaConsumer, TopicPartition
     from aiokafka.errors import KafkaError
 
-    from pipeline.app.models import read_to_end
+    from pipeline.app.logs import read_to_end
     from pipeline.runtime.broker import create_topics
     from pipeline.runtime.embedded import publish_raw
     from schemas.contract import TOPIC_TOUCHPOINTS

@@ -17,6 +17,9 @@ second that machinery is most of the worker's CPU. This module is the one place 
   loop commits them (gaps included: a range acks every offset the fetch covered). Acks of a fetch
   from an earlier consumer generation are dropped: after a rebalance the partition's owner reads
   from the committed offset again.
+* End offsets are confirmed by a read (:meth:`BatchConsumer.highwaters`): some Kafka-protocol
+  brokers (Tansu) answer ListOffsets with the last record batch's base offset + 1, and Faust's table
+  recovery, which stops there, would restore states without the rest of that batch.
 * :meth:`BatchDelivery.restart` resets Faust's bookkeeping of one partition and seeks it, for a log
   that started over (``pipeline.app.logs``): Faust assumes offsets only grow, and would otherwise
   drop the new log's records as already read (``DROPPED MESSAGE``) and ignore their acks.
@@ -32,8 +35,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, cast
 
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -68,6 +72,8 @@ class BatchDelivery:
         self._queue: FlowControlQueue | None = None
         self._maxsize = maxsize
         self.regressions = 0
+        # (topic, partition) -> reported end offset  ->  the end a read confirms; see highwaters
+        self.log_ends: Callable[[Mapping[Any, int]], Awaitable[Mapping[Any, int]]] | None = None
         # Bumped at every revocation and assignment. (Faust's consumer_generation_id stays 0 on
         # brokers whose JoinGroup answers generation 0, so it cannot tell one assignment from the next.)
         self.generation = 0
@@ -89,7 +95,7 @@ class BatchDelivery:
 
     def ack(self, spans: dict[Any, tuple[int, int]], generation: int) -> int:
         """Ack every offset of ``spans`` (from a fetch of ``generation``); returns how many were new."""
-        consumer = self.app.consumer
+        consumer = cast("BatchConsumer", self.app.consumer)  # ConsumerT lacks Faust's offset bookkeeping
         if generation != self.generation:
             return 0  # a rebalance since: the owner reads these again from the committed offset
         assignment = consumer.assignment()
@@ -110,7 +116,7 @@ class BatchDelivery:
     async def restart(self, tp: Any, offset: int | None) -> None:
         """Forget Faust's bookkeeping of ``tp`` (its committed, read and acked offsets belong to a log
         that started over) and, if ``offset`` is given, read the partition again from there."""
-        consumer = self.app.consumer
+        consumer = cast("BatchConsumer", self.app.consumer)  # as in ack
         consumer._committed_offset[tp] = None
         consumer._acked.pop(tp, None)
         consumer._acked_index.pop(tp, None)
@@ -128,6 +134,16 @@ class BatchConsumer(faust_aiokafka.Consumer):
     """Faust's aiokafka consumer, delivering fetches of the batch topics in one piece."""
 
     delivery: BatchDelivery | None = None  # set by CemApp before the consumer starts fetching
+
+    async def highwaters(self, *partitions: Any) -> Any:
+        """End offsets, confirmed by ``BatchDelivery.log_ends`` when set: table recovery reads the
+        changelogs up to these, and must not stop inside their last record batch."""
+        reported = await super().highwaters(*partitions)
+        confirm = self.delivery.log_ends if self.delivery is not None else None
+        written = {tp: end for tp, end in reported.items() if end}  # an answer of 0 is an empty log
+        if confirm is None or not written:
+            return reported
+        return {**reported, **(await confirm(written))}
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - exercised end to end
         consumer_should_stop = self._stopped.is_set
@@ -161,7 +177,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
         except Exception as exc:
             self.log.warning(f"exception performing seek when flow not active {exc}")
 
-    async def _deliver(self, records: dict, active: set | None) -> None:
+    async def _deliver(self, records: Mapping[Any, list[Any]], active: set[Any] | None) -> None:
         delivery = self.delivery
         generation = delivery.generation if delivery is not None else 0
         batch: dict = {}
@@ -173,6 +189,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
             else:
                 await self._deliver_one_by_one(tp, tp_records)
         if batch:
+            assert delivery is not None  # the batch holds only the delivery's topics
             fetch = self._fetch(batch, generation)
             await self.wait_first(delivery.queue.put(fetch), self.suspend_flow.wait())
 
@@ -232,6 +249,6 @@ class CemApp(faust.App):
         return BatchTransport(self.conf.broker_consumer, self)
 
     def _new_consumer(self) -> Any:
-        consumer = super()._new_consumer()
+        consumer = cast(BatchConsumer, super()._new_consumer())  # our transport's Consumer
         consumer.delivery = self.delivery
         return consumer

@@ -23,13 +23,13 @@ import asyncio
 import logging
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from pipeline.app.models import read_to_end
+from pipeline.app.logs import TopicFollower
 from schemas.contract import TOPIC_ERASURES
 from sinks.clickhouse import ClickHouseSink, Connection
 
@@ -50,8 +50,10 @@ class ErasureRequest:
                              "requested_by": self.requested_by, "reason": self.reason})
 
     @classmethod
-    def from_value(cls, value: bytes | None) -> "ErasureRequest":
-        """>>> ErasureRequest.from_value(ErasureRequest("c1", 5, "dpo").to_value())
+    def from_value(cls, value: bytes | None) -> ErasureRequest:
+        """The request a record value carries; ``ValueError`` if it is not one.
+
+        >>> ErasureRequest.from_value(ErasureRequest("c1", 5, "dpo").to_value())
         ErasureRequest(customer_id='c1', requested_at=5, requested_by='dpo', reason='')
         """
         data = orjson.loads(value or b"null")
@@ -61,47 +63,15 @@ class ErasureRequest:
                    str(data.get("reason") or ""))
 
 
-class ErasureList:
+class ErasureList(TopicFollower):
     """The customers erased so far (every partition), read to the end at start, then followed."""
 
+    topic = TOPIC_ERASURES
+    what = "erasure list"
+
     def __init__(self, bootstrap: str, client_options: Mapping[str, Any] | None = None):
-        self._bootstrap = bootstrap
-        self._options = dict(client_options or {})
-        self._consumer: AIOKafkaConsumer | None = None
-        self._task: asyncio.Task | None = None
+        super().__init__(bootstrap, client_options)
         self.ids: set[str] = set()
-
-    async def start(self) -> None:
-        self._consumer = AIOKafkaConsumer(bootstrap_servers=self._bootstrap, group_id=None, enable_auto_commit=False,
-                                          **self._options)
-        await self._consumer.start()
-        partitions = [TopicPartition(TOPIC_ERASURES, p) for p in sorted(await self._partitions())]
-        self._consumer.assign(partitions)
-        await self._consumer.seek_to_beginning(*partitions)
-        self._take(await read_to_end(self._consumer, partitions))
-        self._task = asyncio.ensure_future(self._follow())
-
-    async def _partitions(self) -> set[int]:
-        assert self._consumer is not None
-        for _ in range(50):  # the topic's metadata may take a moment on a fresh broker
-            found = self._consumer.partitions_for_topic(TOPIC_ERASURES)
-            if found:
-                return found
-            await self._consumer._client.force_metadata_update()
-            await asyncio.sleep(0.1)
-        return {0}
-
-    async def _follow(self) -> None:
-        assert self._consumer is not None
-        while True:
-            try:
-                batches = await self._consumer.getmany(timeout_ms=500)
-                self._take([r for records in batches.values() for r in records])
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # keep the list: suppression must not stop with a hiccup
-                log.warning("erasure list: %s", exc)
-                await asyncio.sleep(1.0)
 
     def _take(self, records: list[Any]) -> None:
         for record in records:
@@ -110,12 +80,6 @@ class ErasureList:
             except (ValueError, TypeError) as exc:
                 log.error("erasure request %s/%s ignored: %s", record.partition, record.offset, exc)
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        if self._consumer is not None:
-            await self._consumer.stop()
 
 
 # Table -> the statement that removes (or anonymises) one customer's rows; {c} is the quoted id,

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import traceback
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import faust
 from faust.sensors import Monitor
@@ -110,6 +111,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> tuple[faus
     # bytes keys use the raw codec; values use the app default (json): the CustomerState record
     table = app.Table(STATE_TABLE, partitions=settings.partitions, key_type=bytes)
     worker = TouchpointWorker(settings, metrics, CustomerStates(table), app.delivery)
+    app.delivery.log_ends = worker.probe.ends
     starting = asyncio.Lock()
 
     async def started() -> None:
@@ -144,7 +146,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> tuple[faus
     async def process_profiles(stream: faust.StreamT) -> None:
         async def run() -> None:
             await started()
-            async for events in stream.noack_take(settings.take_max, settings.take_within_s):
+            async for events in stream.noack_take(settings.take_max, settings.take_within_s):  # type: ignore[attr-defined]  # faust.Stream's
                 await worker.process_profiles(list(events))
 
         await supervised("customers", run())
@@ -153,7 +155,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> tuple[faus
     async def erase_customers(stream: faust.StreamT) -> None:
         async def run() -> None:
             await started()
-            async for events in stream.noack_take(100, 0.2):
+            async for events in stream.noack_take(100, 0.2):  # type: ignore[attr-defined]  # on faust.Stream, not StreamT
                 await worker.process_erasures(list(events))
 
         await supervised("erasures", run())
@@ -162,7 +164,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> tuple[faus
     async def train_models(stream: faust.StreamT) -> None:
         async def run() -> None:
             await started()
-            async for events in stream.noack_take(200, 0.2):
+            async for events in stream.noack_take(200, 0.2):  # type: ignore[attr-defined]  # as above
                 await worker.trainer.process(list(events))
 
         await supervised("training", run())
@@ -185,7 +187,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> tuple[faus
         metrics.live.set(1 if live else 0)
         metrics.stalled.set(worker.health.stalled_for())
 
-    @app.on_partitions_assigned.connect
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]  # mode types handlers as (sender, *args, signal, **kw)
     async def on_assigned(sender: Any, assigned: Iterable[Any], **_: Any) -> None:
         metrics.rebalances.inc()
         app.delivery.rebalanced()
@@ -193,7 +195,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> tuple[faus
         if worker.started:
             await worker.clickhouse.load_marks()
 
-    @app.on_partitions_revoked.connect
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # as above
     async def on_revoked(sender: Any, revoked: Iterable[Any], **_: Any) -> None:
         app.delivery.rebalanced()
         worker.logs.forget((tp.topic, tp.partition) for tp in revoked)
@@ -204,7 +206,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> tuple[faus
                 pass
             await worker.flush()
 
-    @app.on_before_shutdown.connect
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]  # as above
     async def on_shutdown(sender: Any, **_: Any) -> None:
         await worker.close()
         try:
@@ -232,3 +234,10 @@ async def _update_lag(app: faust.App, metrics: Metrics) -> bool | None:
     except Exception as exc:  # lag is best-effort observability; never stop the worker for it
         log.debug("lag update failed: %s", exc)
         return None
+
+
+def tables_recovered(app: faust.App) -> bool:
+    """Whether Faust's table recovery has read the changelogs (safe from any thread: the recovery
+    service is created by Faust's own loop, never here)."""
+    recovery = app.tables._recovery  # type: ignore[attr-defined]
+    return recovery is not None and recovery.completed.is_set()

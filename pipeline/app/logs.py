@@ -27,11 +27,13 @@ anything of that record is (so a crash never leaves rows of an epoch nobody can 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import OffsetOutOfRangeError
@@ -154,8 +156,6 @@ class LogBook:
         self._anchored.add(key)
 
     async def _latest_anchor(self, key: Key) -> Anchor | None:
-        import asyncio
-
         rows = await asyncio.to_thread(
             self._connection.rows,
             f"SELECT epoch, argMax(anchor_offset, recorded_at), argMax(anchor_digest, recorded_at) "
@@ -174,6 +174,103 @@ def _quote(text: str) -> str:
     return text.replace("\\", "\\\\").replace("'", "\\'")
 
 
+async def log_ends(consumer: AIOKafkaConsumer, partitions: list[TopicPartition], timeout_ms: int = 2000) -> dict[TopicPartition, int]:
+    """The offset after the last record of each partition. It moves the consumer's positions of
+    ``partitions``: seek them afterwards (``read_to_end`` does).
+
+    Kafka's ListOffsets answers exactly that. Tansu (0.6) answers the last record batch's base
+    offset + 1, so the answer is checked by a fetch from the offset before it: a fetch returns whole
+    batches. A reader that stops at the answer misses the rest of the last batch, and Faust's table
+    recovery did: a customer state a commit had written came back without its last changes.
+    (No ``position()`` here: it waits for ever on a partition whose fetch went out of range.)
+    """
+    ends = {tp: int(end) for tp, end in (await consumer.end_offsets(partitions)).items()}
+    for tp, end in ends.items():
+        if end == 0:
+            continue
+        consumer.seek(tp, end - 1)
+        try:
+            records = (await consumer.getmany(tp, timeout_ms=timeout_ms)).get(tp, [])
+        except OffsetOutOfRangeError:  # retention or a restarted log moved it meanwhile: nothing to add
+            records = []
+        if records:
+            ends[tp] = max(end, records[-1].offset + 1)
+    return ends
+
+
+async def read_to_end(consumer: AIOKafkaConsumer, partitions: list[TopicPartition], poll_ms: int = 300) -> list[Any]:
+    """Every record from the consumer's positions to the end of ``partitions`` (see ``log_ends``)."""
+    start = {p: await consumer.position(p) for p in partitions}
+    end = await log_ends(consumer, partitions)
+    for p, offset in start.items():
+        consumer.seek(p, offset)
+    records: list[Any] = []
+    while [p for p in partitions if await consumer.position(p) < end[p]]:
+        records += [r for batch in (await consumer.getmany(*partitions, timeout_ms=poll_ms)).values() for r in batch]
+    return records
+
+
+class TopicFollower:
+    """Every record of ``topic`` (all partitions, no group: every worker reads them all), read to the
+    end by ``start()`` before it returns, then followed; a subclass takes them (``_take``).
+
+    A failure while following is logged and retried: what was taken stays, and what follows keeps
+    coming (a lost suppression list or model feed would be worse than a late one).
+    """
+
+    topic = ""
+    what = ""  # in the log
+
+    def __init__(self, bootstrap: str, client_options: Mapping[str, Any] | None = None, **consumer_options: Any):
+        self._bootstrap = bootstrap
+        self._options = {**(client_options or {}), **consumer_options}
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._consumer = AIOKafkaConsumer(bootstrap_servers=self._bootstrap, group_id=None, enable_auto_commit=False,
+                                          **self._options)
+        await self._consumer.start()
+        partitions = [TopicPartition(self.topic, p) for p in sorted(await self._partitions())]
+        self._consumer.assign(partitions)
+        await self._consumer.seek_to_beginning(*partitions)
+        self._take(await read_to_end(self._consumer, partitions))
+        self._task = asyncio.ensure_future(self._follow())
+
+    async def _partitions(self) -> set[int]:
+        assert self._consumer is not None
+        for _ in range(50):  # the topic's metadata may take a moment on a fresh broker
+            found = self._consumer.partitions_for_topic(self.topic)
+            if found:
+                return set(found)
+            await self._consumer._client.force_metadata_update()
+            await asyncio.sleep(0.1)
+        return {0}
+
+    async def _follow(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None  # start() set it before starting this task
+        while True:
+            try:
+                batches = await consumer.getmany(timeout_ms=500)
+                self._take([r for records in batches.values() for r in records])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("%s: %s", self.what, exc)
+                await asyncio.sleep(1.0)
+
+    def _take(self, records: list[Any]) -> None:
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+
 class BrokerProbe:
     """Reads the record at an offset of a partition: a plain consumer, no group, no auto reset."""
 
@@ -182,8 +279,11 @@ class BrokerProbe:
         self._options = dict(client_options or {})
         self._timeout_ms = timeout_ms
         self._consumer: AIOKafkaConsumer | None = None
+        self._lock = asyncio.Lock()  # one question at a time: each one assigns and seeks
 
     async def start(self) -> None:
+        if self._consumer is not None:
+            return
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=self._bootstrap, group_id=None, enable_auto_commit=False,
             auto_offset_reset="none", **self._options,
@@ -192,7 +292,18 @@ class BrokerProbe:
 
     async def stop(self) -> None:
         if self._consumer is not None:
-            await self._consumer.stop()
+            consumer, self._consumer = self._consumer, None
+            await consumer.stop()
+
+    async def ends(self, partitions: Mapping[Any, int]) -> dict[Any, int]:
+        """``log_ends`` of ``partitions`` (any ``(topic, partition)`` tuples, as keys)."""
+        await self.start()
+        assert self._consumer is not None
+        tps = {TopicPartition(tp[0], tp[1]): tp for tp in partitions}
+        async with self._lock:
+            self._consumer.assign(list(tps))
+            ends = await log_ends(self._consumer, list(tps))
+        return {tps[tp]: end for tp, end in ends.items()}
 
     async def log_start(self, key: Key) -> int:
         assert self._consumer is not None
@@ -200,6 +311,10 @@ class BrokerProbe:
         return int((await self._consumer.beginning_offsets([tp]))[tp])
 
     async def __call__(self, key: Key, offset: int) -> Probe:
+        async with self._lock:
+            return await self._probe(key, offset)
+
+    async def _probe(self, key: Key, offset: int) -> Probe:
         assert self._consumer is not None
         tp = TopicPartition(*key)
         self._consumer.assign([tp])
@@ -218,7 +333,7 @@ class BrokerProbe:
                     return Probe(start, digest(record.timestamp, record.key, record.value))
             if records:
                 return Probe(start, None)  # the log has records around there, but not that one
-        end = int((await self._consumer.end_offsets([tp]))[tp])
+        end = (await log_ends(self._consumer, [tp]))[tp]
         if offset >= end:
             return Probe(start, None)
         # Nothing came back from a log that says it holds the offset: guessing either way could lose

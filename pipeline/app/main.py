@@ -10,13 +10,13 @@ from typing import Any
 
 from prometheus_client import start_http_server
 
+from pipeline.app.faust_app import create_app, tables_recovered
+from pipeline.app.health import Watchdog
 from pipeline.app.metrics import Metrics
 from pipeline.settings import Settings
 from pipeline.views.client import write_run_file
-from pipeline.views.web import start_status_server
-from pipeline.app.faust_app import create_app
-from pipeline.app.health import Watchdog
 from pipeline.views.reads import ReadOnlyQueries
+from pipeline.views.web import start_status_server
 
 FAUST_LOG_LEVELS = {"debug": "debug", "info": "info", "warn": "warn", "warning": "warn", "error": "error"}
 
@@ -53,11 +53,14 @@ def run_worker(settings: Settings) -> None:
             "latency_alert": latency_summary(commit.alert_latencies),
             "models": worker.model_versions(),
             "pending_rows": worker.clickhouse.pending_rows,
+            "recovered": tables_recovered(app),
+            "customer_states": len(worker.states),
             "committed_records": commit.committed_records,
             "first_received": worker.first_received,
             "last_committed": commit.last_committed,
             "skipped_replayed_rows": worker.clickhouse.skipped_replayed,
             "storage_rejected_rows": worker.clickhouse.rejected_rows,
+            "rss_mb": _rss_mb(),
         }
 
     # /query only for the embedded engine (which nobody else can open); a server has its own SQL door.
@@ -72,6 +75,18 @@ def run_worker(settings: Settings) -> None:
     Worker(app, loglevel=FAUST_LOG_LEVELS.get(settings.log_level, "warn"), quiet=True).execute_from_commandline()
 
 
+def _rss_mb() -> float | None:
+    """The worker's resident memory (Linux), for /status and `cem bench`."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
 def _install_uvloop() -> None:
     try:
         import uvloop  # Faust's supported event loop: more events/s and a shorter tail (benchmarks/README.md)
@@ -81,7 +96,7 @@ def _install_uvloop() -> None:
 
 
 # The worker holds hundreds of thousands of long-lived containers (customer states, dedupe ids, the
-# labeler's pending snapshots); CPython's default thresholds (700, 10, 10) ran a full collection
+# labeler's pending examples); CPython's default thresholds (700, 10, 10) ran a full collection
 # over all of them every ~2 s, each 150-300 ms with the event loop stopped: the alert-latency tail
 # (measured at 1,600 events/s: p99 310-345 ms with the defaults, 119 ms with these). Fewer, larger
 # young collections; full ones rarely. Objects alive at start (code, models) are frozen out of it.

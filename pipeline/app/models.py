@@ -24,9 +24,8 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from pipeline.app.logs import read_to_end
+from pipeline.app.logs import TopicFollower
 from pipeline.app.metrics import Metrics
 from pipeline.app.rows import model_metric_row
 from processors.alerts import AlertEngine
@@ -57,44 +56,18 @@ def alert_engine_key(partitions: Iterable[int]) -> str:
     return ALERT_ENGINE + ",".join(str(p) for p in sorted(partitions))
 
 
-class ModelFeed:
+class ModelFeed(TopicFollower):
     """The latest published snapshot per key, loaded and handed to ``on_model(key, model)``."""
 
     KINDS: dict[str, type[Snapshottable]] = {kind.SNAPSHOT_KIND: kind for kind in (SentimentModel, ChurnModel, ModelTrainer)}
+    topic = TOPIC_MODELS
+    what = "model feed"  # a bad snapshot must not stop scoring with the current model
 
     def __init__(self, bootstrap: str, on_model: Swap, client_options: Mapping[str, Any] | None = None):
-        self._bootstrap = bootstrap
+        super().__init__(bootstrap, client_options, max_partition_fetch_bytes=MODEL_MAX_BYTES, fetch_max_bytes=MODEL_MAX_BYTES)
         self._on_model = on_model
-        self._options = dict(client_options or {})
-        self._consumer: AIOKafkaConsumer | None = None
-        self._task: asyncio.Task | None = None
         self.latest: dict[str, bytes] = {}  # key -> its snapshot (the trainer's is loaded on demand)
         self.loaded = 0
-
-    async def start(self) -> None:
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._bootstrap, group_id=None, enable_auto_commit=False,
-            max_partition_fetch_bytes=MODEL_MAX_BYTES, fetch_max_bytes=MODEL_MAX_BYTES, **self._options,
-        )
-        await self._consumer.start()
-        tp = TopicPartition(TOPIC_MODELS, 0)
-        self._consumer.assign([tp])
-        await self._consumer.seek_to_beginning(tp)
-        self._take(await read_to_end(self._consumer, [tp]))  # the last snapshots, before the first score
-        self._task = asyncio.ensure_future(self._follow())
-
-    async def _follow(self) -> None:
-        consumer = self._consumer
-        assert consumer is not None  # start() set it before starting this task
-        while True:
-            try:
-                batches = await consumer.getmany(timeout_ms=500)
-                self._take([r for records in batches.values() for r in records])
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # a bad snapshot must not stop scoring with the current model
-                log.warning("model feed: %s", exc)
-                await asyncio.sleep(1.0)
 
     def _take(self, records: list[Any]) -> None:
         """Keep the newest snapshot per key; hand the scorers' models over (the newest only)."""
@@ -129,12 +102,6 @@ class ModelFeed:
             log.error("trainer state not resumed (%s): training starts afresh", exc)
             return None
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        if self._consumer is not None:
-            await self._consumer.stop()
 
 
 class TrainerRuntime:
