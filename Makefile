@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: run test bench soak clean
+.PHONY: run test lint bench soak clean
 
 $(BIN)/cem: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,8 +19,12 @@ $(VENV)/.test-extras: $(BIN)/cem
 run: $(BIN)/cem
 	$(BIN)/cem run $(ARGS)
 
-test: $(VENV)/.test-extras
+test: lint  # lint and types first (seconds), then the suite, doctests included
 	$(BIN)/python -m pytest -q $(ARGS)
+
+lint: $(VENV)/.test-extras
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 bench: $(BIN)/cem
 	$(BIN)/cem bench $(ARGS)

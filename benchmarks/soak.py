@@ -23,14 +23,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from conftest import expected_kpis, kpi_by_channel  # noqa: E402
-from pipeline.runtime.broker import EmbeddedBroker, ensure_topics, free_port  # noqa: E402
-from pipeline.runtime.embedded import WorkerProcess, publish  # noqa: E402
-from pipeline.runtime.run import embedded_settings  # noqa: E402
-from pipeline.settings import Settings  # noqa: E402
-from pipeline.views.client import received  # noqa: E402
-from processors.synthetic import JourneyGenerator  # noqa: E402
-from test_exactness import with_redeliveries  # noqa: E402
+from conftest import expected_kpis, kpi_by_channel
+from test_exactness import with_redeliveries
+
+from pipeline.runtime.broker import EmbeddedBroker, ensure_topics, free_port
+from pipeline.runtime.embedded import WorkerProcess, publish
+from pipeline.runtime.run import embedded_settings
+from pipeline.settings import Settings
+from pipeline.views.client import received
+from processors.synthetic import JourneyGenerator
 
 
 def main() -> None:
@@ -67,7 +68,7 @@ def soak(args: argparse.Namespace) -> dict:
         worker = WorkerProcess(settings, directory / "worker-0.log").start(90)
         for kill in range(args.kills):
             n = rng.randint(2_000, max(2_001, len(stream) // (args.kills + 2)))
-            worker.wait_until(lambda st: st["committed_records"] > 0 and received(st) >= n, 300, "no progress")
+            worker.wait_until(lambda st, n=n: st["committed_records"] > 0 and received(st) >= n, 300, "no progress")
             worker.kill()
             killed = time.time()
             worker = WorkerProcess(settings, directory / f"worker-{kill + 1}.log").start(90)

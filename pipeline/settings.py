@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ class Settings:
     model_publish_interval_s: float = 5.0
     # ... and checkpoint the trainer's own state (tens of MB: a horizon of labels waiting) this often
     trainer_checkpoint_interval_s: float = 60.0
-    churn_horizon_s: float = 30 * 24 * 3600.0  # a churn labels the snapshots of this much event time before it
+    churn_horizon_s: float = 30 * 24 * 3600.0  # a churn labels the churn examples of this much event time before it
     # Alerts: cem.alerts encoding (avro | json) and AlertConfig overrides, "churn_threshold=0.8,cooldown_ms=3600000"
     alert_format: str = "avro"
     alert_rules: str = ""
@@ -82,7 +83,7 @@ class Settings:
     group_instance_id: str = ""
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Read ``CEM_<FIELD>`` variables (upper-case field names)."""
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
@@ -93,7 +94,7 @@ class Settings:
             values[f.name] = _coerce(f.type, raw)
         return cls(**values)
 
-    def replace(self, **changes: Any) -> "Settings":
+    def replace(self, **changes: Any) -> Settings:
         """A copy with CLI overrides applied (``None`` values are ignored)."""
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 

@@ -14,8 +14,9 @@ when configured, the customer id is replaced by its pseudonym (see :mod:`process
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable, Container
 from dataclasses import dataclass
-from typing import Callable, Container
+from typing import Any
 
 from processors.customer import DEFAULT_DEDUPE_HORIZON_MS, CustomerState, Enriched, Outcome, apply
 from processors.touchpoint import Touchpoint, validate
@@ -169,7 +170,7 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:1000]
 
 
-def _channel_of(decoded: dict) -> str:
+def _channel_of(decoded: dict[str, Any]) -> str:
     # A label of Prometheus series: only the contract's channels, or a producer could mint series.
     channel = decoded.get("channel")
     return channel if isinstance(channel, str) and channel in _KNOWN_CHANNELS else "unknown"

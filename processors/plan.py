@@ -23,8 +23,9 @@ goes on. That is Kafka Streams' processing exception handler, as data.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Generic, Protocol, Sequence, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from processors.alerts import Alert
 from processors.customer import CustomerState, Enriched
@@ -34,17 +35,18 @@ from processors.scoring import TouchpointScoring, TrainingBatch
 from schemas.contract import Reason, Stage
 
 Out = TypeVar("Out")
+Out_co = TypeVar("Out_co", covariant=True)  # a protocol's return-only type variable
 
 
-class Outputs(Protocol[Out]):
+class Outputs(Protocol[Out_co]):
     """How one record's outputs are shipped (Kafka records, ClickHouse rows): built by the wiring.
 
     Either method may raise; the planner turns that into the record's dead letter.
     """
 
-    def enriched(self, record: SourceRecord, enriched: Enriched, rewritten: bool) -> Out: ...
+    def enriched(self, record: SourceRecord, enriched: Enriched, rewritten: bool) -> Out_co: ...
 
-    def dead_letter(self, dead: DeadLetter) -> Out: ...
+    def dead_letter(self, dead: DeadLetter) -> Out_co: ...
 
 
 class StateStore(Protocol):
@@ -59,13 +61,14 @@ class StateStore(Protocol):
 class Tallies:
     """Per-batch counts for the metrics (published once per batch, not once per record)."""
 
-    received: Counter = field(default_factory=Counter)  # channel -> records
-    by_kind: dict[Kind, Counter] = field(default_factory=lambda: {kind: Counter() for kind in Kind})
-    dead: Counter = field(default_factory=Counter)  # (reason, stage) -> records
-    nps: Counter = field(default_factory=Counter)  # (channel, category)
-    csat: Counter = field(default_factory=Counter)  # (channel, "true" | "false")
-    revenue: Counter = field(default_factory=Counter)  # channel -> net revenue
-    alerts: Counter = field(default_factory=Counter)  # (type, severity)
+    received: Counter[str] = field(default_factory=Counter)  # channel -> records
+    by_kind: dict[Kind, Counter[str]] = field(default_factory=lambda: {kind: Counter() for kind in Kind})
+    dead: Counter[tuple[str, str]] = field(default_factory=Counter)  # (reason, stage) -> records
+    nps: Counter[tuple[str, str]] = field(default_factory=Counter)  # (channel, category)
+    csat: Counter[tuple[str, str]] = field(default_factory=Counter)  # (channel, "true" | "false")
+    # channel -> net revenue: a Counter of floats, which typeshed's Counter (int counts) cannot express
+    revenue: dict[str, float] = field(default_factory=Counter)  # type: ignore[arg-type]
+    alerts: Counter[tuple[str, str]] = field(default_factory=Counter)  # (type, severity)
     sentiments: list[float] = field(default_factory=list)
     churn_risks: list[float] = field(default_factory=list)
 

@@ -239,7 +239,7 @@ def _iban_at(text: str, m: re.Match[str], raw: bool) -> Span | None:
         return None
     chars = [text[start], text[start + 1]]
     end = m.start()
-    for end, c in enumerate(m.group(), m.start() + 1):
+    for end, c in enumerate(m.group(), m.start() + 1):  # noqa: B007 - where the code stops, read below
         if c.isalnum():
             chars.append(c)
             if len(chars) == length:
@@ -354,7 +354,7 @@ def _is_card(run: _Run, i: int, j: int, head: int, tail: int) -> bool:
         # Compact, any network's number; but 13 digits are a card only from Visa: "1767225600000" is a
         # time in milliseconds, "4006381333931" may be a barcode.
         return len(digits) != 13 or digits[0] == "4"
-    seps = [text[a[1] : b[0]] for a, b in zip(groups[i:j], groups[i + 1 : j + 1])]
+    seps = [text[a[1] : b[0]] for a, b in zip(groups[i:j], groups[i + 1 : j + 1], strict=False)]
     if any("." in sep for sep in seps) and not (first_group == 4 and all(e - s == 4 for s, e in groups[i + 1 : j])):
         return False  # dots group amounts in threes ("1.234.567.890.123"); a card is dotted in fours
     if first_group != 4 and min(e - s for s, e in groups[i : j + 1]) < 3:
@@ -500,7 +500,7 @@ def _is_date(text: str, three: list[Span]) -> bool:
     if len(z) != 4 or not z.startswith(("19", "20")) or len(x) > 2 or len(y) > 2:
         return False
     day, month = int(x), int(y)
-    return 1 <= min(day, month) and max(day, month) <= 31 and min(day, month) <= 12
+    return min(day, month) >= 1 and max(day, month) <= 31 and min(day, month) <= 12
 
 
 def _phones_in_segment(text: str, segment: list[Span], plus: bool, named: set[_Shape]) -> list[Span]:
@@ -598,13 +598,13 @@ def _not_phone_shaped(text: str, segment: list[Span]) -> bool:
     if "." in seps:
         if len(segment) == 2:
             return True  # one dot is a decimal point: "52.520008"
-        ipv4 = len(segment) == 4 and all(n <= 3 and int(v) <= 255 for n, v in zip(sizes, values))
+        ipv4 = len(segment) == 4 and all(n <= 3 and int(v) <= 255 for n, v in zip(sizes, values, strict=True))
         thousands = sizes[0] <= 3 and all(n == 3 for n in sizes[1:])
         if ipv4 or thousands or min(sizes) < 2:  # "1.234.567", "10.0.19045" (a version)
             return True
     if seps <= {" ", "\u00a0"} and len(segment) > 1 and sizes[0] <= 2 and all(n == 3 for n in sizes[1:]):
         return True  # "2 500 000", "12 345 678": thousands grouped by spaces
-    if len(segment) > 1 and all(n == 4 and v.startswith(("19", "20")) for n, v in zip(sizes, values)):
+    if len(segment) > 1 and all(n == 4 and v.startswith(("19", "20")) for n, v in zip(sizes, values, strict=True)):
         return True  # "2019 2020 2021", "2019-2023"
     return seps == {"-"} and sizes == [5, 4]  # US ZIP+4
 

@@ -43,13 +43,14 @@ import itertools
 import json
 import math
 import random
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, TypeVar
+from typing import Any, TypeVar
 
 from processors.kpi import csat_satisfied, is_detractor, is_promoter
-from schemas.contract import DAY_MS, HOUR_MS, INPUT_REASONS, MAX_RECORD_BYTES, MINUTE_MS, Reason
+from schemas.contract import DAY_MS, HOUR_MS, MAX_RECORD_BYTES, MINUTE_MS, Reason
 
 DEFAULT_START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 
@@ -167,7 +168,7 @@ _FILL: dict[str, tuple[str, ...]] = {
 }
 
 
-class _Fill(dict):
+class _Fill(dict[str, str]):
     """A ``format_map`` mapping that draws only the placeholders a template uses."""
 
     def __init__(self, rng: random.Random):
@@ -250,7 +251,7 @@ class _Customer:
     opt_in: bool
     stopping: bool = False  # churn decided: no new activities or decisions
     churned_at: int | None = None  # time of the terminal event
-    final: dict | None = None  # the terminal event (the only event allowed at churned_at)
+    final: dict[str, Any] | None = None  # the terminal event (the only event allowed at churned_at)
 
 
 class JourneyGenerator:
@@ -300,7 +301,7 @@ class JourneyGenerator:
         self._kpi: dict[str, list[int]] = {}
         self._churned: dict[str, int] = {}
         self._cases: dict[str, dict[str, Any]] = {}
-        self._daily: list[dict[str, float]] = []
+        self._daily: list[dict[str, float | None]] = []
         self._next_day = start_ms
         self._customers = self._make_customers(customers, churn_rate, churn_within_days)
         for c in self._customers:
@@ -402,7 +403,7 @@ class JourneyGenerator:
                 return  # everyone churned
             t, _, kind, c, payload = pop(heap)
             if t >= self._next_day:
-                self._snapshot(t)
+                self._summarise_days(t)
             if kind == _EVENT:
                 if c.churned_at is not None and payload is not c.final and t >= c.churned_at:
                     continue  # queued before the churn decision: a cancelled customer says nothing more
@@ -438,7 +439,7 @@ class JourneyGenerator:
             if case is not None:
                 case["resolved_at"] = t
 
-    def _snapshot(self, t: int) -> None:
+    def _summarise_days(self, t: int) -> None:
         """Daily mean satisfaction of customers not yet churned (a trajectory summary)."""
         while self._next_day <= t:
             active = [c for c in self._customers if c.churned_at is None]
@@ -748,7 +749,7 @@ def _decimal(amount: float) -> Decimal:
     return Decimal(str(amount))  # what clickhouse-connect writes into a Decimal column
 
 
-def _accumulate(kpi: dict[str, list], e: dict[str, Any], money: Callable[[float], Any] = _cents, zero: Any = 0) -> None:
+def _accumulate(kpi: dict[str, list[Any]], e: dict[str, Any], money: Callable[[float], Any] = _cents, zero: Any = 0) -> None:
     """Add one event to its channel's row of ``KPI_COLUMNS`` counters, by the rules of :func:`kpi_totals`.
 
     Amounts count as ``money(amount)``: by default integer cents (exact for 2-decimal amounts); a
@@ -808,11 +809,11 @@ def kpi_totals(events: Iterable[dict[str, Any]], exact: bool = False) -> dict[st
     >>> kpi_totals(evs, exact=True)["web"]["revenue"]
     Decimal('0.25')
     """
-    rows: dict[str, list] = {}
+    rows: dict[str, list[Any]] = {}
     zero = Decimal(0)
     for e in events:
         _accumulate(rows, e, _decimal, zero)
-    out = {channel: dict(zip(KPI_COLUMNS, row)) for channel, row in rows.items()}
+    out = {channel: dict(zip(KPI_COLUMNS, row, strict=True)) for channel, row in rows.items()}
     if not exact:
         for row in out.values():
             for col in _MONEY:
@@ -851,6 +852,7 @@ def inject_bad_records(reference_ms: int = DEFAULT_START_MS, seed: int = 0) -> l
     unregistered fingerprint).
 
     >>> bad = inject_bad_records(1_767_225_600_000, seed=1)
+    >>> from schemas.contract import INPUT_REASONS
     >>> sorted(r for _, _, r in bad) == sorted(m.value for m in INPUT_REASONS)
     True
     >>> inject_bad_records(seed=1) == bad   # reference_ms defaults to 2026-01-01T00:00Z
@@ -993,4 +995,4 @@ def _score_tone(fields: dict[str, Any]) -> float:
         parts.append((fields["csat"] - 3) / 2)
     if "ces" in fields:
         parts.append((4 - fields["ces"]) / 3)
-    return round(_clip(sum(parts) / len(parts), -1.0, 1.0), 4)
+    return round(float(_clip(sum(parts) / len(parts), -1.0, 1.0)), 4)

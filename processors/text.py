@@ -30,10 +30,9 @@ _EMOJI_POS = "😀😃😄😁😆😊🙂😍🥰😘😎👍👏🙌💯🎉�
 _EMOJI_NEG = "😞😟😠😡🤬😢😭😤😩😫😒🙁☹😖😣👎💔❌🤮🤢😕😔😓😱"
 
 NEGATION_CUES = frozenset(
-    """not no never nothing nobody none neither nor nowhere without cannot hardly barely
-    dont doesnt didnt isnt arent wasnt werent wont wouldnt cant couldnt shouldnt havent hasnt hadnt aint""".split()
+    ["not", "no", "never", "nothing", "nobody", "none", "neither", "nor", "nowhere", "without", "cannot", "hardly", "barely", "dont", "doesnt", "didnt", "isnt", "arent", "wasnt", "werent", "wont", "wouldnt", "cant", "couldnt", "shouldnt", "havent", "hasnt", "hadnt", "aint"]
 )
-_SCOPE_ENDERS = frozenset("but however although though yet".split())
+_SCOPE_ENDERS = frozenset(["but", "however", "although", "though", "yet"])
 
 _URL_RE = re.compile(r"(?:https?://|www\.)\S+", re.IGNORECASE)
 # Starts only where a run of address characters starts: tried at every character of a long run, the
@@ -118,4 +117,4 @@ def terms(text: str) -> list[str]:
     ['not', 'neg_good', 'neg_at', 'neg_all', 'not neg_good', 'neg_good neg_at', 'neg_at neg_all']
     """
     tokens = normalise(text)
-    return tokens + [a + " " + b for a, b in zip(tokens, tokens[1:])]
+    return tokens + [a + " " + b for a, b in zip(tokens, tokens[1:], strict=False)]

@@ -11,13 +11,27 @@ is the Kafka record timestamp, never the wall clock, so a replay rejects exactly
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Mapping
+from typing import Any
 
 from schemas.contract import (
-    CHANNELS, HOUR_MS, MAX_AMOUNT, MAX_ATTRIBUTE_KEY_CHARS, MAX_ATTRIBUTE_VALUE_CHARS, MAX_ATTRIBUTES, MAX_EVENT_MS,
-    MAX_FUTURE_MS, MAX_ID_CHARS, MAX_SHORT_CHARS, MAX_TEXT_CHARS, MIN_EVENT_MS, TOUCHPOINT_TYPES, Reason, Rejected,
+    CHANNELS,
+    HOUR_MS,
+    MAX_AMOUNT,
+    MAX_ATTRIBUTE_KEY_CHARS,
+    MAX_ATTRIBUTE_VALUE_CHARS,
+    MAX_ATTRIBUTES,
+    MAX_EVENT_MS,
+    MAX_FUTURE_MS,
+    MAX_ID_CHARS,
+    MAX_SHORT_CHARS,
+    MAX_TEXT_CHARS,
+    MIN_EVENT_MS,
+    TOUCHPOINT_TYPES,
+    Reason,
+    Rejected,
 )
 
 SCORE_RANGES: dict[str, tuple[int, int]] = {"csat": (1, 5), "nps": (0, 10), "ces": (1, 7)}
@@ -52,7 +66,7 @@ class Touchpoint:
 
     def to_record(self) -> dict[str, Any]:
         """The Avro/JSON record form (field names of ``cem.TouchpointEvent``)."""
-        return {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
+        return {name: getattr(self, name) for name in self.__slots__}
 
     @property
     def case_key(self) -> str:

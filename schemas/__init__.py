@@ -4,12 +4,12 @@ from schemas.codec import (
     CONFLUENT_MAGIC,
     SINGLE_OBJECT_MAGIC,
     AvroCodec,
-    Rejected,
     RecordEncoder,
     SchemaRegistry,
     fingerprint,
     load_schema,
 )
+from schemas.contract import Rejected
 
 __all__ = [
     "AvroCodec",

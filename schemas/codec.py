@@ -11,9 +11,10 @@ import io
 import json
 import re
 import struct
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, cast
 
 import fastavro
 import orjson
@@ -28,7 +29,7 @@ CONFLUENT_MAGIC = b"\x00"  # Confluent wire format: magic byte + 4-byte big-endi
 
 
 
-def load_schema(name: str, raw: bool = False) -> dict:
+def load_schema(name: str, raw: bool = False) -> dict[str, Any]:
     """Parse ``schemas/<name>.avsc`` with fastavro, named types it refers to written out in place.
 
     ``raw`` drops logical types: timestamps stay epoch-ms longs, which is what the pipeline uses,
@@ -46,12 +47,12 @@ def load_schema(name: str, raw: bool = False) -> dict:
     'd35dbe6eb0471ca6'
     """
     schema = expanded_schema_json(name)
-    return fastavro.parse_schema(strip_logical_types(schema) if raw else schema)
+    return cast("dict[str, Any]", fastavro.parse_schema(strip_logical_types(schema) if raw else schema))
 
 
-def expanded_schema_json(name: str) -> dict:
+def expanded_schema_json(name: str) -> dict[str, Any]:
     """``schemas/<name>.avsc`` as JSON, with cem's other named types written out at their first use."""
-    schema = json.loads(json.dumps(schema_json(name)))
+    schema: dict[str, Any] = json.loads(json.dumps(schema_json(name)))
     if name == "enriched":
         for f in schema["fields"]:
             if f["type"] == "cem.TouchpointEvent":
@@ -120,9 +121,9 @@ class SchemaRegistry:
     version, so adding an optional field with a default on the writer side never breaks the reader.
     """
 
-    reader: dict = field(default_factory=lambda: load_schema("touchpoint", raw=True))
-    by_fingerprint: dict[bytes, dict] = field(default_factory=dict)
-    by_confluent_id: dict[int, dict] = field(default_factory=dict)
+    reader: dict[str, Any] = field(default_factory=lambda: load_schema("touchpoint", raw=True))
+    by_fingerprint: dict[bytes, dict[str, Any]] = field(default_factory=dict)
+    by_confluent_id: dict[int, dict[str, Any]] = field(default_factory=dict)
     # Confluent ids a Schema Registry could not give a schema for, and why (set per batch by the worker).
     unavailable: dict[int, str] = field(default_factory=dict)
 
@@ -130,8 +131,9 @@ class SchemaRegistry:
         self.register(self.reader)
         self._accept_variant(expanded_schema_json("touchpoint"), self.reader)
 
-    def register(self, schema: Mapping | dict, confluent_id: int | None = None) -> bytes:
-        parsed = schema if "__fastavro_parsed" in schema else fastavro.parse_schema(strip_logical_types(dict(schema)))
+    def register(self, schema: Mapping[str, Any], confluent_id: int | None = None) -> bytes:
+        parsed = cast("dict[str, Any]",
+                      schema if "__fastavro_parsed" in schema else fastavro.parse_schema(strip_logical_types(dict(schema))))
         fp = fingerprint(parsed)
         parsed = self.by_fingerprint.setdefault(fp, parsed)  # same schema -> same object (no resolution)
         if "__fastavro_parsed" not in schema:
@@ -140,7 +142,7 @@ class SchemaRegistry:
             self.by_confluent_id[confluent_id] = parsed
         return fp
 
-    def _accept_variant(self, schema: Any, parsed: dict) -> None:
+    def _accept_variant(self, schema: Any, parsed: dict[str, Any]) -> None:
         """Also know the schema by the fingerprint Apache avro-python writes for it: that library
         keeps a logical type's primitive as ``{"type": "long"}`` in the canonical form, where the
         specification (and Java, fastavro) write ``"long"``, so its producers head records with
@@ -150,7 +152,9 @@ class SchemaRegistry:
             self.by_fingerprint.setdefault(variant, parsed)
 
     @classmethod
-    def from_config(cls, schema_files: Iterable[Path] = (), confluent_ids: Mapping[int, Path] | None = None) -> "SchemaRegistry":
+    def from_config(
+        cls, schema_files: Iterable[str | Path] = (), confluent_ids: Mapping[int, str | Path] | None = None,
+    ) -> SchemaRegistry:
         """A registry with the current schema, extra writer schema files, and Confluent id mappings.
 
         ``confluent_ids`` defaults to ``{1: schemas/touchpoint.avsc}``.
@@ -185,10 +189,10 @@ class RecordEncoder:
         fastavro.schemaless_writer(body, self.schema, record)
         return body.getvalue()
 
-    def decode(self, payload: bytes) -> dict:
+    def decode(self, payload: bytes) -> dict[str, Any]:
         if payload[:10] != self._prefix:
             raise Rejected(Reason.UNKNOWN_SCHEMA, "not single-object encoded with this schema")
-        return fastavro.schemaless_reader(io.BytesIO(payload[10:]), self.schema, self.schema)
+        return cast("dict[str, Any]", fastavro.schemaless_reader(io.BytesIO(payload[10:]), self.schema, self.schema))
 
 
 class EnrichedEncoder:
@@ -246,7 +250,7 @@ class FlatRecordWriter:
         self._writers = [_field_writer(f["type"]) for f in fields]
 
     def write(self, values: Sequence[Any]) -> bytes:
-        return b"".join([write(value) for write, value in zip(self._writers, values)])
+        return b"".join([write(value) for write, value in zip(self._writers, values, strict=True)])
 
 
 def _zigzag(n: int) -> bytes:
@@ -336,7 +340,7 @@ class AvroCodec:
         raise ValueError(f"unknown format {fmt!r}: use avro, confluent or json")
 
     # -- decoding (the worker's first step) -----------------------------------------------------
-    def decode(self, payload: bytes) -> dict:
+    def decode(self, payload: bytes) -> dict[str, Any]:
         """Decode one Kafka value into a dict of touchpoint fields, or raise :class:`Rejected`."""
         if payload[:2] == SINGLE_OBJECT_MAGIC:
             fp = payload[2:10]
@@ -362,7 +366,7 @@ class AvroCodec:
             return payload[5:] if writer is self._reader else None
         return None
 
-    def _read_avro(self, body: bytes, writer: dict, same: bool = False) -> dict:
+    def _read_avro(self, body: bytes, writer: dict[str, Any], same: bool = False) -> dict[str, Any]:
         stream = io.BytesIO(body)
         try:
             record = fastavro.schemaless_reader(stream, writer, None if same else self._reader)
@@ -373,7 +377,7 @@ class AvroCodec:
             raise Rejected(Reason.UNDECODABLE, f"invalid Avro body: {type(exc).__name__}: {exc}"[:300]) from None
         if stream.tell() != len(body):  # a record and something else: not one record (nor reusable as one)
             raise Rejected(Reason.UNDECODABLE, f"{len(body) - stream.tell()} bytes after the Avro record")
-        return record
+        return cast("dict[str, Any]", record)
 
 
 def confluent_schema_id(payload: bytes) -> int | None:
@@ -387,7 +391,7 @@ def confluent_schema_id(payload: bytes) -> int | None:
     return None
 
 
-def read_json(payload: bytes) -> dict:
+def read_json(payload: bytes) -> dict[str, Any]:
     """A JSON object, or :class:`Rejected` (``undecodable``).
 
     Strict RFC 8259 (orjson): no ``NaN``/``Infinity``, valid UTF-8 without lone surrogate escapes,
@@ -415,9 +419,9 @@ def read_json(payload: bytes) -> dict:
 _BOM = b"\xef\xbb\xbf"
 
 
-def _avro_ready(event: Mapping[str, Any]) -> dict:
+def _avro_ready(event: Mapping[str, Any]) -> dict[str, Any]:
     """Fill optional fields with their defaults so fastavro can write a partial dict."""
-    record = {name: None for name in _OPTIONAL}
+    record: dict[str, Any] = {name: None for name in _OPTIONAL}
     record["attributes"] = {}
     record.update(event)
     if record.get("attributes") is None:

@@ -81,7 +81,7 @@ class Connection:
             )
         self._lock = lock or threading.Lock()
 
-    def sibling(self) -> "LockedClient":
+    def sibling(self) -> LockedClient:
         """Another client of the same engine with settings of its own (the read side's), that takes
         turns with this one."""
         return LockedClient(Connection(*self._args, lock=self._lock))
@@ -346,7 +346,7 @@ class ClickHouseSink:
             return None
 
     def _insert(self, table: str, rows: Sequence[Row], settings: dict[str, Any], target: str | None = None) -> None:
-        self._connection.insert(f"{self._db}.{target or table}", list(zip(*rows)), names(table), settings)
+        self._connection.insert(f"{self._db}.{target or table}", list(zip(*rows, strict=True)), names(table), settings)
 
     def _find_rejected(self, table: str, rows: list[Row]) -> dict[int, str]:
         """Which rows ClickHouse refuses on their own, and why: bisection against a Null twin."""

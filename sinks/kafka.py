@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
@@ -145,7 +146,7 @@ class KafkaSink:
             results = await asyncio.gather(*(fut for _, _, fut in in_flight), return_exceptions=True)
             seconds = time.perf_counter() - started
             error: BaseException | None = None
-            for (topic, count, _), result in zip(in_flight, results):
+            for (topic, count, _), result in zip(in_flight, results, strict=True):
                 failed = result if isinstance(result, BaseException) else None
                 self._observer.on_write(topic, count, seconds, failed)
                 error = error or failed

@@ -12,18 +12,17 @@ from pathlib import Path
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
-
 from conftest import run
+
 from pipeline.cli import alerts as alerts_cli
+from pipeline.cli import build_parser
 from pipeline.cli.alerts import Deduper, decode_value, format_json, format_text, matches, normalize
 from pipeline.runtime.broker import free_port
-from pipeline.cli import build_parser
 from processors.alerts import AlertConfig, detractor_alert, example_enriched
 from processors.synthetic import DEFAULT_START_MS as T0  # 2026-01-01T00:00:00Z
 from processors.touchpoint import Touchpoint
 from schemas.codec import RecordEncoder
-from schemas.contract import Rejected
-from schemas.contract import TOPIC_ALERTS
+from schemas.contract import TOPIC_ALERTS, Rejected
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,8 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline.runtime.broker import free_port
 from pipeline.cli import main
+from pipeline.runtime.broker import free_port
 
 
 def test_generate_writes_jsonl_and_its_ground_truth(tmp_path, capsys):

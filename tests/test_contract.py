@@ -8,6 +8,7 @@ import json
 import fastavro
 import pytest
 
+from processors.alert_state import CustomerAlertState
 from processors.customer import CustomerState, Outcome, apply, mark_written, prune_seen
 from processors.ingest import Ingestor, Kind, SourceRecord
 from processors.synthetic import DEFAULT_START_MS as T0  # 2026-01-01T00:00:00Z
@@ -198,8 +199,19 @@ def test_channel_switch_within_a_session():
 def test_state_round_trips_through_the_changelog_form():
     state = CustomerState("c1")
     apply(state, tp("a", T0, "purchase", amount=3.0), 0, 1, T0)
+    state.alerting = CustomerAlertState("c1", fired={"a1": T0}, cases={"k1": [T0, T0 + 1, "chat", "e", 0, None, False]})
     again = CustomerState.from_dict(json.loads(json.dumps(state.to_dict())))
-    assert again == state
+    assert again == state and isinstance(again.alerting, CustomerAlertState)
+
+
+def test_an_older_changelog_record_is_read_with_real_types():
+    """Records written before the churn example had its name (and any record: its alert state is a
+    JSON object) come back as the state they were."""
+    old = {"customer_id": "c1", "events_total": 2, "seen": {"e1": [T0, 5]}, "churn_snapshot_at": T0,
+           "alerting": {"customer_id": "c1", "last_alert_at": {"detractor": T0}, "churn_armed": False}}
+    state = CustomerState.from_dict(json.loads(json.dumps(old)))
+    assert state.churn_example_at == T0 and state.seen == {"e1": (T0, 5)}
+    assert state.alerting == CustomerAlertState("c1", last_alert_at={"detractor": T0}, churn_armed=False)
     with pytest.raises(Rejected):
         validate({**BASE, "nps": True}, T0)
     with pytest.raises(Rejected):

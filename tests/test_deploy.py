@@ -21,14 +21,14 @@ import shutil
 import subprocess
 import sys
 import time
-import tomllib
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+import tomllib
 import yaml
-
 from conftest import required_binary
+
 from schemas.contract import MODEL_MAX_BYTES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -504,7 +504,7 @@ def test_no_literal_secrets_in_compose(compose):
 def test_env_files_exist_as_examples_and_are_ignored(compose):
     used = set()
     for name, service in services(compose).items():
-        for path, required in env_files_of(service):
+        for path, _required in env_files_of(service):
             used.add(path)
             assert path.parent == ENV_DIR, f"{name}: env file {path} outside deploy/env/"
             example = example_of(path)
@@ -573,7 +573,7 @@ def test_cem_names_in_deployment_files_are_settings():
     """Every CEM_* name written anywhere in the deployment (compose, env examples, Dockerfile, k8s, ClickHouse,
     Grafana, runbook; comments included, so that documented examples are right too) is a worker setting."""
     fields = settings_fields()
-    assert WORKER_ENV <= fields, f"worker settings missing from pipeline.settings: {WORKER_ENV - fields}"
+    assert fields >= WORKER_ENV, f"worker settings missing from pipeline.settings: {WORKER_ENV - fields}"
     files = [COMPOSE_FILE] + [p for p in sorted(DEPLOY.rglob("*")) if p.is_file() and p.suffix != ".json"]
     unknown = {}
     for path in files:
@@ -795,7 +795,8 @@ def test_dockerignore_allows_only_the_package():
              if l.strip() and not l.startswith("#")]
     assert lines[0] == "*", "allow-list: exclude everything first (.venv, .git, data dirs)"
     allowed = {l[1:].rstrip("/") for l in lines if l.startswith("!")}
-    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    found = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    packages = {pattern.rstrip("*") for pattern in found["include"]}
     assert {"pyproject.toml", *packages} <= allowed
 
 
@@ -1023,7 +1024,7 @@ def test_clickhouse_table_grants_name_the_workers_tables():
     ddl_module = pytest.importorskip("sinks.clickhouse_ddl")
     created = {m for stmt in ddl_module.statements("cem")
                for m in re.findall(r"CREATE TABLE IF NOT EXISTS cem\.(\w+)", stmt)}
-    assert ERASURE_TABLES <= created, f"erasure grants name tables the DDL does not create: {ERASURE_TABLES - created}"
+    assert created >= ERASURE_TABLES, f"erasure grants name tables the DDL does not create: {ERASURE_TABLES - created}"
     for user in CLICKHOUSE_USERS:
         tables = {obj.removeprefix("cem.") for obj in grant_map(user) if obj != "cem.*"}
         assert tables <= created, f"{user}: grants on tables the DDL does not create: {sorted(tables - created)}"

@@ -599,7 +599,7 @@ def test_enriched_records_from_the_worker_read_by_apache_and_fastavro(fmt):
     assert len(shipped) == len(meant) == len(records)
     assert any(m["sentiment"] is not None for m in meant) and any(m["churn_risk"] is not None for m in meant)
     apache, fast = apache_schema("enriched"), fastavro_schema("enriched")
-    for value, expected in zip(shipped, meant):
+    for value, expected in zip(shipped, meant, strict=True):
         assert value[:2] == SINGLE_OBJECT_MAGIC and len(value[2:10]) == 8
         decoded = apache_read(value[10:], apache)
         assert isinstance(decoded["received_at"], datetime) and isinstance(decoded["event"]["occurred_at"], datetime)

@@ -19,17 +19,14 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import yaml
-
 from conftest import PARTITIONS, now_ms, required_binary, run, worker_settings
-from pipeline.runtime.broker import EmbeddedBroker, ensure_topics, free_port
-from pipeline.runtime.embedded import WorkerProcess, publish, publish_raw
-from pipeline.runtime.processes import spawn, stop
 from test_deploy import (
     RULES_FILE,
     all_rules,
@@ -37,8 +34,13 @@ from test_deploy import (
     substitute_macros,
     substitute_promql_vars,
 )
-from processors.sentiment import MODEL_NAME as SENTIMENT_MODEL, SentimentModel
 from test_top import CHANNELS, TEXTS, make_events
+
+from pipeline.runtime.broker import EmbeddedBroker, ensure_topics, free_port
+from pipeline.runtime.embedded import WorkerProcess, publish, publish_raw
+from pipeline.runtime.processes import spawn, stop
+from processors.sentiment import SentimentModel
+from schemas.contract import MODEL_SENTIMENT as SENTIMENT_MODEL
 
 pytestmark = pytest.mark.integration
 
@@ -87,7 +89,7 @@ class Prometheus:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> "Prometheus":
+    def start(self) -> Prometheus:
         self.process = spawn(
             [self.binary, f"--config.file={self.config}", f"--storage.tsdb.path={self.workdir / 'tsdb'}",
              f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
@@ -210,7 +212,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 expected = st.received
                 # Committed latencies are observed after both sinks flushed: every counter of the wave is final.
                 prometheus.wait_until(
-                    lambda: prometheus.value('sum(cem_processing_latency_seconds_count{stage="committed"})') == expected,
+                    lambda expected=expected: prometheus.value('sum(cem_processing_latency_seconds_count{stage="committed"})') == expected,
                     f"prometheus did not see {expected} committed touchpoints")
             st.bad_reasons = {"undecodable", "unknown_enum", "out_of_range"}
             # The trainer learns the labelled comments and, at its next publish, writes their quality figures to

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import expected_kpis, kpi_by_channel, now_ms, read_topic, run
+
 from pipeline.runtime.embedded import publish, publish_raw
 from pipeline.views.client import received
 from processors.synthetic import DEFAULT_START_MS, JourneyGenerator, inject_bad_records
-from schemas.contract import HEADER_REASON, HEADER_SOURCE_OFFSET, HEADER_STAGE, INPUT_REASONS, TOPIC_DLQ, TOPIC_ENRICHED
 from schemas.codec import RecordEncoder
+from schemas.contract import HEADER_REASON, HEADER_SOURCE_OFFSET, HEADER_STAGE, INPUT_REASONS, TOPIC_DLQ, TOPIC_ENRICHED
 
 pytestmark = pytest.mark.integration
 

@@ -12,8 +12,8 @@ import json
 import urllib.request
 
 import pytest
-
 from conftest import expected_kpis, kpi_by_channel, now_ms, run
+
 from pipeline.runtime.embedded import publish, publish_raw
 from pipeline.views.client import received
 from processors.synthetic import JourneyGenerator, poison_records

@@ -13,8 +13,8 @@ from __future__ import annotations
 import time
 
 import pytest
-
 from conftest import kpi_by_channel, now_ms, read_topic, run
+
 from pipeline.cli import main
 from pipeline.runtime.embedded import publish, publish_raw
 from pipeline.views.client import total

@@ -41,7 +41,7 @@ class FakeConnection:
         pass
 
     def insert(self, table: str, columns: Any, column_names: Any, settings: Any) -> None:
-        rows = list(zip(*columns))
+        rows = list(zip(*columns, strict=True))
         if self.down:
             self.down -= 1
             raise ConnectionResetError("connection lost")
@@ -117,7 +117,7 @@ async def test_a_row_no_column_can_hold_is_dead_lettered_before_the_rest_of_its_
     assert offsets(connection, "touchpoints_enriched") == [1, 2, 4, 5]
     letters = connection.tables["dead_letters"]
     reason, detail = names("dead_letters").index("reason"), names("dead_letters").index("detail")
-    assert sorted((offsets(connection, "dead_letters"))) == [3, 7]
+    assert sorted(offsets(connection, "dead_letters")) == [3, 7]
     assert {row[reason] for row in letters} == {"storage_rejected", "undecodable"}
     assert any("cannot convert NaN" in row[detail] for row in letters)
     assert connection.inserts == ["dead_letters", "touchpoints_enriched"]
@@ -131,7 +131,7 @@ async def test_a_dead_letter_that_cannot_be_stored_is_replaced_then_dropped_and_
     s.add(dead(2))
     await s.flush()
     detail = names("dead_letters").index("detail")
-    stored = {o: row[detail] for o, row in zip(offsets(connection, "dead_letters"), connection.tables["dead_letters"])}
+    stored = {o: row[detail] for o, row in zip(offsets(connection, "dead_letters"), connection.tables["dead_letters"], strict=True)}
     assert stored[2] == "why" and stored[1].startswith(STRIPPED)
 
 

@@ -22,7 +22,7 @@ from processors.synthetic import (
 )
 from processors.touchpoint import validate
 from schemas.codec import AvroCodec
-from schemas.contract import CHANNELS, INPUT_REASONS, TOUCHPOINT_TYPES, Reason
+from schemas.contract import CHANNELS, INPUT_REASONS, TOUCHPOINT_TYPES
 
 TERMINAL = ("subscription_cancelled", "account_closed")
 

@@ -16,12 +16,12 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import now_ms, required_binary, run
-from pipeline.views import top
-from pipeline.runtime.broker import free_port
+
 from pipeline.cli import main
+from pipeline.runtime.broker import free_port
 from pipeline.runtime.embedded import publish, publish_raw
+from pipeline.views import top
 from processors.synthetic import kpi_totals
 
 ROOT = Path(__file__).resolve().parents[1]

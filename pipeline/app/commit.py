@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from pipeline.app.delivery import BatchDelivery, Fetch
 from pipeline.app.metrics import Metrics, observe_many

@@ -17,8 +17,8 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 log = logging.getLogger("cem.health")
 
@@ -58,7 +58,9 @@ class Health:
         return max(0.0, self.clock() - self.last_progress)
 
     def live(self) -> tuple[bool, dict]:
-        """>>> Health().live()
+        """Whether the worker is alive (not crashed, not stalled), and why not.
+
+        >>> Health().live()
         (True, {'status': 'live'})
         """
         if self.crashed:

@@ -5,8 +5,9 @@ Encoding lives here, in the wiring, so the planner stays pure and the sinks see 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 
@@ -16,8 +17,15 @@ from processors.customer import Enriched
 from processors.ingest import DeadLetter, SourceRecord
 from schemas.codec import AvroCodec, EnrichedEncoder, RecordEncoder
 from schemas.contract import (
-    HEADER_DETAIL, HEADER_REASON, HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION, HEADER_SOURCE_TOPIC, HEADER_STAGE,
-    TOPIC_ALERTS, TOPIC_DLQ, TOPIC_ENRICHED,
+    HEADER_DETAIL,
+    HEADER_REASON,
+    HEADER_SOURCE_OFFSET,
+    HEADER_SOURCE_PARTITION,
+    HEADER_SOURCE_TOPIC,
+    HEADER_STAGE,
+    TOPIC_ALERTS,
+    TOPIC_DLQ,
+    TOPIC_ENRICHED,
 )
 from sinks.clickhouse import TableRow
 from sinks.kafka import KafkaRecord

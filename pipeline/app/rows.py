@@ -6,7 +6,8 @@ The sink sees only what these return: a table name and a tuple of values in colu
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import orjson
 
@@ -92,7 +93,7 @@ def storage_rejected(table: str, rows: Sequence[Row], why: str) -> list[Row]:
     position = [_ENRICHED.index(c) for c in ("received_at", "source_topic", "source_partition", "source_epoch", "source_offset")]
     letters = []
     for row in rows:
-        payload = _as_json(dict(zip(_ENRICHED, row)))
+        payload = _as_json(dict(zip(_ENRICHED, row, strict=True)))
         letters.append((
             *(row[i] for i in position), Reason.STORAGE_REJECTED.value, Stage.STORE.value, f"{table}: {why}"[:1000],
             None, payload[:DEAD_LETTER_PAYLOAD_LIMIT], len(payload), len(payload) > DEAD_LETTER_PAYLOAD_LIMIT,

@@ -6,8 +6,9 @@ import argparse
 import asyncio
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from pipeline.settings import Settings
 
@@ -221,7 +222,7 @@ def _erase(args: argparse.Namespace) -> int:
 
 
 def _query(args: argparse.Namespace) -> int:
-    from pipeline.views.query import run_query, render
+    from pipeline.views.query import render, run_query
 
     settings = _settings(data_dir=args.data_dir, clickhouse_url=args.clickhouse_url)
     if args.clickhouse_url is None and args.data_dir is not None:

@@ -26,8 +26,9 @@ import signal
 import sys
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Collection, Mapping
 from datetime import datetime, timezone
-from typing import Any, Callable, Collection, Mapping
+from typing import Any
 
 from schemas.codec import RecordEncoder, read_json
 from schemas.contract import TOPIC_ALERTS, schema_json

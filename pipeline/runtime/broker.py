@@ -15,7 +15,16 @@ from aiokafka.errors import TopicAlreadyExistsError
 
 from pipeline.runtime.processes import spawn, stop
 from schemas.contract import (
-    MODEL_MAX_BYTES, TOPIC_ALERTS, TOPIC_ERASURES, TOPIC_STATE_CHANGELOG, TOPIC_CUSTOMERS, TOPIC_DLQ, TOPIC_ENRICHED, TOPIC_MODELS, TOPIC_TOUCHPOINTS, TOPIC_TRAINING,
+    MODEL_MAX_BYTES,
+    TOPIC_ALERTS,
+    TOPIC_CUSTOMERS,
+    TOPIC_DLQ,
+    TOPIC_ENRICHED,
+    TOPIC_ERASURES,
+    TOPIC_MODELS,
+    TOPIC_STATE_CHANGELOG,
+    TOPIC_TOUCHPOINTS,
+    TOPIC_TRAINING,
 )
 
 
@@ -55,7 +64,7 @@ class EmbeddedBroker:
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self, timeout_s: float = 15.0) -> "EmbeddedBroker":
+    def start(self, timeout_s: float = 15.0) -> EmbeddedBroker:
         if port_open("127.0.0.1", self.port):
             raise BrokerError(f"port {self.port} is already in use: pass --broker-port to pick another")
         url = f"tcp://127.0.0.1:{self.port}"
@@ -78,7 +87,7 @@ class EmbeddedBroker:
         stop(self.process, 5)
         self.process = None
 
-    def __enter__(self) -> "EmbeddedBroker":
+    def __enter__(self) -> EmbeddedBroker:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

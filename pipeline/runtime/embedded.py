@@ -13,8 +13,9 @@ import subprocess
 import sys
 import time
 import urllib.error
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer
@@ -39,7 +40,7 @@ class WorkerProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.settings.web_port}"
 
-    def start(self, timeout_s: float = 60.0) -> "WorkerProcess":
+    def start(self, timeout_s: float = 60.0) -> WorkerProcess:
         env = dict(os.environ, **self.settings.to_env())
         self.process = spawn([sys.executable, "-m", "pipeline.cli", "worker"], self.log_path, env)
         self.wait_until(lambda st: st.get("started"), timeout_s, "the worker did not start consuming")
@@ -51,7 +52,7 @@ class WorkerProcess:
     def status(self) -> dict:
         return fetch_status(self.url)
 
-    def query(self, sql: str) -> list[tuple]:
+    def query(self, sql: str) -> list[list[Any]]:
         return query_worker(self.url, sql)[1]
 
     def wait_until(self, predicate: Any, timeout_s: float, what: str, interval_s: float = 0.1) -> dict:
@@ -60,6 +61,7 @@ class WorkerProcess:
         status: dict | None = None
         while True:
             if not self.alive():
+                assert self.process is not None, "start() the worker first"
                 raise WorkerError(f"{what}: the worker exited with code {self.process.returncode}{self._log_tail()}")
             try:
                 status = self.status()
@@ -113,7 +115,7 @@ class TouchpointPublisher:
         self._timestamp_from_event = timestamp_from_event
         self._producer: AIOKafkaProducer | None = None
 
-    async def __aenter__(self) -> "TouchpointPublisher":
+    async def __aenter__(self) -> TouchpointPublisher:
         self._producer = AIOKafkaProducer(
             bootstrap_servers=self._bootstrap, enable_idempotence=False, acks="all", linger_ms=10, max_batch_size=1 << 20,
             **self._options,
@@ -122,14 +124,17 @@ class TouchpointPublisher:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        assert self._producer is not None  # __aenter__ set it
         await self._producer.stop()
 
     async def send(self, touchpoints: Iterable[dict]) -> int:
         """Publish and wait for the broker's acks; returns the count."""
 
+        producer = self._producer
+        assert producer is not None, "use TouchpointPublisher as an async context manager"
         pending, count = [], 0
         for touchpoint in touchpoints:
-            pending.append(await self._producer.send(
+            pending.append(await producer.send(
                 TOPIC_TOUCHPOINTS, self._codec.encode(touchpoint, self._fmt), key=str(touchpoint["customer_id"]).encode(),
                 timestamp_ms=touchpoint["occurred_at"] if self._timestamp_from_event else None,
             ))

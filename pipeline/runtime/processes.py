@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import signal
 import subprocess
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 
 def spawn(argv: Sequence[str], log_path: Path | None = None, env: Mapping[str, str] | None = None) -> subprocess.Popen:
@@ -14,11 +14,11 @@ def spawn(argv: Sequence[str], log_path: Path | None = None, env: Mapping[str, s
     The child gets its own session: a terminal's Ctrl-C reaches only the supervisor, which then
     drains and stops its children in order.
     """
-    out = open(log_path, "ab") if log_path else subprocess.DEVNULL
+    out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - closed below, once the child has it
     try:
         return subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     finally:
-        if log_path:
+        if not isinstance(out, int):  # our log file, not DEVNULL
             out.close()  # the child holds its own descriptor
 
 

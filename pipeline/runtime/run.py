@@ -13,8 +13,9 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from pipeline.app import kafka_security
 from pipeline.runtime.broker import EmbeddedBroker, ensure_topics
@@ -71,7 +72,7 @@ def run_embedded(
     return summary
 
 
-async def _traffic(settings: Settings, progress: "_Progress", duration_s: float | None, rate: float, customers: int, seed: int) -> None:
+async def _traffic(settings: Settings, progress: _Progress, duration_s: float | None, rate: float, customers: int, seed: int) -> None:
     from processors.synthetic import JourneyGenerator
 
     start_ms = int(time.time() // 60 * 60_000)
@@ -93,7 +94,7 @@ async def _traffic(settings: Settings, progress: "_Progress", duration_s: float 
 
 async def publish_at_rate(
     bootstrap: str, events: Iterable[dict], rate: float, fmt: str = "avro",
-    deadline: float | None = None, progress: "_Progress | None" = None, client_options: Mapping[str, Any] | None = None,
+    deadline: float | None = None, progress: _Progress | None = None, client_options: Mapping[str, Any] | None = None,
 ) -> int:
     """Publish at ``rate`` events/s (0 = as fast as possible) until the events or the deadline run out;
     ``client_options``: the Kafka security options (default: the ``CEM_KAFKA_*`` environment's)."""
@@ -105,7 +106,7 @@ async def publish_at_rate(
     async with TouchpointPublisher(bootstrap, fmt, timestamp_from_event=True, client_options=client_options) as publisher:
         while deadline is None or time.monotonic() < deadline:
             due = int((time.monotonic() - began) * rate) - produced
-            chunk = [event for _, event in zip(range(max(0, due)), iterator)]
+            chunk = [event for _, event in zip(range(max(0, due)), iterator, strict=False)]
             if chunk:
                 produced += await publisher.send(chunk)
                 if progress:

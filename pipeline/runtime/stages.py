@@ -9,7 +9,7 @@ cost per touchpoint; the difference is the rest: delivery, Kafka outputs, ClickH
 from __future__ import annotations
 
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from pipeline.app.outputs import ShippedOutputs
 from processors.customer import CustomerState, apply
@@ -33,7 +33,7 @@ def stage_costs(records: Sequence[SourceRecord], sample: int = 20_000) -> dict[s
 
     def checked() -> list:
         out = []
-        for r, d in zip(records, decoded):
+        for r, d in zip(records, decoded, strict=True):
             tp = validate(d, r.timestamp_ms, typed=True)
             if tp.text:
                 tp.text = redactor.redact(tp.text)
@@ -45,7 +45,7 @@ def stage_costs(records: Sequence[SourceRecord], sample: int = 20_000) -> dict[s
 
     def enrich() -> list:
         out = []
-        for r, tp in zip(records, touchpoints):
+        for r, tp in zip(records, touchpoints, strict=True):
             state = states.get(tp.customer_id) or states.setdefault(tp.customer_id, CustomerState(tp.customer_id))
             out.append((apply(state, tp, r.partition, r.offset, r.timestamp_ms)[1], state))
         return out
@@ -54,7 +54,7 @@ def stage_costs(records: Sequence[SourceRecord], sample: int = 20_000) -> dict[s
     scoring, batch = TouchpointScoring(), TrainingBatch()
     _timed(costs, "score", lambda: [scoring.score(e, s, True, batch) for e, s in enriched])
     outputs = ShippedOutputs(codec, redactor.redact_bytes)
-    _timed(costs, "encode", lambda: [outputs.enriched(r, e, False) for r, (e, _) in zip(records, enriched)])
+    _timed(costs, "encode", lambda: [outputs.enriched(r, e, False) for r, (e, _) in zip(records, enriched, strict=True)])
     return {stage: round(us / len(records), 1) for stage, us in costs.items()}
 
 

@@ -7,8 +7,8 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-from pipeline.views.client import query_worker, running_worker_url
 from pipeline.settings import Settings
+from pipeline.views.client import query_worker, running_worker_url
 
 
 def run_query(settings: Settings, sql: str) -> tuple[list[str], list[Any]]:
@@ -47,12 +47,12 @@ def render(columns: list[str], rows: list[Any], fmt: str = "table") -> str:
     sms          12
     """
     if fmt == "json":
-        return "\n".join(json.dumps({c: json_cell(v) for c, v in zip(columns, row)}, default=str) for row in rows)
+        return "\n".join(json.dumps({c: json_cell(v) for c, v in zip(columns, row, strict=True)}, default=str) for row in rows)
     cells = [[_text(json_cell(v)) for v in row] for row in rows]
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
     numeric = [all(_is_number(row[i]) for row in rows) and rows != [] for i in range(len(columns))]
     def fmt_row(values: list[str]) -> str:
-        return "  ".join(v.rjust(w) if n else v.ljust(w) for v, w, n in zip(values, widths, numeric)).rstrip()
+        return "  ".join(v.rjust(w) if n else v.ljust(w) for v, w, n in zip(values, widths, numeric, strict=True)).rstrip()
     lines = [fmt_row(list(columns)), "  ".join("-" * w for w in widths)]
     lines += [fmt_row(r) for r in cells]
     return "\n".join(lines)

@@ -23,9 +23,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 KPI_WINDOW_MINUTES = 15
 ALERT_ROWS = 8
@@ -65,6 +66,7 @@ def resolve_sources(target: Target) -> Sources:
     sources = Sources(metrics_url=_strip(target.metrics_url))
     if target.status_url:
         sources.status_url = _strip(target.status_url)
+        assert sources.status_url is not None  # a non-empty URL stays a string
         sources.label = sources.status_url
     else:
         data_dir = Path(target.data_dir or settings.data_dir)
@@ -171,7 +173,7 @@ def alerts_sql(database: str = "cem", limit: int = ALERT_ROWS) -> str:
 def fetch_kpis(query: QueryFn, database: str = "cem") -> tuple[list[dict], str | None]:
     """(rows as dicts, the newest minute) — no rows and None when there is no data yet."""
     columns, rows = query(kpi_sql(database))
-    records = [dict(zip(columns, row)) for row in rows]
+    records = [dict(zip(columns, row, strict=True)) for row in rows]
     latest = records[0]["latest_minute"] if records else None
     for record in records:
         record.pop("latest_minute", None)
@@ -186,7 +188,7 @@ def fetch_alerts(query: QueryFn, database: str = "cem") -> list[dict] | None:
         if is_missing_table(exc):
             return None
         raise
-    return [dict(zip(columns, row)) for row in rows]
+    return [dict(zip(columns, row, strict=True)) for row in rows]
 
 
 def is_missing_table(exc: BaseException) -> bool:
@@ -389,6 +391,7 @@ def _side_by_side(tables: list[Any], width: int, gap: int = 2) -> Any:
 def _throughput_table(snap: Snapshot) -> Any:
     from rich.table import Table
 
+    assert snap.status is not None  # render_frame draws the tables only with a status
     totals = snap.status.get("totals") or {}
     have_rates = snap.rate_window_s is not None
     table = Table(title="Throughput", title_justify="left", expand=False)
@@ -417,6 +420,7 @@ def _throughput_table(snap: Snapshot) -> Any:
 def _dead_letter_table(snap: Snapshot) -> Any:
     from rich.table import Table
 
+    assert snap.status is not None  # render_frame draws the tables only with a status
     totals = snap.status.get("totals") or {}
     have_rates = snap.rate_window_s is not None
     table = Table(title="Dead letters", title_justify="left")
@@ -436,6 +440,7 @@ def _health_table(snap: Snapshot) -> Any:
     from rich.table import Table
 
     status = snap.status
+    assert status is not None  # render_frame draws the tables only with a status
     have_rates = snap.rate_window_s is not None
     table = Table(title="Health", title_justify="left", show_header=False)
     table.add_column("what")

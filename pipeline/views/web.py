@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 from urllib.parse import urlsplit
 
 from clickhouse_connect.driver.exceptions import Error as ClickHouseError
@@ -104,7 +104,7 @@ class _Server6(_Server):
 class StatusHandler(BaseHTTPRequestHandler):
     """One request; ``timeout`` (seconds) bounds every socket read and the body as a whole."""
 
-    timeout: float = REQUEST_TIMEOUT_S
+    timeout: ClassVar[float] = REQUEST_TIMEOUT_S
     server: _Server
     _body_taken = False  # the body was read (or given up on): never read twice
 
