@@ -22,14 +22,15 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.app.main import tune_gc  # noqa: E402
-from pipeline.app.outputs import ShippedOutputs  # noqa: E402
-from processors.ingest import Ingestor, SourceRecord  # noqa: E402
-from processors.plan import BatchPlanner, DictStates  # noqa: E402
-from processors.privacy import Redactor  # noqa: E402
-from processors.scoring import TouchpointScoring  # noqa: E402
-from processors.synthetic import JourneyGenerator  # noqa: E402
-from schemas.codec import AvroCodec  # noqa: E402
+from pipeline.app.main import tune_gc
+from pipeline.app.outputs import ShippedOutputs
+from processors.customer import mark_written
+from processors.ingest import Ingestor, SourceRecord
+from processors.plan import BatchPlanner, DictStates
+from processors.privacy import Redactor
+from processors.scoring import TouchpointScoring
+from processors.synthetic import JourneyGenerator
+from schemas.codec import AvroCodec
 
 
 def deep_size(obj: Any, seen: set[int] | None = None) -> int:
@@ -48,6 +49,12 @@ def deep_size(obj: Any, seen: set[int] | None = None) -> int:
     elif hasattr(obj, "__dict__"):
         size += deep_size(vars(obj), seen)
     return size
+
+
+def commit(plan: Any) -> None:
+    """What the worker's commit does to the states it writes (their dedupe memory may be pruned)."""
+    for state in plan.changed.values():
+        mark_written(state)
 
 
 def rss_mb() -> float:
@@ -78,13 +85,13 @@ def main() -> None:
         batch.append(SourceRecord("cem.touchpoints", offset % 4, offset, event["occurred_at"],
                                   event["customer_id"].encode(), codec.encode(event, "avro")))
         if len(batch) == args.batch:
-            planner.plan(batch, states)
+            commit(planner.plan(batch, states))
             batch = []
         if (offset + 1) % (args.events // 10) == 0:
             rss.append((offset + 1, round(rss_mb(), 1)))
             print(f"{offset + 1:>9} touchpoints  RSS {rss[-1][1]:.0f} MB", file=sys.stderr)
     if batch:
-        planner.plan(batch, states)
+        commit(planner.plan(batch, states))
     customers = list(states.states.values())
     total = sum(deep_size(s) for s in customers)
     window = sum(deep_size(s.seen) for s in customers)

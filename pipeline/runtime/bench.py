@@ -23,11 +23,11 @@ from aiokafka import AIOKafkaConsumer
 from pipeline.app.kafka_security import client_options
 from pipeline.runtime.broker import EmbeddedBroker, ensure_topics, free_port
 from pipeline.runtime.embedded import WorkerProcess, publish
-from pipeline.views.client import total
 from pipeline.runtime.run import embedded_settings
-from pipeline.settings import Settings
-from processors.ingest import SourceRecord
 from pipeline.runtime.stages import stage_costs
+from pipeline.settings import Settings
+from pipeline.views.client import total
+from processors.ingest import SourceRecord
 from schemas.codec import AvroCodec
 from schemas.contract import TOPIC_TOUCHPOINTS
 
@@ -83,6 +83,7 @@ def run_bench(events: int, customers: int, partitions: int, seed: int, data_dir:
         "ratio_to_kafka_consume": round(len(touchpoints) / seconds / consume_per_s, 4),
         "dead_lettered": total(status["totals"], "touchpoints_dead_lettered"),
         "us_per_touchpoint": round(end_to_end_us, 1),
+        "worker_rss_mb": status.get("rss_mb"),
         "stages_us": stages,
         "load_avg_1m": round(os.getloadavg()[0], 2),
     }
@@ -108,6 +109,8 @@ async def _raw_consume_rate(bootstrap: str, expected: int, options: Mapping[str,
             if began is None and batches:
                 began = time.perf_counter()
             seen += sum(len(records) for records in batches.values())
+        if began is None:  # nothing expected (no touchpoints), so nothing read
+            return 0.0
         return seen / (time.perf_counter() - began)
     finally:
         await consumer.stop()
