@@ -146,7 +146,14 @@ def test_tail_prints_each_alert_once_and_filters_by_type(broker):
 
 
 @pytest.mark.integration
+def ignore_sigint() -> None:
+    """Start as a background job of a script does (CI, ``nohup``): with SIGINT inherited ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def test_tail_skips_undecodable_records_and_exits_cleanly_on_ctrl_c(broker):
+    """Properties: an undecodable record is one line on stderr and the tail goes on; Ctrl-C ends it
+    cleanly (exit 0), even when it was started with SIGINT ignored."""
     anomaly = anomaly_record()
 
     async def publish_garbage_then_alert() -> None:
@@ -161,7 +168,7 @@ def test_tail_skips_undecodable_records_and_exits_cleanly_on_ctrl_c(broker):
     run(publish_garbage_then_alert())
     process = subprocess.Popen(
         [sys.executable, "-m", "pipeline.cli", "alerts", "tail", "--from-beginning", "--bootstrap", broker.bootstrap],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=ignore_sigint,
     )
     try:
         assert process.stdout.readline() == format_json(anomaly) + "\n"  # it is consuming: now interrupt it

@@ -50,12 +50,14 @@ def test_clear_errors_instead_of_tracebacks(tmp_path, capsys):
 
 def test_cem_run_drains_and_stops_its_children_on_sigterm(tmp_path):
     """A supervisor's SIGTERM (docker stop, systemd, timeout) is Ctrl-C: drain, stop the worker and the
-    broker, print the summary. By default Python would die at once and orphan both."""
+    broker, print the summary. By default Python would die at once and orphan both. Started with
+    SIGINT ignored (a background job of a script, as CI starts it), it must still stop."""
     broker_port = free_port()
     env = {**os.environ, "CEM_METRICS_PORT": str(free_port()), "CEM_WEB_PORT": str(free_port())}
     process = subprocess.Popen(
         [sys.executable, "-m", "pipeline.cli", "run", "--rate", "50", "--data-dir", str(tmp_path), "--broker-port", str(broker_port)],
         cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),  # as a script's background job inherits it
     )
     try:
         for line in process.stderr:  # progress goes to stderr; wait for traffic to flow

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +20,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
+    honour_interrupts()
     try:
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:
@@ -26,6 +28,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as exc:
         print(f"cem: error: {exc}", file=sys.stderr)
         return 2
+
+
+def honour_interrupts() -> None:
+    """Make Ctrl-C (SIGINT) stop a command even if it was started with SIGINT ignored.
+
+    A background job of a non-interactive shell (a CI script, ``nohup cem run &``) inherits SIGINT
+    ignored, and Python then never raises KeyboardInterrupt: Ctrl-C, ``kill -INT`` and the SIGTERM
+    that ``cem run`` turns into a SIGINT to drain would all do nothing.
+    """
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 class CliError(Exception):
