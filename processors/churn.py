@@ -591,7 +591,7 @@ class ChurnLabeler:
         horizon_ms: int = DEFAULT_HORIZON_MS,
         min_gap_ms: int | None = None,
         max_per_customer: int = 64,
-        max_total: int = 100_000,  # ~0.43 KB each in a checkpoint (~0.26 KB of it the features): ~45 MB < 64 MB
+        max_total: int = 100_000,  # keeps a full trainer checkpoint under MODEL_MAX_BYTES
     ):
         self.horizon_ms = horizon_ms
         self.min_gap_ms = horizon_ms // 60 if min_gap_ms is None else min_gap_ms

@@ -910,7 +910,7 @@ class Poison:
 
 
 def poison_records(reference_ms: int = DEFAULT_START_MS) -> list[Poison]:
-    """Each class of record that halted every partition before validation was total (issue 11),
+    """Each class of record that could halt a partition if the per-record step were not total,
     as JSON a producer could send: NaN/Infinity scores, nesting 100,000 deep, lone surrogates,
     amounts no column holds, times in the year 9999 (record timestamp too), valid touchpoints that
     span more than 100 months, undecodable records whose record timestamps span 101 months.

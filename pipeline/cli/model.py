@@ -63,15 +63,3 @@ def _column(value: str) -> str | int:
 def _unescape(delimiter: str | None) -> str | None:
     # A tab is awkward to type in a shell: accept "\t" and "tab".
     return {"\\t": "\t", "tab": "\t"}.get(delimiter, delimiter) if delimiter else None
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry point, until ``pipeline/cli.py`` mounts :func:`add_model_parser`."""
-    parser = argparse.ArgumentParser(prog="cem")
-    add_model_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
