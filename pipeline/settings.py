@@ -43,6 +43,7 @@ class Settings:
     commit_interval_s: float = 1.0  # how often acked offsets are committed (a crash replays at most this much)
     take_max: int = 2000  # touchpoints per Faust batch
     take_within_s: float = 0.05
+    fetch_max_wait_ms: int = 100  # how long a fetch may wait for records (Faust's own: 1,500)
     # Stream semantics (event time)
     dedupe_horizon_s: float = 24 * 3600.0
     # Models: the trainer publishes snapshots to cem.models at most this often

@@ -73,6 +73,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> tuple[faus
     app = CemApp(
         settings.app_id,
         batch_topics=(TOPIC_TOUCHPOINTS,),
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
         monitor=QuietMonitor(),
         broker=f"kafka://{settings.kafka_bootstrap}",
         broker_credentials=faust_credentials(settings),
@@ -225,11 +226,16 @@ async def _update_lag(app: faust.App, metrics: Metrics) -> bool | None:
         for tp in consumer.assignment():
             if tp.topic != TOPIC_TOUCHPOINTS:
                 continue
-            position = await consumer.position(tp)
-            if position is not None:
-                lag = max(0, consumer.highwater(tp) - position)
-                metrics.lag.labels(tp.topic, str(tp.partition)).set(lag)
-                lagging = lagging or lag > 0
+            # From Faust's own bookkeeping, never consumer.position(): that call queues on the
+            # consumer thread and waits until the partition has a position, which during a group
+            # rejoin stalled the thread's other calls, and the rebalance with them, for good.
+            read, committed = consumer._read_offset.get(tp), consumer._committed_offset.get(tp)  # type: ignore[attr-defined]
+            if read is None and committed is None:
+                continue
+            position = max(read + 1 if read is not None else 0, committed or 0)
+            lag = max(0, (consumer.highwater(tp) or 0) - position)
+            metrics.lag.labels(tp.topic, str(tp.partition)).set(lag)
+            lagging = lagging or lag > 0
         return lagging
     except Exception as exc:  # lag is best-effort observability; never stop the worker for it
         log.debug("lag update failed: %s", exc)

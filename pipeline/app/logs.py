@@ -109,6 +109,9 @@ class LogBook:
         self._epochs: dict[Key, int] = {}
         self._verified: dict[Key, int] = {}  # key -> consumer generation it was verified in
         self._anchored: set[Key] = set()  # anchored in the current assignment
+        # The latest anchor per partition while this worker owns it: it wrote or read it, and no one
+        # else writes one meanwhile. Spares a ClickHouse read (behind the inserts) on every verdict.
+        self._anchors: dict[Key, Anchor] = {}
         self._clock = clock
         self._last_fetch: dict[Key, float] = {}  # key -> when a fetch last held it
 
@@ -127,12 +130,14 @@ class LogBook:
         for key in keys:
             self._verified.pop(key, None)
             self._anchored.discard(key)
+            self._anchors.pop(key, None)  # its next owner may anchor it anew
 
     async def verdict(self, key: Key, generation: int, log_start: int) -> Verdict:
         """Verify the partition's log against its anchor (see the module docstring)."""
         anchor = await self._latest_anchor(key)
+        if self._verified.get(key) != generation:
+            self._anchored.discard(key)  # a new assignment anchors anew; a quiet spell's check does not
         self._verified[key] = generation
-        self._anchored.discard(key)
         if anchor is None:
             self._epochs[key] = max(1, self._highest_epoch(key))
             return Verdict(self._epochs[key])
@@ -142,6 +147,7 @@ class LogBook:
             return Verdict(anchor.epoch)
         epoch = max(anchor.epoch, self._highest_epoch(key)) + 1
         self._epochs[key] = epoch
+        self._anchored.discard(key)  # the new log gets its own anchor
         why = "past the end of the log" if probe.digest is None else "a different record there"
         log.warning("%s/%d started over (anchor offset %d of epoch %d: %s): epoch %d, reading it from offset %d",
                     key[0], key[1], anchor.offset, anchor.epoch, why, epoch, probe.log_start)
@@ -153,16 +159,22 @@ class LogBook:
         if key in self._anchored:
             return
         await self._sink.write([source_log_row(key[0], key[1], self.epoch(key), offset, record_digest)])
+        self._anchors[key] = Anchor(self.epoch(key), offset, record_digest)
         self._anchored.add(key)
 
     async def _latest_anchor(self, key: Key) -> Anchor | None:
+        if key in self._anchors:
+            return self._anchors[key]
         rows = await asyncio.to_thread(
             self._connection.rows,
             f"SELECT epoch, argMax(anchor_offset, recorded_at), argMax(anchor_digest, recorded_at) "
             f"FROM {self._db}.source_logs WHERE topic = '{_quote(key[0])}' AND partition = {int(key[1])} "
             f"GROUP BY epoch ORDER BY epoch DESC LIMIT 1",
         )
-        return Anchor(int(rows[0][0]), int(rows[0][1]), int(rows[0][2])) if rows else None
+        if not rows:
+            return None
+        self._anchors[key] = Anchor(int(rows[0][0]), int(rows[0][1]), int(rows[0][2]))
+        return self._anchors[key]
 
     def _highest_epoch(self, key: Key) -> int:
         """The highest epoch the offset-tracked tables hold rows of for this partition (0: none)."""

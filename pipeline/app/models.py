@@ -148,6 +148,9 @@ class TrainerRuntime:
                     self.trainer.apply(batch, message.offset)
                 self._unacked.append(event)
                 self._unpublished = True
+                # The trainer shares the touchpoint worker's loop: between records, let alerts and
+                # fetches through (a take of 200 records at once held the loop for their whole work).
+                await asyncio.sleep(0)
         if time.monotonic() - self._last_publish >= self._interval:
             await self.publish()
 
