@@ -1,4 +1,4 @@
-"""The touchpoint consumer Faust builds is the one the delivery path configures."""
+"""Where the worker meets Faust's internals: the consumer it builds, and what other threads read."""
 
 from __future__ import annotations
 
@@ -63,3 +63,22 @@ async def test_the_lag_gauge_never_waits_on_the_consumer_thread() -> None:
     metrics = Metrics()
     assert await asyncio.wait_for(_update_lag(app, metrics), 2) is True
     assert metrics.registry.get_sample_value("cem_consumer_lag", {"topic": TOPIC_TOUCHPOINTS, "partition": "0"}) == 8
+
+
+def test_counting_customer_states_from_the_status_thread_never_creates_the_store() -> None:
+    """Property: ``len(CustomerStates)`` (``/status``, polled from the HTTP thread from the first
+    second) reads the table's store only if Faust has created it. ``table.data`` creates it on
+    first use, and a store created in the HTTP thread is a mode service bound to the wrong thread."""
+    from pipeline.app.worker import CustomerStates
+
+    class NotStartedTable:
+        _data = None
+
+        @property
+        def data(self) -> dict:
+            raise AssertionError("the store must be created by Faust's own loop")
+
+    assert len(CustomerStates(NotStartedTable())) == 0
+    started = NotStartedTable()
+    started._data = {b"c1": {}, b"c2": {}}
+    assert len(CustomerStates(started)) == 2

@@ -99,7 +99,10 @@ class CustomerStates:
         return state
 
     def __len__(self) -> int:
-        return len(self._table.data)
+        # Read from the status thread: ``table.data`` would create the store there if Faust has not
+        # yet (a mode service bound to the wrong thread), so only a store that exists is counted.
+        store = self._table._data
+        return 0 if store is None else len(store)
 
     def all(self) -> Iterable[CustomerState]:
         return [state for key in list(self._table.data) if (state := self.peek(key.decode())) is not None]
