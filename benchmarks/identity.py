@@ -3,7 +3,7 @@
     python benchmarks/identity.py [--customers 20000] [--touchpoints 200000] [--passes 5]
 
 A touchpoint carries an anonymous id and, on a third of them, an e-mail address and a phone number
-in producers' spellings. Timed, per touchpoint, the median over ``--passes``: extracting its
+in producers' spellings. Timed, per touchpoint, the median over ``--passes`` (``timing.py``): extracting its
 identifiers (normalise, refuse junk, pseudonymise with HMAC-SHA256), resolving them in a graph that
 holds every customer's links, and linking them (the touchpoints that carry a customer id).
 
@@ -15,13 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from timing import us_per_item
 
 from processors.identity import IdentityGraph, IdentityRules, identifiers
 from processors.pseudonym import Pseudonymizer
@@ -40,16 +40,6 @@ def touchpoints(customers: int, n: int, seed: int) -> list[tuple[str, dict[str, 
     return out
 
 
-def per_touchpoint_us(work: list[Any], step: Any, passes: int) -> float:
-    timings = []
-    for _ in range(passes):
-        start = time.perf_counter()
-        for item in work:
-            step(item)
-        timings.append((time.perf_counter() - start) / len(work) * 1e6)
-    return round(statistics.median(timings), 2)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--customers", type=int, default=20_000)
@@ -65,9 +55,9 @@ def main() -> None:
         graph.link(customer, ids, at=0)
     result = {
         "touchpoints": args.touchpoints, "customers": args.customers,
-        "identifiers_us": per_touchpoint_us(work, lambda w: identifiers(w[1], pseudonymize), args.passes),
-        "resolve_us": per_touchpoint_us(found, lambda f: graph.resolve(f[1]), args.passes),
-        "link_us": per_touchpoint_us(found, lambda f: graph.link(f[0], f[1], at=1), args.passes),
+        "identifiers_us": round(us_per_item(lambda w: identifiers(w[1], pseudonymize), work, args.passes), 2),
+        "resolve_us": round(us_per_item(lambda f: graph.resolve(f[1]), found, args.passes), 2),
+        "link_us": round(us_per_item(lambda f: graph.link(f[0], f[1], at=1), found, args.passes), 2),
         "linked_identifiers": len(graph.owner),
     }
     print(json.dumps(result))

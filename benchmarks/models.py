@@ -24,13 +24,11 @@ Prints one JSON object on stdout and a markdown table on stderr.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import random
 import sys
 import time
-import timeit
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -38,6 +36,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from timing import us_per_item
 
 from processors.churn import ChurnLabeler, ChurnModel, churn_features
 from processors.customer import DAY_MS, CustomerState
@@ -197,22 +197,6 @@ def prequential_offline(make: Callable[[], Any], X: Any, y: Any, block: int = 25
 # ---------------------------------------------------------------------------------------------------
 
 
-def _mean_us(call: Callable[[Any], Any], inputs: list[Any], repeat: int = 7) -> float:
-    """Mean µs per call over ``inputs``, best of ``repeat`` passes after a warm-up one.
-
-    Best-of, because this VM's timings wander by 2x with neighbours' load; a collected heap,
-    because a cyclic GC pass over the benchmark's own data is not the model's cost.
-    """
-
-    def one_pass() -> None:
-        for item in inputs:
-            call(item)
-
-    one_pass()
-    gc.collect()
-    return min(timeit.repeat(one_pass, number=1, repeat=repeat)) / len(inputs) * 1e6
-
-
 def synthetic_states(n: int, rng: random.Random) -> list[tuple[CustomerState, int]]:
     """Plausible customer states with an event time each (for timing only: no labels here)."""
     states = []
@@ -255,20 +239,20 @@ def bench_cost(data: Path) -> dict[str, float]:
     sentiment = SentimentModel.pretrained()
     for text in sentences[:500]:  # a model that has seen some stream, as in production
         sentiment.learn_one(text, rng.random() < 0.5)
-    sentiment_us = _mean_us(sentiment.score, sentences)
+    sentiment_us = us_per_item(sentiment.score, sentences, pick=min)
 
     states = synthetic_states(2000, rng)
     churn = ChurnModel()
     for state, now in states[:1000]:  # enough labels to freeze the bins and leave the prior
         churn.learn_one(churn_features(state, now), rng.random() < 0.2)
     feature_dicts = [churn_features(s, now) for s, now in states]
-    features_us = _mean_us(lambda item: churn_features(*item), states)
-    predict_us = _mean_us(churn.predict_proba_one, feature_dicts)
+    features_us = us_per_item(lambda item: churn_features(*item), states, pick=min)
+    predict_us = us_per_item(churn.predict_proba_one, feature_dicts, pick=min)
     labeler = ChurnLabeler()
     # Distinct customers and times, so every call keeps an example (the throttle would make it cheaper).
     stamps = [(f"c{i}", i * 3_600_000) for i in range(len(states) * 9)]
     it = iter(stamps)
-    keep_us = _mean_us(lambda _: labeler.keep(*next(it), feature_dicts[0]), states, repeat=7)
+    keep_us = us_per_item(lambda _: labeler.keep(*next(it), feature_dicts[0]), states, pick=min)
     return {
         "sentiment_score_us": sentiment_us,
         "sentiment_words_mean": sum(len(s.split()) for s in sentences) / len(sentences),

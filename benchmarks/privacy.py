@@ -16,18 +16,17 @@ Prints one JSON object on stdout and a markdown table on stderr.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import random
-import statistics
 import sys
-import timeit
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from timing import us_per_item
 
 from processors.privacy import PLACEHOLDERS, _passes, redact, redacted_spans
 
@@ -62,21 +61,6 @@ def transcripts(rows: list[tuple[str, str]], count: int = 20) -> list[str]:
     return chats
 
 
-def median_us(texts: list[str], passes: int) -> float:
-    """Median over ``passes`` of one pass's time per text, in µs, after a warm-up pass.
-
-    A collected heap, because a cyclic GC pass over the benchmark's own data is not redaction's cost.
-    """
-
-    def one_pass() -> None:
-        for text in texts:
-            redact(text)
-
-    one_pass()
-    gc.collect()
-    return statistics.median(timeit.repeat(one_pass, number=1, repeat=passes)) / len(texts) * 1e6
-
-
 def pre_check_only(text: str) -> bool:
     """Whether the pre-check alone decides: the module's own test, so the split is exact."""
     return not _passes(text, raw=False)
@@ -93,7 +77,7 @@ def bench_cost(rows: list[tuple[str, str]], passes: int) -> dict[str, Any]:
     }
     result: dict[str, Any] = {}
     for name, texts in groups.items():
-        result[f"{name}_us"] = median_us(texts, passes)
+        result[f"{name}_us"] = us_per_item(redact, texts, passes)
         result[f"{name}_texts"] = len(texts)
         result[f"{name}_mean_chars"] = sum(map(len, texts)) / len(texts)
     result["no_pii_texts_per_s"] = 1e6 / result["no_pii_us"]
