@@ -43,7 +43,7 @@ JUNK_EMAIL_LOCALS = frozenset({"test", "noreply", "no-reply", "donotreply", "nul
 JUNK_EMAIL_DOMAINS = frozenset({"example.com", "example.org", "example.net", "test.com", "localhost", "invalid"})
 _EMAIL = re.compile(r"[^@\s]{1,64}@[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+")
 _PHONE_PUNCTUATION = re.compile(r"[\s().\-/]")
-_E164 = re.compile(r"\+[1-9][0-9]{7,14}")
+_E164 = re.compile(r"\+[1-9][0-9]{6,14}")  # 7 to 15 digits: Niue, Tristan da Cunha have 7
 MAX_IDENTIFIER_CHARS = 256
 
 

@@ -156,3 +156,24 @@ def test_normalising_arbitrary_text_never_raises_and_is_idempotent(kind: str, ra
     value = normalise(kind, raw, default_country_code="1")
     if value is not None:
         assert normalise(kind, value, default_country_code="1") == value
+
+
+def test_international_phone_spellings_normalise_as_libphonenumber_formats_them() -> None:
+    """Property (interop with Google's libphonenumber, which nobody here wrote): for every region's
+    example numbers, spelled as producers do (international format, 00 prefix, dashes, no spaces),
+    cem's E.164 is libphonenumber's."""
+    import phonenumbers
+    from phonenumbers import PhoneNumberFormat
+
+    checked = 0
+    for region in sorted(phonenumbers.SUPPORTED_REGIONS):
+        for number_type in (phonenumbers.PhoneNumberType.FIXED_LINE, phonenumbers.PhoneNumberType.MOBILE):
+            example = phonenumbers.example_number_for_type(region, number_type)
+            if example is None:
+                continue
+            e164 = phonenumbers.format_number(example, PhoneNumberFormat.E164)
+            international = phonenumbers.format_number(example, PhoneNumberFormat.INTERNATIONAL)
+            for spelling in (international, "00" + e164[1:], international.replace(" ", "-"), e164):
+                assert normalise("phone", spelling) == e164, (region, spelling)
+            checked += 1
+    assert checked > 400  # every region, both kinds of line
