@@ -2,16 +2,24 @@
 
 A sink sees plain items (a Kafka record; a table name and a row of column values), never domain
 objects: mapping those to items is the wiring's job (``pipeline.app.rows``).
+
+:class:`Sink` is what every sink does. Three capabilities extend it, each a small protocol of its
+own, so that a caller names what it relies on and never a concrete sink: :class:`BufferedSink` (its
+owner decides when to flush), :class:`PrioritySink` (one target sent ahead of the rest) and
+:class:`ReplayGuard` (positions already written, so a replay is not written twice).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol, TypeVar
+import asyncio
+from collections.abc import Mapping, Sequence
+from typing import Protocol, TypeVar, runtime_checkable
 
 Item = TypeVar("Item", contravariant=True)
+PositionKey = tuple[str, int, int]  # (source topic, partition, epoch)
 
 
+@runtime_checkable
 class Sink(Protocol[Item]):
     def add(self, item: Item) -> None:
         """Buffer one item (no I/O: the hot path calls this once per output)."""
@@ -24,6 +32,37 @@ class Sink(Protocol[Item]):
 
     async def close(self) -> None:
         """Flush and release connections."""
+
+
+@runtime_checkable
+class BufferedSink(Sink[Item], Protocol[Item]):
+    """A sink whose owner flushes it when a flush is due (the commit protocol decides, not the sink)."""
+
+    @property
+    def pending_rows(self) -> int:
+        """Items not yet durable: buffered, or in a write that has not returned."""
+
+    def due(self, waiting: bool = False) -> bool:
+        """Whether a flush is due (size or age); ``waiting``: the caller holds work that needs one."""
+
+
+@runtime_checkable
+class PrioritySink(Sink[Item], Protocol[Item]):
+    """A sink that can send one target's items now, ahead of the next flush."""
+
+    async def ship(self, target: str) -> list[asyncio.Future]:
+        """Send ``target``'s buffered items; the futures resolve when each is durable."""
+
+
+@runtime_checkable
+class ReplayGuard(Protocol):
+    """Positions a sink already holds, per table: a row at or below its mark is a replay."""
+
+    async def load_marks(self) -> None:
+        """Read the marks again from the store (after an assignment: another worker may have written)."""
+
+    def marks(self, table: str) -> Mapping[PositionKey, int]:
+        """Per position key, the highest source offset ``table`` holds or will hold."""
 
 
 class SinkObserver(Protocol):

@@ -43,14 +43,13 @@ import clickhouse_connect
 from clickhouse_connect.driver.exceptions import DatabaseError, DataError
 
 from schemas.tables import OFFSET_TRACKED, POSITION, TABLES, names
-from sinks.base import NullObserver, SinkObserver
+from sinks.base import NullObserver, PositionKey, SinkObserver
 from sinks.clickhouse_ddl import SCHEMA_VERSION, statements
 
 log = logging.getLogger(__name__)
 
 Row = tuple[Any, ...]
 TableRow = tuple[str, Row]  # the sink's item: a table name and the row's values in column order
-PositionKey = tuple[str, int, int]  # (topic, partition, epoch)
 Rejected = Callable[[str, Sequence[Row], str], list[Row]]  # (table, rows, why) -> dead_letters rows
 
 INSERT_SETTINGS = {"deduplicate_blocks_in_dependent_materialized_views": 1}

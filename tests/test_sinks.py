@@ -185,3 +185,16 @@ def test_the_real_engine_isolates_values_a_column_cannot_hold(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result == {"stored": [0, 3], "dead": [[1, "storage_rejected"], [2, "storage_rejected"]], "rejected": 2}
+
+
+def test_each_sink_implements_the_protocols_its_callers_name() -> None:
+    """Callers type their sinks by protocol (sinks.base), never by class: each sink must keep them."""
+    from sinks.base import BufferedSink, PrioritySink, ReplayGuard, Sink
+    from sinks.clickhouse import ClickHouseSink
+    from sinks.kafka import KafkaSink
+
+    clickhouse = ClickHouseSink(connection=None, database="cem")  # type: ignore[arg-type]  # no I/O until start()
+    kafka = KafkaSink("127.0.0.1:9")
+    assert isinstance(clickhouse, Sink) and isinstance(clickhouse, BufferedSink) and isinstance(clickhouse, ReplayGuard)
+    assert isinstance(kafka, Sink) and isinstance(kafka, PrioritySink)
+    assert not isinstance(kafka, ReplayGuard) and not isinstance(clickhouse, PrioritySink)

@@ -22,8 +22,9 @@ from processors.alerts import Alert
 from processors.customer import CustomerState, mark_written
 from processors.plan import BatchPlan
 from schemas.contract import TOPIC_ALERTS
-from sinks.clickhouse import ClickHouseSink
-from sinks.kafka import KafkaRecord, KafkaSink
+from sinks.base import PrioritySink, Sink
+from sinks.clickhouse import TableRow
+from sinks.kafka import KafkaRecord
 
 Changelog = Callable[[CustomerState], KafkaRecord]
 
@@ -31,7 +32,7 @@ Changelog = Callable[[CustomerState], KafkaRecord]
 class Commit:
     """Stages outputs, ships alerts at once, and commits (see :meth:`commit`)."""
 
-    def __init__(self, kafka: KafkaSink, clickhouse: ClickHouseSink, delivery: BatchDelivery, changelog: Changelog,
+    def __init__(self, kafka: PrioritySink[KafkaRecord], clickhouse: Sink[TableRow], delivery: BatchDelivery, changelog: Changelog,
                  metrics: Metrics, alerts: AlertOutputs, checkpoint: Callable[[], KafkaRecord | None]):
         self.kafka = kafka
         self.clickhouse = clickhouse

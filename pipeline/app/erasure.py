@@ -31,7 +31,8 @@ import orjson
 
 from pipeline.app.logs import TopicFollower
 from schemas.contract import TOPIC_ERASURES
-from sinks.clickhouse import ClickHouseSink, Connection
+from sinks.base import Sink
+from sinks.clickhouse import Connection, TableRow
 
 log = logging.getLogger("cem.erasure")
 
@@ -136,7 +137,7 @@ class Erased:
         return "erasure_audit", (r.customer_id, r.requested_at, r.requested_by, r.reason, self.erased_at, self.removed)
 
 
-async def erase_in_clickhouse(clickhouse: ClickHouseErasure, sink: ClickHouseSink, request: ErasureRequest,
+async def erase_in_clickhouse(clickhouse: ClickHouseErasure, sink: Sink[TableRow], request: ErasureRequest,
                               removed: dict[str, int]) -> Erased:
     """Steps (5) and (6): after the caller's commit."""
     removed.update(await asyncio.to_thread(clickhouse.erase, request.customer_id))

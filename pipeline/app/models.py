@@ -35,8 +35,9 @@ from processors.sentiment import SentimentModel
 from processors.snapshot import SnapshotError, Snapshottable, from_snapshot, to_snapshot
 from processors.training import ModelTrainer
 from schemas.contract import MODEL_CHURN, MODEL_MAX_BYTES, MODEL_SENTIMENT, TOPIC_MODELS, TOPIC_TRAINING
-from sinks.clickhouse import ClickHouseSink
-from sinks.kafka import KafkaRecord, KafkaSink
+from sinks.base import Sink
+from sinks.clickhouse import TableRow
+from sinks.kafka import KafkaRecord
 
 log = logging.getLogger("cem.models")
 
@@ -115,7 +116,7 @@ class TrainerRuntime:
     pickled in a thread, so the event loop keeps serving touchpoints and alerts meanwhile.
     """
 
-    def __init__(self, feed: ModelFeed, kafka: KafkaSink, clickhouse: ClickHouseSink, metrics: Metrics,
+    def __init__(self, feed: ModelFeed, kafka: Sink[KafkaRecord], clickhouse: Sink[TableRow], metrics: Metrics,
                  publish_interval_s: float, new_trainer: Callable[[], ModelTrainer] = ModelTrainer,
                  checkpoint_interval_s: float = 60.0):
         self._feed = feed
