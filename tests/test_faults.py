@@ -68,6 +68,62 @@ def test_a_broker_that_loses_its_log_under_a_running_worker_loses_nothing(broker
     assert set(epochs) == {1, 2} and epochs[1] >= 1500 and sum(epochs.values()) == 3500
 
 
+async def commit_group_offsets(bootstrap: str, offsets: dict[int, int] | None = None) -> dict[int, int]:
+    """Commit the worker group's touchpoint offsets (``None``: the logs' ends); returns them."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from pipeline.app.logs import log_ends
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id="cem", enable_auto_commit=False)
+    await consumer.start()
+    partitions = [TopicPartition("cem.touchpoints", p) for p in range(4)]
+    consumer.assign(partitions)
+    try:
+        ends = await log_ends(consumer, partitions) if offsets is None else {tp: offsets[tp.partition] for tp in partitions}
+        await consumer.commit(ends)
+        return {tp.partition: end for tp, end in ends.items()}
+    finally:
+        await consumer.stop()
+
+
+def test_a_group_offset_past_the_end_of_the_log_reads_the_log_from_its_start(broker, start_worker):
+    """Property: no loss when the group's committed offsets lie past the end of the log, as they do
+    when they belong to an earlier incarnation of it (a worker retried its last commit against a
+    broker that had restarted empty). Tansu answers a fetch past a log's end with no records and no
+    error (Kafka: OFFSET_OUT_OF_RANGE), so no record would ever come to show it."""
+    events = list(JourneyGenerator(customers=40, seed=37, start_ms=now_ms() - 3_600_000).events(200))
+    run(publish(broker.bootstrap, events, "avro", timestamp_from_event=True))
+    run(commit_group_offsets(broker.bootstrap, {p: 500 for p in range(4)}))
+    worker = start_worker()
+    worker.wait_until(lambda st: stored(worker)[0] >= len(events) and st["pending_rows"] == 0, 60,
+                      "the worker did not read the log below its group's offsets")
+    assert stored(worker) == (200, 200)
+    assert total(worker.status()["totals"], "source_log_restarts") == 0, "one log all along: no epoch change"
+
+
+def test_a_new_log_whose_end_is_the_old_group_offset_is_read_from_its_start(broker, start_worker):
+    """Property: no loss when a log starts over and the group's offsets, left by the old log, are
+    exactly the new log's ends (same traffic per partition): the worker is caught up by the numbers,
+    so no fetch ever brings a record, and only the anchor shows the log is another one."""
+    generator = JourneyGenerator(customers=40, seed=41, start_ms=now_ms() - 3_600_000)
+    before, after = list(generator.events(400)), list(generator.events(400))
+    worker = start_worker()
+    run(publish(broker.bootstrap, before, "avro", timestamp_from_event=True))
+    worker.wait_drained(len(before))
+    worker.kill()
+
+    broker.stop()
+    broker.start()
+    ensure_topics(broker.bootstrap, 4)
+    run(publish(broker.bootstrap, after, "avro", timestamp_from_event=True))
+    run(commit_group_offsets(broker.bootstrap))  # the old log's offsets happen to be the new log's ends
+    again = start_worker()
+    again.wait_until(lambda st: stored(again)[0] >= 800 and st["pending_rows"] == 0, 60,
+                     "the worker did not read the new log")
+    assert stored(again) == (800, 800)
+    assert total(again.status()["totals"], "source_log_restarts") == 4, "every partition's new log was found"
+
+
 def test_log_ends_are_the_offsets_after_the_last_records_and_reading_to_them_keeps_positions(broker):
     """Property: ``log_ends`` is one past the last record, however the records were batched, and
     ``read_to_end`` reads from the consumer's position up to it."""

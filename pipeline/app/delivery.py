@@ -20,6 +20,8 @@ second that machinery is most of the worker's CPU. This module is the one place 
 * End offsets are confirmed by a read (:meth:`BatchConsumer.highwaters`): some Kafka-protocol
   brokers (Tansu) answer ListOffsets with the last record batch's base offset + 1, and Faust's table
   recovery, which stops there, would restore states without the rest of that batch.
+* :meth:`BatchDelivery.overruns` finds partitions whose position is past their log's end, which
+  some brokers (Tansu) answer with nothing at all, for the worker to read them again.
 * :meth:`BatchDelivery.restart` resets Faust's bookkeeping of one partition and seeks it, for a log
   that started over (``pipeline.app.logs``): Faust assumes offsets only grow, and would otherwise
   drop the new log's records as already read (``DROPPED MESSAGE``) and ignore their acks.
@@ -41,6 +43,7 @@ from typing import Any, cast
 
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
 from mode.utils.queues import FlowControlQueue
 
 from processors.ingest import SourceRecord
@@ -125,6 +128,29 @@ class BatchDelivery:
         if offset is not None:
             await consumer.seek(tp, offset)
             consumer._read_offset[tp] = None  # seek() keeps None for offset 0; any first offset is right
+
+    def assigned(self) -> list[Any]:
+        """The assigned partitions of the batch topics."""
+        return [tp for tp in self.app.consumer.assignment() if tp.topic in self.topics]
+
+    def overruns(self) -> list[Any]:
+        """Assigned partitions of the batch topics whose fetch position is past the end of their log
+        (the high-water mark of the last fetch answer). Kafka answers such a fetch OFFSET_OUT_OF_RANGE
+        and the consumer resets; Tansu answers it with no records and no error, so the partition would
+        wait for ever. Plain reads of the consumer thread's state, as Faust's ``highwater()`` does."""
+        thread = cast("BatchConsumer", self.app.consumer)._thread
+        client = getattr(thread, "_consumer", None)
+        subscription = client._subscription.subscription if client is not None else None
+        assignment = subscription.assignment if subscription is not None else None
+        if assignment is None:
+            return []
+        found = []
+        for tp in list(assignment.tps):
+            state = assignment.state_value(tp) if tp.topic in self.topics else None
+            if state is not None and state.has_valid_position and state.highwater is not None \
+                    and state.position > state.highwater:
+                found.append(TP(tp.topic, tp.partition))
+        return found
 
 
 def to_source(record: Any) -> SourceRecord:

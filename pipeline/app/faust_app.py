@@ -182,6 +182,11 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> tuple[faus
 
     @app.timer(interval=1.0)
     async def observe() -> None:
+        if worker.started and not app.rebalancing:  # after a rebalance's seeks, which would undo ours
+            try:
+                await worker.verify_positions()
+            except Exception as exc:  # a broker that does not answer now: check again in a second
+                log.warning("verifying the source logs failed: %s", exc)
         lagging = await _update_lag(app, metrics)
         worker.health.observe(waiting=worker.commit.waiting, lagging=lagging)
         live, _ = worker.health.live()

@@ -21,6 +21,13 @@ consumer has to reconnect), the book reads the record at the anchor's offset fro
   says);
 * the offset is before the log's start (retention removed it): the same log, anchored anew.
 
+A consumer positioned past a log's end gets no records, so the fetch path would never check it. Kafka
+answers such a fetch OFFSET_OUT_OF_RANGE and the consumer resets; Tansu answers it with nothing, for
+ever, and a group offset past the end is what a worker leaves when it commits to a broker that
+restarted empty; and the old log's offset can be exactly the new log's end. So each partition also
+gets its verdict once per assignment without waiting for a fetch, and again whenever its position is
+past the log's end (``BatchDelivery.overruns``): it is then read again from the log's start.
+
 The first record read in each assignment becomes the epoch's anchor, written to ClickHouse before
 anything of that record is (so a crash never leaves rows of an epoch nobody can recognise).
 """
@@ -33,13 +40,14 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import OffsetOutOfRangeError
 
 from pipeline.app.rows import source_log_row
-from sinks.clickhouse import ClickHouseSink, Connection
+from sinks.base import ReplayGuard, Sink
+from sinks.clickhouse import Connection, TableRow
 
 log = logging.getLogger("cem.logs")
 
@@ -95,10 +103,14 @@ class Verdict:
     restart_at: int | None = None  # a new log: read the partition again from this offset (its start)
 
 
+class AnchorSink(Sink[TableRow], ReplayGuard, Protocol):
+    """Where the book writes anchors, and whose marks show the epochs that have rows."""
+
+
 class LogBook:
     """Epochs and anchors of the source partitions this worker reads."""
 
-    def __init__(self, connection: Connection, sink: ClickHouseSink, database: str,
+    def __init__(self, connection: Connection, sink: AnchorSink, database: str,
                  probe: Callable[[Key, int], Awaitable[Probe]], on_new_log: Callable[[Key, int, str], None],
                  clock: Callable[[], float] = time.monotonic):
         self._connection = connection
@@ -109,6 +121,7 @@ class LogBook:
         self._epochs: dict[Key, int] = {}
         self._verified: dict[Key, int] = {}  # key -> consumer generation it was verified in
         self._anchored: set[Key] = set()  # anchored in the current assignment
+        self._unanchored: dict[Key, int] = {}  # a new log found (in that generation), its anchor not written yet
         # The latest anchor per partition while this worker owns it: it wrote or read it, and no one
         # else writes one meanwhile. Spares a ClickHouse read (behind the inserts) on every verdict.
         self._anchors: dict[Key, Anchor] = {}
@@ -125,34 +138,53 @@ class LogBook:
         last, self._last_fetch[key] = self._last_fetch.get(key), now
         return self._verified.get(key) != generation or last is None or now - last > QUIET_S
 
+    def verified_in(self, key: Key, generation: int) -> bool:
+        """Whether the partition's log has had its verdict in this assignment."""
+        return self._verified.get(key) == generation
+
     def forget(self, keys: Any) -> None:
         """Partitions revoked: verify them again when they come back."""
         for key in keys:
             self._verified.pop(key, None)
             self._anchored.discard(key)
             self._anchors.pop(key, None)  # its next owner may anchor it anew
+            self._unanchored.pop(key, None)
 
-    async def verdict(self, key: Key, generation: int, log_start: int) -> Verdict:
-        """Verify the partition's log against its anchor (see the module docstring)."""
-        anchor = await self._latest_anchor(key)
+    async def verdict(self, key: Key, generation: int, overrun: bool = False) -> Verdict:
+        """Verify the partition's log against its anchor (see the module docstring). ``overrun``:
+        the consumer's position is past the log's end, so whatever the anchor says, the position is
+        not one of this log's: it is read again from its start."""
         if self._verified.get(key) != generation:
             self._anchored.discard(key)  # a new assignment anchors anew; a quiet spell's check does not
         self._verified[key] = generation
+        found = self._unanchored.get(key)
+        if found is not None:  # a new log found before, nothing of it read yet
+            if found == generation and not overrun:
+                return Verdict(self._epochs[key])  # it is being read from its start
+            # An assignment since moved the position to the group's offset, which is the old log's.
+            return await self._from_start(key, f"nothing of its new log (epoch {self._epochs[key]}) read yet")
+        anchor = await self._latest_anchor(key)
         if anchor is None:
             self._epochs[key] = max(1, self._highest_epoch(key))
-            return Verdict(self._epochs[key])
+            return await self._from_start(key, "read past the end of its log") if overrun else Verdict(self._epochs[key])
         probe = await self._probe(key, anchor.offset)
         if same_log(anchor, probe):
             self._epochs[key] = anchor.epoch
-            return Verdict(anchor.epoch)
+            return await self._from_start(key, "read past the end of its log", probe) if overrun else Verdict(anchor.epoch)
         epoch = max(anchor.epoch, self._highest_epoch(key)) + 1
         self._epochs[key] = epoch
         self._anchored.discard(key)  # the new log gets its own anchor
+        self._unanchored[key] = generation
         why = "past the end of the log" if probe.digest is None else "a different record there"
         log.warning("%s/%d started over (anchor offset %d of epoch %d: %s): epoch %d, reading it from offset %d",
                     key[0], key[1], anchor.offset, anchor.epoch, why, epoch, probe.log_start)
         self._on_new_log(key, epoch, why)
         return Verdict(epoch, restart_at=probe.log_start)
+
+    async def _from_start(self, key: Key, why: str, probe: Probe | None = None) -> Verdict:
+        log_start = (probe or await self._probe(key, 0)).log_start
+        log.warning("%s/%d: %s: reading it again from offset %d", key[0], key[1], why, log_start)
+        return Verdict(self._epochs[key], restart_at=log_start)
 
     async def anchor(self, key: Key, offset: int, record_digest: int) -> None:
         """Make the record at ``offset`` the epoch's anchor (once per assignment), durably."""
@@ -161,6 +193,7 @@ class LogBook:
         await self._sink.write([source_log_row(key[0], key[1], self.epoch(key), offset, record_digest)])
         self._anchors[key] = Anchor(self.epoch(key), offset, record_digest)
         self._anchored.add(key)
+        self._unanchored.pop(key, None)
 
     async def _latest_anchor(self, key: Key) -> Anchor | None:
         if key in self._anchors:

@@ -278,7 +278,7 @@ class TouchpointWorker:
     async def _verify(self, tp: Any, key: tuple[str, int], fetch: Fetch) -> bool:
         """Whether the fetch's records of ``tp`` may be processed as they are."""
         try:
-            verdict = await self.logs.verdict(key, fetch.generation, 0)
+            verdict = await self.logs.verdict(key, fetch.generation)
         except LogProbeError as exc:  # ask again with the next fetch, and read these again then
             log.warning("%s; reading %s/%d again", exc, *key)
             self.commit.void(tp)
@@ -290,11 +290,37 @@ class TouchpointWorker:
         # A new log: what is staged for this partition came from the old one (its acks are void),
         # and every record of the new log is new to us, from its start: this fetch, if it begins
         # there, else the partition read again from there.
+        from_start = fetch.spans[tp][0] <= verdict.restart_at
+        await self._read_again(tp, None if from_start else verdict.restart_at)
+        return from_start
+
+    async def verify_positions(self) -> None:
+        """Give each assigned partition its log's verdict although no fetch brought records: once
+        per assignment, and whenever its position is past the log's end (``BatchDelivery.overruns``).
+        A log that started over can be exactly as long as the old one was where the worker reads
+        (the group offset the old log left), or shorter: either way no record would ever come to
+        show it, and the new log's records would wait unread."""
+        for tp in self.delivery.assigned():
+            key = (tp.topic, tp.partition)
+            async with self._processing:  # not while a fetch is planned: it may verify or move it first
+                generation, overrun = self.delivery.generation, tp in self.delivery.overruns()
+                if not overrun and self.logs.verified_in(key, generation):
+                    continue
+                try:
+                    verdict = await self.logs.verdict(key, generation, overrun=overrun)
+                except LogProbeError as exc:  # ask again at the next check
+                    log.warning("%s; checking %s/%d again", exc, *key)
+                    self.logs.forget([key])
+                    continue
+                if verdict.restart_at is not None:
+                    await self._read_again(tp, verdict.restart_at)
+
+    async def _read_again(self, tp: Any, offset: int | None) -> None:
+        """What is staged for ``tp`` came from the old log (its acks are void); read it from ``offset``
+        (None: the fetch being planned starts there)."""
         self.commit.void(tp)
         await self.flush()
-        from_start = fetch.spans[tp][0] <= verdict.restart_at
-        await self.delivery.restart(tp, None if from_start else verdict.restart_at)
-        return from_start
+        await self.delivery.restart(tp, offset)
 
     async def _resolve_schemas(self, records: list[SourceRecord]) -> dict[int, str]:
         """Writer schemas of Confluent ids not seen before, from the Schema Registry (if configured)."""
