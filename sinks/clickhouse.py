@@ -60,6 +60,15 @@ _CODE = re.compile(r"Code: (\d+)")
 STRIPPED = "dead letter not storable: "  # how a rejected dead letter's replacement begins its detail
 
 
+def quote(text: str) -> str:
+    """A ClickHouse string literal.
+
+    >>> quote("o'neil\\\\x")
+    "'o\\\\'neil\\\\\\\\x'"
+    """
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 class SchemaMismatch(RuntimeError):
     """The database was created by another layout of cem's tables."""
 

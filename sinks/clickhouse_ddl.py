@@ -42,6 +42,9 @@ KPI_AGGREGATES = f"""
 KPI_KEY = "toDateTime(toStartOfMinute(occurred_at), 'UTC') AS minute, channel"
 _POSITION_KEY = ", ".join(POSITION[:3])  # topic, partition, epoch
 OFFSETS = f"SELECT {_POSITION_KEY}, max(source_offset) GROUP BY {_POSITION_KEY}"
+BY_CUSTOMER_COLUMNS = ("customer_id", "occurred_at", "channel", "type", "journey_stage", "amount", "currency",
+                       "csat", "nps", "ces", "sentiment", "churn_risk", "case_id")
+BY_CUSTOMER = f"SELECT {', '.join(BY_CUSTOMER_COLUMNS)} ORDER BY customer_id, occurred_at"
 
 
 def _columns(table: str) -> str:
@@ -49,8 +52,10 @@ def _columns(table: str) -> str:
 
 
 # The sort key leaves customer_id and event_id out on purpose: an erasure anonymises them in place
-# (ClickHouse cannot update a key column), which keeps the per-minute KPIs exact; a bloom-filter
-# index keeps a lookup by customer to the granules that hold the customer.
+# (ClickHouse cannot update a key column), which keeps the per-minute KPIs exact. A customer's own
+# touchpoints are a lookup all the same: the by_customer projection keeps the columns the 360° view
+# reads (pipeline.views.customer) sorted by customer and time, and a mutation rebuilds it (an erasure
+# updates it with the rows). The bloom-filter index narrows the erasure's own reads.
 # Why projections and not materialized views: a projection lives inside the part it aggregates, so a
 # crash mid-insert (the embedded engine dies with the worker) can never leave the aggregates or the
 # offset high-water marks out of step with the rows. With materialized views it can, and a replay
@@ -62,11 +67,14 @@ DDL: tuple[str, ...] = (
         {_columns("touchpoints_enriched")},
         INDEX customer customer_id TYPE bloom_filter GRANULARITY 1,
         PROJECTION kpi_minute (SELECT {KPI_KEY}, {KPI_AGGREGATES} GROUP BY minute, channel),
-        PROJECTION offsets ({OFFSETS})
+        PROJECTION offsets ({OFFSETS}),
+        PROJECTION by_customer ({BY_CUSTOMER})
     ) ENGINE = MergeTree
     ORDER BY (channel, toStartOfHour(occurred_at), source_partition, source_offset)
     {MERGE_SETTINGS}
     """,
+    # Databases created before the projection get it for their new parts (old parts are read whole).
+    f"ALTER TABLE {{db}}.touchpoints_enriched ADD PROJECTION IF NOT EXISTS by_customer ({BY_CUSTOMER})",
     f"""
     CREATE VIEW IF NOT EXISTS {{db}}.kpi_minute AS
     SELECT {KPI_KEY}, {KPI_AGGREGATES}, uniq(customer_id) AS unique_customers
@@ -90,7 +98,8 @@ DDL: tuple[str, ...] = (
     # An alert may be produced again after a crash (same alert_id): the replacing engine keeps one.
     f"""
     CREATE TABLE IF NOT EXISTS {{db}}.alerts (
-        {_columns("alerts")}
+        {_columns("alerts")},
+        INDEX customer customer_id TYPE bloom_filter GRANULARITY 1
     ) ENGINE = ReplacingMergeTree
     ORDER BY (type, alert_id)
     """,
@@ -137,6 +146,6 @@ def created_tables(database: str) -> list[str]:
     names = []
     for sql in statements(database):
         words = sql.split()
-        if words[1] in ("TABLE", "VIEW"):
+        if words[0] == "CREATE" and words[1] in ("TABLE", "VIEW"):
             names.append(words[5].removeprefix(f"{database}."))
     return names

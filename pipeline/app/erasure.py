@@ -32,7 +32,7 @@ import orjson
 from pipeline.app.logs import TopicFollower
 from schemas.contract import TOPIC_ERASURES
 from sinks.base import Sink
-from sinks.clickhouse import Connection, TableRow
+from sinks.clickhouse import Connection, TableRow, quote
 
 log = logging.getLogger("cem.erasure")
 
@@ -115,15 +115,6 @@ class ClickHouseErasure:
             if removed[table]:
                 self._connection.command(statement.format(db=self._db, c=c, t=t) + " SETTINGS mutations_sync = 2")
         return removed
-
-
-def quote(text: str) -> str:
-    """A ClickHouse string literal.
-
-    >>> quote("o'neil\\\\x")
-    "'o\\\\'neil\\\\\\\\x'"
-    """
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 @dataclass

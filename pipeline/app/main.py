@@ -15,8 +15,10 @@ from pipeline.app.health import Watchdog
 from pipeline.app.metrics import Metrics
 from pipeline.settings import Settings
 from pipeline.views.client import write_run_file
+from pipeline.views.customer import customer_view
 from pipeline.views.reads import ReadOnlyQueries
 from pipeline.views.web import start_status_server
+from processors.pseudonym import from_settings as pseudonymizer_from_settings
 
 FAUST_LOG_LEVELS = {"debug": "debug", "info": "info", "warn": "warn", "warning": "warn", "error": "error"}
 
@@ -65,8 +67,10 @@ def run_worker(settings: Settings) -> None:
 
     # /query only for the embedded engine (which nobody else can open); a server has its own SQL door.
     query = ReadOnlyQueries(worker.connection.sibling(), settings.clickhouse_database).run if settings.embedded_clickhouse else None
+    pseudonymize = pseudonymizer_from_settings(settings.pseudonymize, settings.pseudonym_key)
+    customer = (lambda customer_id: customer_view(query, customer_id, settings.clickhouse_database, pseudonymize)) if query else None
     start_status_server(settings.web_port, status, query, host=settings.web_host, token=settings.web_token,
-                        health=worker.health.live, ready=worker.health.ready)
+                        health=worker.health.live, ready=worker.health.ready, customer=customer)
     write_run_file(settings)
     Watchdog(worker.health, exit_after_s=max(5.0, settings.stall_timeout_s / 4)).start()
     from faust.worker import Worker

@@ -1,4 +1,4 @@
-"""The ``cem`` command: run, worker, generate, publish, query, bench, model, alerts, top."""
+"""The ``cem`` command: run, worker, generate, publish, query, customer, bench, model, alerts, top."""
 
 from __future__ import annotations
 
@@ -96,6 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--clickhouse-url", default=None)
     query.add_argument("--format", choices=("table", "json"), default="table")
     query.set_defaults(handler=_query)
+
+    customer = sub.add_parser("customer", help="the 360-degree view of one customer, from ClickHouse")
+    customer.add_argument("customer_id", help="as channel systems send it (pseudonymised here if configured)")
+    customer.add_argument("--data-dir", default=None)
+    customer.add_argument("--clickhouse-url", default=None)
+    customer.add_argument("--format", choices=("table", "json"), default="table")
+    customer.set_defaults(handler=_customer)
 
     bench = sub.add_parser("bench", help="end-to-end throughput and latency on the embedded stack")
     bench.add_argument("--events", type=int, default=100_000)
@@ -234,18 +241,39 @@ def _erase(args: argparse.Namespace) -> int:
     return 0
 
 
-def _query(args: argparse.Namespace) -> int:
-    from pipeline.views.query import render, run_query
-
+def _query_settings(args: argparse.Namespace) -> Settings:
     settings = _settings(data_dir=args.data_dir, clickhouse_url=args.clickhouse_url)
     if args.clickhouse_url is None and args.data_dir is not None:
         settings = settings.replace(clickhouse_url=f"chdb://{Path(args.data_dir).resolve() / 'clickhouse'}")
+    return settings
+
+
+def _query(args: argparse.Namespace) -> int:
+    from pipeline.views.query import render, run_query
+
+    settings = _query_settings(args)
     try:
         columns, rows = run_query(settings, args.sql)
     except Exception as exc:
         raise CliError(str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)) from None
     print(render(columns, rows, args.format))
     return 0
+
+
+def _customer(args: argparse.Namespace) -> int:
+    from pipeline.views.customer import customer_view, render_view
+    from pipeline.views.query import run_query
+    from processors.pseudonym import from_settings
+
+    settings = _query_settings(args)
+    try:
+        pseudonymize = from_settings(settings.pseudonymize, settings.pseudonym_key)
+        view = customer_view(lambda sql: run_query(settings, sql), args.customer_id,
+                             settings.clickhouse_database, pseudonymize)
+    except Exception as exc:
+        raise CliError(str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)) from None
+    print(json.dumps(view) if args.format == "json" else render_view(view))
+    return 0 if view["found"] else 1
 
 
 def _bench(args: argparse.Namespace) -> int:

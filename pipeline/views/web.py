@@ -1,8 +1,10 @@
-"""The worker's small HTTP side door: ``GET /status``, ``/healthz``, ``/readyz`` and ``POST /query`` (SQL -> JSON).
+"""The worker's small HTTP side door: ``GET /status``, ``/healthz``, ``/readyz``, ``/customers/ID`` (the
+360° view, :mod:`pipeline.views.customer`) and ``POST /query`` (SQL -> JSON).
 
 ``/query`` exists for the embedded default: chDB allows one engine per data directory, held by the
 worker, so ``cem query`` and ``cem top`` read through the running worker instead of opening it. The
-worker answers it with :class:`pipeline.views.reads.ReadOnlyQueries`, which can only read cem's tables.
+worker answers it with :class:`pipeline.views.reads.ReadOnlyQueries`, which can only read cem's tables;
+``/customers/ID`` reads through the same door, and is served when ``/query`` is.
 
 Exposure: loopback by default. Any other address needs a bearer token (``CEM_WEB_TOKEN``), compared in
 constant time, on every path but ``/healthz`` and ``/readyz``, which the kubelet probes without one
@@ -25,7 +27,7 @@ import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar, NamedTuple
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from clickhouse_connect.driver.exceptions import Error as ClickHouseError
 
@@ -37,6 +39,8 @@ OPEN_PATHS = ("/healthz", "/readyz")  # the kubelet's probes carry no token
 
 Query = Callable[[str], tuple[list[str], list[tuple]]]
 Probe = Callable[[], tuple[bool, dict]]
+CustomerView = Callable[[str], dict]
+MAX_CUSTOMER_ID_CHARS = 256  # as schemas.contract.MAX_ID_CHARS
 
 
 class Refusal(Exception):
@@ -53,6 +57,7 @@ class Routes(NamedTuple):
     health: Probe | None
     ready: Probe | None
     token: str
+    customer: CustomerView | None = None
 
 
 def is_loopback(host: str) -> bool:
@@ -79,6 +84,7 @@ def start_status_server(
     health: Probe | None = None,
     ready: Probe | None = None,
     timeout_s: float = REQUEST_TIMEOUT_S,
+    customer: CustomerView | None = None,
 ) -> ThreadingHTTPServer:
     """Serve on ``host:port`` (0: any free port) in a daemon thread; ``query=None`` answers /query with 403."""
     if not token and not is_loopback(host):
@@ -87,7 +93,7 @@ def start_status_server(
     handler = type("StatusHandler", (StatusHandler,), {"timeout": timeout_s})
     server_class = _Server6 if ":" in host else _Server
     server = server_class((host, port), handler)
-    server.routes = Routes(status, query, health, ready, token)
+    server.routes = Routes(status, query, health, ready, token, customer)
     threading.Thread(target=server.serve_forever, name="cem-status", daemon=True).start()
     return server
 
@@ -125,7 +131,20 @@ class StatusHandler(BaseHTTPRequestHandler):
             return _probe(routes.ready)
         if path == "/query":
             raise Refusal(405, "use POST /query with the SQL as the body", {"Allow": "POST"})
-        raise Refusal(404, "not found: use GET /status, /healthz, /readyz or POST /query")
+        if path.startswith("/customers/"):
+            return 200, self._customer(unquote(path.removeprefix("/customers/")))
+        raise Refusal(404, "not found: use GET /status, /healthz, /readyz, /customers/ID or POST /query")
+
+    def _customer(self, customer_id: str) -> dict:
+        view = self.server.routes.customer
+        if view is None:
+            raise Refusal(403, "/customers is only served for the embedded engine")
+        if not customer_id or len(customer_id) > MAX_CUSTOMER_ID_CHARS or not customer_id.isprintable():
+            raise Refusal(400, f"a customer id is 1-{MAX_CUSTOMER_ID_CHARS} printable characters")
+        try:
+            return view(customer_id)
+        except (ValueError, ClickHouseError) as exc:
+            raise Refusal(400, _message(exc)) from None
 
     def _post(self, path: str) -> tuple[int, dict]:
         if path != "/query":
