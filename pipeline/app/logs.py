@@ -47,7 +47,7 @@ from aiokafka.errors import OffsetOutOfRangeError
 
 from pipeline.app.rows import source_log_row
 from sinks.base import ReplayGuard, Sink
-from sinks.clickhouse import Connection, TableRow
+from sinks.clickhouse import Connection, TableRow, quote
 
 log = logging.getLogger("cem.logs")
 
@@ -201,7 +201,7 @@ class LogBook:
         rows = await asyncio.to_thread(
             self._connection.rows,
             f"SELECT epoch, argMax(anchor_offset, recorded_at), argMax(anchor_digest, recorded_at) "
-            f"FROM {self._db}.source_logs WHERE topic = '{_quote(key[0])}' AND partition = {int(key[1])} "
+            f"FROM {self._db}.source_logs WHERE topic = {quote(key[0])} AND partition = {int(key[1])} "
             f"GROUP BY epoch ORDER BY epoch DESC LIMIT 1",
         )
         if not rows:
@@ -215,11 +215,7 @@ class LogBook:
                     for (topic, partition, epoch) in self._sink.marks(table) if (topic, partition) == key), default=0)
 
 
-def _quote(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("'", "\\'")
-
-
-async def log_ends(consumer: AIOKafkaConsumer, partitions: list[TopicPartition], timeout_ms: int = 2000) -> dict[TopicPartition, int]:
+async def log_ends(consumer: AIOKafkaConsumer, partitions: list[TopicPartition], timeout_ms: int = 15_000) -> dict[TopicPartition, int]:
     """The offset after the last record of each partition. It moves the consumer's positions of
     ``partitions``: seek them afterwards (``read_to_end`` does).
 
@@ -228,18 +224,30 @@ async def log_ends(consumer: AIOKafkaConsumer, partitions: list[TopicPartition],
     batches. A reader that stops at the answer misses the rest of the last batch, and Faust's table
     recovery did: a customer state a commit had written came back without its last changes.
     (No ``position()`` here: it waits for ever on a partition whose fetch went out of range.)
+
+    The log holds the record before the answer, so a fetch that brings nothing has only not come
+    back yet (a loaded machine): it is asked again until ``timeout_ms``. Only then is the broker's
+    answer taken as it is (with a warning): on Kafka the last offset can be a transaction marker,
+    which no fetch returns, and there the answer is right.
     """
     ends = {tp: int(end) for tp, end in (await consumer.end_offsets(partitions)).items()}
+    deadline = time.monotonic() + timeout_ms / 1000
     for tp, end in ends.items():
         if end == 0:
             continue
         consumer.seek(tp, end - 1)
-        try:
-            records = (await consumer.getmany(tp, timeout_ms=timeout_ms)).get(tp, [])
-        except OffsetOutOfRangeError:  # retention or a restarted log moved it meanwhile: nothing to add
-            records = []
-        if records:
-            ends[tp] = max(end, records[-1].offset + 1)
+        while True:
+            try:
+                records = (await consumer.getmany(tp, timeout_ms=1000)).get(tp, [])
+            except OffsetOutOfRangeError:  # retention or a restarted log moved it meanwhile: nothing to add
+                break
+            if records:
+                ends[tp] = max(end, records[-1].offset + 1)
+                break
+            if time.monotonic() > deadline:
+                log.warning("%s/%d: no record at offset %d within %d ms: taking the end the broker gave, %d",
+                            tp.topic, tp.partition, end - 1, timeout_ms, end)
+                break
     return ends
 
 
