@@ -187,9 +187,9 @@ class BatchConsumer(faust_aiokafka.Consumer):
         changelogs up to these, and must not stop inside their last record batch."""
         reported = await super().highwaters(*partitions)
         confirm = self.delivery.log_ends if self.delivery is not None else None
-        written = {tp: end for tp, end in reported.items() if end}  # an answer of 0 is an empty log
-        if confirm is None or not written:
+        if confirm is None or not reported:
             return reported
+        written = dict(reported)  # every answer, 0 included: Tansu answers 0 for a partition with records
         return {**reported, **(await confirm(written))}
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - exercised end to end

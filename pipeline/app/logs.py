@@ -219,35 +219,39 @@ async def log_ends(consumer: AIOKafkaConsumer, partitions: list[TopicPartition],
     """The offset after the last record of each partition. It moves the consumer's positions of
     ``partitions``: seek them afterwards (``read_to_end`` does).
 
-    Kafka's ListOffsets answers exactly that. Tansu (0.6) answers the last record batch's base
-    offset + 1, so the answer is checked by a fetch from the offset before it: a fetch returns whole
-    batches. A reader that stops at the answer misses the rest of the last batch, and Faust's table
-    recovery did: a customer state a commit had written came back without its last changes.
+    Kafka's ListOffsets answers exactly that. Tansu (0.6) answers less: the last record batch's base
+    offset + 1, and 0 for a partition that holds records. So every answer is checked by a fetch from
+    the offset before it (from 0 for an answer of 0): a fetch returns whole batches, and its answer
+    carries the partition's high-water mark, which Tansu gives right. A reader that stopped at the
+    short answer missed the rest of the last batch, or the whole partition, and Faust's table
+    recovery did: customer states a commit had written came back old, or not at all.
     (No ``position()`` here: it waits for ever on a partition whose fetch went out of range.)
 
-    The log holds the record before the answer, so a fetch that brings nothing has only not come
-    back yet (a loaded machine): it is asked again until ``timeout_ms``. Only then is the broker's
-    answer taken as it is (with a warning): on Kafka the last offset can be a transaction marker,
-    which no fetch returns, and there the answer is right.
+    A fetch that has not answered is asked again until ``timeout_ms``; only then is the broker's
+    ListOffsets answer taken as it is, with a warning.
     """
     ends = {tp: int(end) for tp, end in (await consumer.end_offsets(partitions)).items()}
-    deadline = time.monotonic() + timeout_ms / 1000
     for tp, end in ends.items():
-        if end == 0:
+        consumer.seek(tp, max(end - 1, 0))
+    pending = set(ends)  # all at once: an empty partition's answer takes the broker's fetch wait
+    deadline = time.monotonic() + timeout_ms / 1000
+    while pending:
+        try:
+            batches = await consumer.getmany(*pending, timeout_ms=200)
+        except OffsetOutOfRangeError as exc:  # retention or a restarted log moved it meanwhile: nothing to add
+            gone = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else pending
+            pending -= set(gone)
             continue
-        consumer.seek(tp, end - 1)
-        while True:
-            try:
-                records = (await consumer.getmany(tp, timeout_ms=1000)).get(tp, [])
-            except OffsetOutOfRangeError:  # retention or a restarted log moved it meanwhile: nothing to add
-                break
-            if records:
-                ends[tp] = max(end, records[-1].offset + 1)
-                break
-            if time.monotonic() > deadline:
-                log.warning("%s/%d: no record at offset %d within %d ms: taking the end the broker gave, %d",
-                            tp.topic, tp.partition, end - 1, timeout_ms, end)
-                break
+        for tp in list(pending):
+            records = batches.get(tp, [])
+            highwater = consumer.highwater(tp)  # from the answer of a fetch at this position, if one came
+            if records or highwater is not None:
+                ends[tp] = max(ends[tp], highwater or 0, records[-1].offset + 1 if records else 0)
+                pending.discard(tp)
+        if pending and time.monotonic() > deadline:
+            log.warning("no answer to fetches of %s within %d ms: taking the ends the broker gave",
+                        ", ".join(f"{tp.topic}/{tp.partition}" for tp in sorted(pending)), timeout_ms)
+            break
     return ends
 
 
