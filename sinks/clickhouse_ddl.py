@@ -42,7 +42,7 @@ KPI_AGGREGATES = f"""
 KPI_KEY = "toDateTime(toStartOfMinute(occurred_at), 'UTC') AS minute, channel"
 _POSITION_KEY = ", ".join(POSITION[:3])  # topic, partition, epoch
 OFFSETS = f"SELECT {_POSITION_KEY}, max(source_offset) GROUP BY {_POSITION_KEY}"
-BY_CUSTOMER_COLUMNS = ("customer_id", "occurred_at", "channel", "type", "journey_stage", "amount", "currency",
+BY_CUSTOMER_COLUMNS = ("customer_id", "occurred_at", "event_id", "channel", "type", "journey_stage", "amount", "currency",
                        "csat", "nps", "ces", "sentiment", "churn_risk", "case_id")
 BY_CUSTOMER = f"SELECT {', '.join(BY_CUSTOMER_COLUMNS)} ORDER BY customer_id, occurred_at"
 

@@ -46,8 +46,8 @@ def test_the_view_of_a_customer_is_exactly_their_touchpoints(broker, start_worke
     assert sum(s["touchpoints"] for s in view["journey"]) == n
     assert view["profile"]["events_total"] == n
     assert view["rfm"]["frequency"] == sum(e["type"] == "purchase" for e in mine)
-    latest = sorted(mine, key=lambda e: e["occurred_at"], reverse=True)[:TIMELINE_ROWS]
-    assert [t["type"] for t in view["timeline"]] == [e["type"] for e in latest]
+    latest = sorted(mine, key=lambda e: (e["occurred_at"], e["event_id"]), reverse=True)[:TIMELINE_ROWS]
+    assert [t["event_id"] for t in view["timeline"]] == [e["event_id"] for e in latest], "newest first, ties by id"
 
     # The CLI reads through the running worker (it holds the engine) and prints the same view.
     assert main(["customer", cid, "--data-dir", str(tmp_path), "--format", "json"]) == 0

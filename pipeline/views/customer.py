@@ -48,9 +48,10 @@ SECTIONS: dict[str, str] = {
         "GROUP BY case_id ORDER BY opened DESC LIMIT 20"
     ),
     "timeline": (
-        "SELECT occurred_at, channel, type, journey_stage, amount, currency, csat, nps, ces, "
+        "SELECT occurred_at, event_id, channel, type, journey_stage, amount, currency, csat, nps, ces, "
         "round(sentiment, 3) AS sentiment, round(churn_risk, 3) AS churn_risk, case_id "
-        f"FROM {{db}}.touchpoints_enriched WHERE customer_id = {{id}} ORDER BY occurred_at DESC LIMIT {TIMELINE_ROWS}"
+        f"FROM {{db}}.touchpoints_enriched WHERE customer_id = {{id}} ORDER BY occurred_at DESC, event_id DESC "
+        f"LIMIT {TIMELINE_ROWS}"
     ),
     "alerts": (
         "SELECT emitted_at, type, severity, channel, reason, recommended_action "
