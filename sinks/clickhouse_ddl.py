@@ -42,9 +42,6 @@ KPI_AGGREGATES = f"""
 KPI_KEY = "toDateTime(toStartOfMinute(occurred_at), 'UTC') AS minute, channel"
 _POSITION_KEY = ", ".join(POSITION[:3])  # topic, partition, epoch
 OFFSETS = f"SELECT {_POSITION_KEY}, max(source_offset) GROUP BY {_POSITION_KEY}"
-BY_CUSTOMER_COLUMNS = ("customer_id", "occurred_at", "event_id", "channel", "type", "journey_stage", "amount", "currency",
-                       "csat", "nps", "ces", "sentiment", "churn_risk", "case_id")
-BY_CUSTOMER = f"SELECT {', '.join(BY_CUSTOMER_COLUMNS)} ORDER BY customer_id, occurred_at"
 
 
 def _columns(table: str) -> str:
@@ -52,10 +49,10 @@ def _columns(table: str) -> str:
 
 
 # The sort key leaves customer_id and event_id out on purpose: an erasure anonymises them in place
-# (ClickHouse cannot update a key column), which keeps the per-minute KPIs exact. A customer's own
-# touchpoints are a lookup all the same: the by_customer projection keeps the columns the 360° view
-# reads (pipeline.views.customer) sorted by customer and time, and a mutation rebuilds it (an erasure
-# updates it with the rows). The bloom-filter index narrows the erasure's own reads.
+# (ClickHouse cannot update a key column), which keeps the per-minute KPIs exact; a bloom-filter
+# index narrows a read of one customer (an erasure, the 360° view) to the granules that hold them.
+# (A projection sorted by customer made the view's reads a lookup, but cost a quarter of the
+# worker's throughput: benchmarks/README.md.)
 # Why projections and not materialized views: a projection lives inside the part it aggregates, so a
 # crash mid-insert (the embedded engine dies with the worker) can never leave the aggregates or the
 # offset high-water marks out of step with the rows. With materialized views it can, and a replay
@@ -67,14 +64,11 @@ DDL: tuple[str, ...] = (
         {_columns("touchpoints_enriched")},
         INDEX customer customer_id TYPE bloom_filter GRANULARITY 1,
         PROJECTION kpi_minute (SELECT {KPI_KEY}, {KPI_AGGREGATES} GROUP BY minute, channel),
-        PROJECTION offsets ({OFFSETS}),
-        PROJECTION by_customer ({BY_CUSTOMER})
+        PROJECTION offsets ({OFFSETS})
     ) ENGINE = MergeTree
     ORDER BY (channel, toStartOfHour(occurred_at), source_partition, source_offset)
     {MERGE_SETTINGS}
     """,
-    # Databases created before the projection get it for their new parts (old parts are read whole).
-    f"ALTER TABLE {{db}}.touchpoints_enriched ADD PROJECTION IF NOT EXISTS by_customer ({BY_CUSTOMER})",
     f"""
     CREATE VIEW IF NOT EXISTS {{db}}.kpi_minute AS
     SELECT {KPI_KEY}, {KPI_AGGREGATES}, uniq(customer_id) AS unique_customers

@@ -3,10 +3,10 @@
 Every part of it is one SELECT through the same door as ``cem query`` and ``/query`` (read-only by
 construction, :mod:`pipeline.views.reads`), so the view can read nothing that door cannot.
 
-A lookup, not a scan: ``customer_state`` is ordered by ``customer_id``; ``touchpoints_enriched`` and
-``alerts`` keep a bloom-filter index on ``customer_id`` that narrows each read to the granules holding
-the customer (their sort keys leave the id out so an erasure can anonymise it in place).
-``benchmarks/customer_view.py`` measures it with a million touchpoints loaded.
+``customer_state`` is ordered by ``customer_id`` (a lookup); ``touchpoints_enriched`` and ``alerts``
+keep a bloom-filter index on ``customer_id`` that skips the granules without the customer (their sort
+keys leave the id out so an erasure can anonymise it in place), which with thousands of customers a
+granule is most of them. ``benchmarks/customer_view.py`` measures it with a million touchpoints.
 
 When identifiers are pseudonymised (``CEM_PSEUDONYMIZE``) the stored ``customer_id`` is the keyed hash
 of the one channel systems send: the view hashes the requested id the same way before it looks.
