@@ -220,9 +220,9 @@ async def log_ends(consumer: AIOKafkaConsumer, partitions: list[TopicPartition],
     ``partitions``: seek them afterwards (``read_to_end`` does).
 
     Kafka's ListOffsets answers exactly that. Tansu (0.6) answers less: the last record batch's base
-    offset + 1, and 0 for a partition that holds records. So every answer is checked by a fetch from
-    the offset before it (from 0 for an answer of 0): a fetch returns whole batches, and its answer
-    carries the partition's high-water mark, which Tansu gives right. A reader that stopped at the
+    offset + 1. So every answer, 0 included, is checked by a fetch from the offset before it (from 0
+    for an answer of 0): a fetch returns whole batches, and its answer carries the partition's
+    high-water mark, which Tansu gives right. A reader that stopped at the
     short answer missed the rest of the last batch, or the whole partition, and Faust's table
     recovery did: customer states a commit had written came back old, or not at all.
     (No ``position()`` here: it waits for ever on a partition whose fetch went out of range.)

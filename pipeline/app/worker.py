@@ -300,14 +300,18 @@ class TouchpointWorker:
         A log that started over can be exactly as long as the old one was where the worker reads
         (the group offset the old log left), or shorter: either way no record would ever come to
         show it, and the new log's records would wait unread."""
-        for tp in self.delivery.assigned():
+        def unverified(tp: Any) -> bool:
+            return not self.logs.verified_in((tp.topic, tp.partition), self.delivery.generation)
+
+        overruns = self.delivery.overruns
+        for tp in [tp for tp in self.delivery.assigned() if tp in overruns() or unverified(tp)]:  # mostly none: no lock
             key = (tp.topic, tp.partition)
             async with self._processing:  # not while a fetch is planned: it may verify or move it first
-                generation, overrun = self.delivery.generation, tp in self.delivery.overruns()
-                if not overrun and self.logs.verified_in(key, generation):
+                overrun = tp in overruns()
+                if not overrun and not unverified(tp):
                     continue
                 try:
-                    verdict = await self.logs.verdict(key, generation, overrun=overrun)
+                    verdict = await self.logs.verdict(key, self.delivery.generation, overrun=overrun)
                 except LogProbeError as exc:  # ask again at the next check
                     log.warning("%s; checking %s/%d again", exc, *key)
                     self.logs.forget([key])
