@@ -339,9 +339,11 @@ class AlertEngine:
     ) -> list[Alert]:
         """Alerts triggered by one valid, non-duplicate enriched event; mutates ``state``.
 
-        ``replay=True`` for a record re-processed after a restart (``Kind.REPLAYED``): customer
-        rules are idempotent anyway, but the channel minutes and the value quantile must not count
-        it twice. ``contributions`` are the churn model's per-feature contributions, if any.
+        ``replay=True`` for a record re-processed after a restart (``Kind.REPLAYED``): it moves the
+        watermark only. Its alerts were acked before the state holding it was written, and what the
+        rules remember of it is in that state; run again against the state as it is now, the rules
+        could fire what they did not fire then. ``contributions`` are the churn model's per-feature
+        contributions, if any.
         """
         tp = enriched.touchpoint
         t = tp.occurred_at
@@ -351,9 +353,10 @@ class AlertEngine:
             self._observe_value(enriched)
         received = enriched.received_at
         horizon = t if received <= 0 else min(t, received + cfg.watermark_max_skew_ms)
-        partition = enriched.source_partition
-        if self._observe_partition(partition, horizon):
+        if self._observe_partition(enriched.source_partition, horizon):
             self._advance_watermark()
+        if replay:
+            return []
 
         alerts: list[Alert] = []
         if state.cases:

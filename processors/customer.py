@@ -5,9 +5,13 @@ valid touchpoint into it and returns what happened:
 
 * ``NEW``: first sight of this ``event_id``; the state moved on and an :class:`Enriched` event is out.
 * ``REPLAY``: the same Kafka record seen again after a worker restart (same log position: the
-  incarnation of the source log and the offset in it). The state already holds it, so it is not
-  applied twice, but its outputs are produced again, because the crash may have come before they
-  were written; the sinks make that idempotent.
+  incarnation of the source log and the offset in it), applied since the state's previous changelog
+  write. The state already holds it, so it is not applied twice, but its outputs are produced again,
+  because the crash may have come before they were written; the sinks make that idempotent.
+* ``SETTLED``: a record the state decided before a restart that needs nothing again: at or behind
+  the state's previous write (whose commit made every output of it durable), or a record with no
+  outputs. Decided by position, not by the dedupe horizon: the state has moved on in event time
+  since, and measured from where it is now a redelivery of an old record would look new.
 * ``DUPLICATE``: a redelivery by a channel system (same ``event_id``, another position) within the
   dedupe horizon: dropped and counted.
 
@@ -47,6 +51,7 @@ def log_position(epoch: int, offset: int) -> int:
 class Outcome(str, enum.Enum):
     NEW = "new"
     REPLAY = "replay"
+    SETTLED = "settled"
     DUPLICATE = "duplicate"
 
 
@@ -130,9 +135,10 @@ class CustomerState:
     churn_example_at: int | None = None  # event time of the latest churn example sent to training
     churned_at: int | None = None
     profile: dict[str, str] = field(default_factory=dict)  # CRM attributes from cem.customers
-    seen: dict[str, Sequence[int]] = field(default_factory=dict)  # event_id -> (occurred_at, log_position)
+    seen: dict[str, Sequence[int]] = field(default_factory=dict)  # event_id -> (occurred_at, log_position, ...)
     seen_live: int = 0  # entries left by the last prune: the next prune is due at twice as many
     position: int = 0  # the highest log position applied (the version of this state)
+    partition: int = -1  # the source partition of ``position`` (-1: a state written before it was kept)
     # The position as of the state's last changelog write. Dedupe entries after it are kept whatever
     # their age: a crash before the input is acked replays them into the written state, which must
     # recognise them (see mark_written).
@@ -292,21 +298,36 @@ def apply(
     (<Outcome.DUPLICATE: 'duplicate'>, 1)
     >>> apply(s, tp, 0, 7, 60_000, source_epoch=2)[0]  # offset 7 of a log that started over
     <Outcome.DUPLICATE: 'duplicate'>
+    >>> for i in (10, 11):                            # three days later in event time
+    ...     _ = apply(s, Touchpoint(f"e{i}", "c1", 3 * DAY_MS + i, "web", "page_view"), 0, i, 0)
+    >>> apply(s, tp, 0, 9, 60_000)[0]                 # the redelivery read again after a restart
+    <Outcome.DUPLICATE: 'duplicate'>
+    >>> mark_written(s)                               # its changelog written and committed
+    >>> apply(s, tp, 0, 7, 60_000)[0], s.orders       # ... before a restart: nothing to do again
+    (<Outcome.SETTLED: 'settled'>, 1)
     """
     position = log_position(source_epoch, source_offset)
     seen = state.seen.get(tp.event_id)
-    if seen is not None and seen[0] < state.dedupe_clock - dedupe_horizon_ms and seen[1] != position:
-        seen = None  # beyond the horizon: decided by event time alone, never by when pruning last ran
-    if seen is not None:
-        if seen[1] == position:
+    replay = seen is not None and (seen[1] == position or position in seen[2:])
+    if position <= state.position and source_partition == state.partition:
+        # Read again after a restart, the state being ahead of the committed offset: decided before,
+        # against the state as it was then, not as it is now.
+        if replay and position > state.written_position:
             return Outcome.REPLAY, _enriched(state, tp, source_partition, source_offset, received_at, None, None, False)
+        return Outcome.SETTLED if seen is None or replay else Outcome.DUPLICATE, None
+    if replay:  # a state written before it kept its partition
+        return Outcome.REPLAY, _enriched(state, tp, source_partition, source_offset, received_at, None, None, False)
+    if seen is not None and seen[0] >= state.dedupe_clock - dedupe_horizon_ms:
         return Outcome.DUPLICATE, None
-
+    # Never seen, or beyond the horizon: decided by event time alone, never by when pruning last ran.
     previous_last_seen = state.last_seen if state.events_total else None
     recency_s = None if previous_last_seen is None else max(0, tp.occurred_at - previous_last_seen) / 1000.0
     resolve_s, switched = _fold(state, tp)
-    state.seen[tp.event_id] = (tp.occurred_at, position)  # a tuple of ints: not tracked by the GC
-    state.position = max(state.position, position)
+    # A tuple of ints (not tracked by the GC). An id new again beyond the horizon keeps its earlier
+    # positions until they are written: a replay must still recognise them.
+    state.seen[tp.event_id] = (tp.occurred_at, position) if seen is None else \
+        (tp.occurred_at, position, *(p for p in seen[1:] if p > state.written_position))
+    state.position, state.partition = max(state.position, position), source_partition
     if len(state.seen) >= max(_PRUNE_MIN, 2 * state.seen_live):  # amortised; frees memory, decides nothing
         prune_seen(state, dedupe_horizon_ms)
     return Outcome.NEW, _enriched(state, tp, source_partition, source_offset, received_at, recency_s, resolve_s, switched)

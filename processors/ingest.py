@@ -51,7 +51,7 @@ class DeadLetter:
 
 class Kind(str, enum.Enum):
     PROCESSED = "processed"
-    REPLAYED = "replayed"  # re-processed after a restart: outputs again, state untouched
+    REPLAYED = "replayed"  # read again after a restart: state untouched; outputs again unless durable
     DUPLICATE = "duplicate"
     DEAD_LETTER = "dead_letter"
     SUPPRESSED = "suppressed"  # of an erased customer: dropped and counted, nothing kept
@@ -132,6 +132,8 @@ class Ingestor:
             return _dead(record, Reason.PROCESSING_ERROR, stage, describe(exc), channel)
         if outcome is Outcome.DUPLICATE:
             return Result(Kind.DUPLICATE, touchpoint.channel, state=state)
+        if outcome is Outcome.SETTLED:  # decided before the restart, its outputs (if any) durable
+            return Result(Kind.REPLAYED, touchpoint.channel, state=state)
         kind = Kind.PROCESSED if outcome is Outcome.NEW else Kind.REPLAYED
         return Result(kind, touchpoint.channel, enriched=enriched, state=state, rewritten=rewritten)
 

@@ -138,6 +138,8 @@ class BatchPlanner(Generic[Out]):
             plan.outputs.append(self._dead_letter(result.dead_letter))
             return
         enriched, state = result.enriched, result.state
+        if enriched is None and result.kind is Kind.REPLAYED:
+            return  # settled before a restart: nothing to output again
         assert enriched is not None and state is not None
         new = result.kind is Kind.PROCESSED
         stage = Stage.SCORE

@@ -658,10 +658,11 @@ WINDOW_EVENTS = [compressed(e) for e in EVENTS]  # 3 weeks squeezed into 8 h: al
 
 def written_and_recovered(states: DictStates, result: BatchPlan[Shipped]) -> None:
     """What a crash between the commit's changelog write and its input ack leaves: the changed states
-    marked written (as ``Commit`` does), then read back from their JSON changelog records."""
+    read back from their JSON changelog records (serialised before ``Commit`` marks them written)."""
     for customer_id, state in result.changed.items():
+        written = orjson.dumps(state)
         mark_written(state)
-        states.states[customer_id] = CustomerState.from_dict(orjson.loads(orjson.dumps(state)))
+        states.states[customer_id] = CustomerState.from_dict(orjson.loads(written))
 
 
 def positions(result: BatchPlan[Shipped]) -> list[int]:
@@ -924,6 +925,45 @@ def test_replays_are_exact_beyond_the_dedupe_horizon(sizes):
     batches = [LONG_EVENTS[a:b] for a, b in itertools.pairwise(cuts) if a < len(LONG_EVENTS)]
     again = replayed_after_a_crash(batches)
     assert again.tallies.outcomes().get("processed", 0) == 0, again.tallies.outcomes()
+
+
+def redelivered(events: list[dict], every: int = 7, lag: int = 3) -> list[dict]:
+    """Every ``every``-th touchpoint sent again ``lag`` later, as channel systems resend."""
+    return [e for i, event in enumerate(events)
+            for e in ([event, events[i - lag]] if i >= lag and i % every == 0 else [event])]
+
+
+@REGRESSION
+@given(st.lists(st.integers(1, 120), min_size=1, max_size=5), st.floats(0, 1))
+@example([80, 80, 80, 80, 80], 0.0)
+def test_a_replay_from_further_back_than_the_last_commit_decides_every_record_as_before(sizes, back):
+    """Found (the SIGKILL test): a worker that had written its states many times but not yet
+    committed its offsets read its partition again from far back. Measured from where the state's
+    event time was by then, a redelivery of an old record looked beyond the dedupe horizon and was
+    processed as new (stored twice), and records whose dedupe entries were pruned were folded in
+    again. Property: after a crash that lost the last commit's ClickHouse insert, read again from
+    any offset, nothing is processed, no state changes, only records output before are output
+    again, and those of the last commit all are."""
+    stream = redelivered(LONG_EVENTS)
+    records = [SourceRecord(TOPIC, 0, i, e["occurred_at"], e["customer_id"].encode(), json_bytes(e))
+               for i, e in enumerate(stream)]
+    states, planner, output, written = DictStates(), new_planner(), set(), {}
+    cuts = sorted({0, len(records), *(min(len(records), sum(sizes[:i + 1])) for i in range(len(sizes)))})
+    for a, b in itertools.pairwise(cuts):
+        result = planner.plan(records[a:b], states)
+        last = set(positions(result))
+        output |= last
+        for customer_id, state in result.changed.items():  # as Commit does: serialised, then marked written
+            written[customer_id] = orjson.dumps(state)
+            mark_written(state)
+    states.states = {c: CustomerState.from_dict(orjson.loads(v)) for c, v in written.items()}  # kill -9, recovery
+    before = copy.deepcopy(states.states)
+    start = int(back * (len(records) - 1))
+    again = planner.plan(records[start:], states)
+    assert again.tallies.outcomes().get("processed", 0) == 0, again.tallies.outcomes()
+    assert states.states == before, "a replay changed the state"
+    assert set(positions(again)) <= output, "a replay output a record that was a duplicate"
+    assert {p for p in last if p >= start} <= set(positions(again)), "the last commit's rows were not output again"
 
 
 @settings(REGRESSION, max_examples=5)
