@@ -143,6 +143,9 @@ class CustomerState:
     # their age: a crash before the input is acked replays them into the written state, which must
     # recognise them (see mark_written).
     written_position: int = 0
+    # The highest position whose outputs this process has staged: what the next write makes durable.
+    # A state read back from its changelog has staged nothing yet (see from_dict).
+    staged_position: int = field(default=0, compare=False)
     alerting: CustomerAlertState | None = None  # what the alert rules remember (created by them)
 
     def to_dict(self) -> dict[str, Any]:
@@ -168,6 +171,9 @@ class CustomerState:
         alerting = values.pop("alerting", None)
         state = cls(**values)
         state.seen = {event_id: tuple(seen) for event_id, seen in state.seen.items()}  # JSON gave lists
+        # The outputs of what the state applied since its previous write may be lost with the crash
+        # that ended its writer: replays re-stage them (apply), and until then nothing more is durable.
+        state.staged_position = state.written_position
         if alerting is not None:
             state.alerting = CustomerAlertState.from_dict(alerting)  # JSON gave its dict
         if _EXAMPLE_AT_BEFORE in data:  # a record written before the field had its name
@@ -313,6 +319,7 @@ def apply(
         # Read again after a restart, the state being ahead of the committed offset: decided before,
         # against the state as it was then, not as it is now.
         if replay and position > state.written_position:
+            state.staged_position = max(state.staged_position, position)
             return Outcome.REPLAY, _enriched(state, tp, source_partition, source_offset, received_at, None, None, False)
         return Outcome.SETTLED if seen is None or replay else Outcome.DUPLICATE, None
     if replay:  # a state written before it kept its partition
@@ -328,6 +335,7 @@ def apply(
     state.seen[tp.event_id] = (tp.occurred_at, position) if seen is None else \
         (tp.occurred_at, position, *(p for p in seen[1:] if p > state.written_position))
     state.position, state.partition = max(state.position, position), source_partition
+    state.staged_position = max(state.staged_position, position)
     if len(state.seen) >= max(_PRUNE_MIN, 2 * state.seen_live):  # amortised; frees memory, decides nothing
         prune_seen(state, dedupe_horizon_ms)
     return Outcome.NEW, _enriched(state, tp, source_partition, source_offset, received_at, recency_s, resolve_s, switched)
@@ -346,7 +354,8 @@ def prune_seen(state: CustomerState, horizon_ms: int) -> None:
 
 
 def mark_written(state: CustomerState) -> None:
-    """The state's changelog record is being written: what it has applied so far is durable with it.
+    """The state's changelog record is being written by a commit that makes the outputs staged so
+    far durable: the positions up to them need nothing again after a crash.
 
     Until the next write, a crash replays the records after the last acked input into *this* state,
     so their dedupe entries must survive pruning meanwhile; those before it may go.
@@ -359,8 +368,18 @@ def mark_written(state: CustomerState) -> None:
     (True, 'replay')
     >>> mark_written(s); prune_seen(s, DEFAULT_DEDUPE_HORIZON_MS); "e1" in s.seen
     False
+
+    A state read back after a crash has staged nothing: e12's outputs are durable only once replayed.
+
+    >>> _ = apply(s, Touchpoint("e12", "c1", 3 * DAY_MS + 12, "web", "page_view"), 0, 12, 0)
+    >>> r = CustomerState.from_dict(s.to_dict()); mark_written(r); r.written_position == s.written_position
+    True
+    >>> apply(r, Touchpoint("e12", "c1", 3 * DAY_MS + 12, "web", "page_view"), 0, 12, 0)[0].value
+    'replay'
+    >>> mark_written(r); r.written_position == r.position
+    True
     """
-    state.written_position = state.position
+    state.written_position = state.staged_position
 
 
 def _fold(state: CustomerState, tp: Touchpoint) -> tuple[float | None, bool]:
