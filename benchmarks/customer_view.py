@@ -6,7 +6,9 @@ Loads ``--touchpoints`` enriched touchpoints of ``--customers`` customers, sprea
 the channels as live traffic is, and one state per customer, into a fresh embedded ClickHouse laid
 out by cem's own DDL; then builds the whole view (every section, through the read-only door the
 worker serves it by) for ``--lookups`` random customers. Reports the p50/p99 milliseconds per view,
-and the granules the touchpoint reads select out of the table's (``EXPLAIN indexes = 1``).
+and the granules the touchpoint reads select out of the table's (``EXPLAIN indexes = 1``). Then
+times the journey analytics over the same table (the median of ``--passes`` reads each): the whole
+funnel (``cem.journey_funnel``), and the transitions of the last day (``cem.journey_transitions``).
 
 Prints one JSON object.
 """
@@ -70,6 +72,7 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=20_000)
     parser.add_argument("--lookups", type=int, default=200)
     parser.add_argument("--seed", type=int, default=3)
+    parser.add_argument("--passes", type=int, default=5)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="cem-view-") as data:
         connection = connect(f"chdb://{data}/clickhouse")
@@ -93,7 +96,26 @@ def main() -> None:
             "load_s": round(loaded_s, 1), "view_ms_p50": round(statistics.median(times), 1),
             "view_ms_p99": round(times[int(0.99 * (len(times) - 1))], 1),
             "timeline_granules": granules(connection, ids[0]), "sections": len(SECTIONS),
+            **{f"{name}_ms": timed(reads, sql, args.passes) for name, sql in JOURNEY_READS.items()},
         }))
+
+
+JOURNEY_READS = {
+    "journey_funnel": "SELECT * FROM cem.journey_funnel",
+    "journey_transitions_day": "SELECT from_stage, to_stage, channel, count() FROM cem.journey_transitions"
+                               " WHERE occurred_at >= (SELECT max(occurred_at) FROM cem.touchpoints_enriched)"
+                               " - INTERVAL 1 DAY GROUP BY ALL",
+}
+
+
+def timed(reads, sql: str, passes: int) -> float:
+    """The median milliseconds of ``passes`` reads of ``sql`` (through the read-only door)."""
+    times = []
+    for _ in range(passes):
+        t0 = time.perf_counter()
+        reads(sql)
+        times.append((time.perf_counter() - t0) * 1000)
+    return round(statistics.median(times), 1)
 
 
 if __name__ == "__main__":

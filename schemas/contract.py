@@ -18,6 +18,11 @@ MINUTE_MS = 60_000
 HOUR_MS = 60 * MINUTE_MS
 DAY_MS = 24 * HOUR_MS
 
+# The journey funnel (cem.journey_funnel): the stages a customer is counted through, in order, and
+# how long in event time a customer has to get from the first to the last.
+FUNNEL_STAGES = ("awareness", "consideration", "purchase", "retention")
+FUNNEL_WINDOW_S = 30 * 24 * 3600
+
 TOPIC_TOUCHPOINTS = "cem.touchpoints"
 TOPIC_DLQ = "cem.touchpoints.dlq"
 TOPIC_ENRICHED = "cem.touchpoints.enriched"

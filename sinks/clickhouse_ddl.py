@@ -12,7 +12,7 @@ push an insert past ClickHouse's partitions-per-insert limit.
 
 from __future__ import annotations
 
-from schemas.contract import CSAT_SATISFIED_MIN, DETRACTOR_MAX, PROMOTER_MIN
+from schemas.contract import CSAT_SATISFIED_MIN, DETRACTOR_MAX, FUNNEL_STAGES, FUNNEL_WINDOW_S, PROMOTER_MIN
 from schemas.tables import POSITION, TABLES
 
 SCHEMA_VERSION = 3  # bumped when a table's layout changes in a way CREATE ... IF NOT EXISTS cannot apply
@@ -42,6 +42,30 @@ KPI_AGGREGATES = f"""
 KPI_KEY = "toDateTime(toStartOfMinute(occurred_at), 'UTC') AS minute, channel"
 _POSITION_KEY = ", ".join(POSITION[:3])  # topic, partition, epoch
 OFFSETS = f"SELECT {_POSITION_KEY}, max(source_offset) GROUP BY {_POSITION_KEY}"
+
+
+def _funnel_view() -> str:
+    """cem.journey_funnel: per entry channel (of a customer's first touchpoint), how many customers
+    went through each of ``FUNNEL_STAGES`` in order within ``FUNNEL_WINDOW_S`` (``windowFunnel``), and
+    the median event time from first reaching each stage to first reaching the next."""
+    steps = ", ".join(f"journey_stage = '{stage}'" for stage in FUNNEL_STAGES)
+    firsts = ", ".join(f"minOrNullIf(occurred_at, journey_stage = '{stage}') AS at_{stage}" for stage in FUNNEL_STAGES)
+    reached = ", ".join(f"countIf(level >= {i}) AS {stage}" for i, stage in enumerate(FUNNEL_STAGES, 1))
+    medians = ", ".join(
+        f"quantileExact(0.5)(if(at_{b} >= at_{a}, dateDiff('second', at_{a}, at_{b}), NULL)) AS median_s_{a}_to_{b}"
+        for a, b in zip(FUNNEL_STAGES, FUNNEL_STAGES[1:], strict=False)
+    )
+    return f"""
+    CREATE VIEW IF NOT EXISTS {{db}}.journey_funnel AS
+    SELECT entry_channel, count() AS customers, {reached}, {medians}
+    FROM (
+        SELECT customer_id, argMin(channel, (occurred_at, event_id)) AS entry_channel,
+               windowFunnel({FUNNEL_WINDOW_S})(toDateTime(occurred_at), {steps}) AS level, {firsts}
+        FROM {{db}}.touchpoints_enriched
+        GROUP BY customer_id
+    )
+    GROUP BY entry_channel
+    """
 
 
 def _columns(table: str) -> str:
@@ -75,6 +99,22 @@ DDL: tuple[str, ...] = (
     FROM {{db}}.touchpoints_enriched
     GROUP BY minute, channel
     """,
+    # Journeys are read from the touchpoints as stored, which are exact (each position once), so
+    # they cost the insert nothing; the pipeline's per-record stage is ordered here in event time.
+    """
+    CREATE VIEW IF NOT EXISTS {db}.journey_transitions AS
+    SELECT toDateTime(toStartOfMinute(occurred_at), 'UTC') AS minute, channel, from_stage,
+           journey_stage AS to_stage, customer_id, event_id, occurred_at
+    FROM (
+        SELECT customer_id, event_id, occurred_at, channel, journey_stage,
+               lagInFrame(journey_stage, 1, '') OVER (
+                   PARTITION BY customer_id ORDER BY occurred_at, event_id ROWS BETWEEN 1 PRECEDING AND CURRENT ROW
+               ) AS from_stage
+        FROM {db}.touchpoints_enriched
+    )
+    WHERE from_stage != '' AND from_stage != journey_stage
+    """,
+    _funnel_view(),
     f"""
     CREATE TABLE IF NOT EXISTS {{db}}.dead_letters (
         {_columns("dead_letters")},
@@ -125,7 +165,7 @@ def statements(database: str) -> list[str]:
 
     >>> statements("cem")[0]
     'CREATE DATABASE IF NOT EXISTS cem'
-    >>> "PARTITION BY" in " ".join(statements("cem"))
+    >>> any("PARTITION BY" in sql for sql in statements("cem") if "CREATE TABLE" in sql)  # see the module doc
     False
     """
     return [" ".join(sql.split()).format(db=database) for sql in DDL]
@@ -134,8 +174,8 @@ def statements(database: str) -> list[str]:
 def created_tables(database: str) -> list[str]:
     """The tables and views :func:`statements` creates (the read side allows exactly these).
 
-    >>> created_tables("cem")[:3]
-    ['touchpoints_enriched', 'kpi_minute', 'dead_letters']
+    >>> created_tables("cem")[:4]
+    ['touchpoints_enriched', 'kpi_minute', 'journey_transitions', 'journey_funnel']
     """
     names = []
     for sql in statements(database):

@@ -98,7 +98,7 @@ COPARTITIONED = {"cem.touchpoints", "cem-customer_state-changelog", "cem.erasure
 DAY_MS = 86_400_000
 CLICKHOUSE_TABLES = {
     "touchpoints_enriched", "kpi_minute", "customer_state", "dead_letters",
-    "model_metrics", "alerts",
+    "model_metrics", "alerts", "journey_funnel", "journey_transitions",
 }
 WORKER_ENV = {  # the worker's documented settings, with the compose values that wire it to the stack
     "CEM_KAFKA_BOOTSTRAP", "CEM_KAFKA_SECURITY_PROTOCOL", "CEM_CLICKHOUSE_URL", "CEM_CLICKHOUSE_USER",
@@ -1737,7 +1737,8 @@ def test_dashboards_cover_the_brief():
     cx_sql = " ".join(t["expr"] for t in by_dash["customer-experience.json"] if t["kind"] == "sql")
     cx_prom = " ".join(t["expr"] for t in by_dash["customer-experience.json"] if t["kind"] == "promql")
     for needle in ("promoters", "csat_satisfied", "ces_sum", "sentiment_sum", "churn_risk", "cem.alerts", "revenue",
-                   "complaints_opened", "complaints_resolved", "cem.kpi_minute", "cem.customer_state"):
+                   "complaints_opened", "complaints_resolved", "cem.kpi_minute", "cem.customer_state",
+                   "cem.journey_funnel", "cem.journey_transitions"):
         assert needle in cx_sql, f"Customer experience lacks {needle}"
     assert "cem_alerts_total" in cx_prom and "cem_churn_risk_bucket" in cx_prom
 
@@ -1776,7 +1777,7 @@ def test_dashboard_sql_is_well_formed():
         tables = sql_tables(sql)
         assert tables and tables <= CLICKHOUSE_TABLES, (tables, sql)
         assert not re.search(r"(?i)\b(INSERT|ALTER|DROP|TRUNCATE|CREATE|OPTIMIZE)\b", sql), "dashboards only read"
-        if "kpi_minute" in tables or "alerts" in tables or "dead_letters" in tables or "model_metrics" in tables:
+        if tables & {"kpi_minute", "alerts", "dead_letters", "model_metrics", "journey_transitions"}:
             assert "$__timeFilter(" in sql, f"unbounded scan of an event table: {sql!r}"
         # UInt64 columns must not be subtracted unsigned (NPS would wrap around to 1.8e19).
         assert not re.search(r"sum\(promoters\)\s*-\s*sum\(detractors\)", sql)

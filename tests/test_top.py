@@ -143,6 +143,8 @@ def test_top_once_shows_channels_and_counts(broker, start_worker, tmp_path, caps
         assert kpis[channel]["nps"] == pytest.approx(100 * (want["promoters"] - want["detractors"]) / want["nps_responses"])
         assert kpis[channel]["revenue"] == pytest.approx(want["revenue"])
     assert snap.lag is not None and set(snap.lag) == {"cem.touchpoints"} and snap.lag["cem.touchpoints"] == 0
+    assert snap.funnel_error is None and snap.funnel is not None
+    assert snap.funnel["customers"] == len({e["customer_id"] for e in events})
 
     # Production form: --status-url (+ --metrics-url for the lag).
     rc = main(["top", "--status-url", worker.url, "--metrics-url", metrics_url(worker), "--once", "--interval", "0.2"])
@@ -163,6 +165,7 @@ def test_top_once_shows_channels_and_counts(broker, start_worker, tmp_path, caps
     assert row_for(pipeline_part, "consumer lag cem.touchpoints")[1] == "0"
     assert re.search(r"commit latency p99\s*│\s*[\d,.]+ ms", pipeline_part)
     assert "no cem.alerts table" in alerts_part or "no alerts" in alerts_part or "emitted_at" in alerts_part
+    assert f"of {snap.funnel['customers']:,} customers" in out.out, out.out
 
     # Embedded form: --data-dir finds the worker (status and metrics ports) through worker.json.
     rc = main(["top", "--data-dir", str(tmp_path), "--once", "--interval", "0.2"])

@@ -30,6 +30,7 @@ from typing import Any
 
 KPI_WINDOW_MINUTES = 15
 ALERT_ROWS = 8
+FUNNEL_REFRESH_S = 30.0  # the funnel reads every stored touchpoint: not at every refresh
 HTTP_TIMEOUT_S = 3.0
 
 Totals = dict[str, dict[str, float]]
@@ -170,6 +171,42 @@ def alerts_sql(database: str = "cem", limit: int = ALERT_ROWS) -> str:
     """
 
 
+def funnel_sql(database: str = "cem") -> str:
+    """Customers through the journey stages in order, summed over their entry channels."""
+    from schemas.contract import FUNNEL_STAGES
+
+    sums = ", ".join(f"sum({stage}) AS {stage}" for stage in FUNNEL_STAGES)
+    return f"SELECT sum(customers) AS customers, {sums} FROM {database}.journey_funnel"
+
+
+def fetch_funnel(query: QueryFn, database: str = "cem") -> dict | None:
+    """The funnel's counts, or None if ``cem.journey_funnel`` does not exist (an older database)."""
+    try:
+        columns, rows = query(funnel_sql(database))
+    except Exception as exc:
+        if is_missing_table(exc):
+            return None
+        raise
+    return dict(zip(columns, rows[0], strict=True)) if rows else None
+
+
+def funnel_line(funnel: dict) -> str:
+    """One line: each stage's customers, and the share of the previous stage's that got there.
+
+    >>> funnel_line({"customers": 9, "awareness": 8, "consideration": 4, "purchase": 1, "retention": 0})
+    'awareness 8 → consideration 4 (50%) → purchase 1 (25%) → retention 0 (0%)   of 9 customers'
+    """
+    from schemas.contract import FUNNEL_STAGES
+
+    parts, previous = [], None
+    for stage in FUNNEL_STAGES:
+        n = int(funnel.get(stage) or 0)
+        share = "" if previous is None else f" ({100 * n / previous:.0f}%)" if previous else " (—)"
+        parts.append(f"{stage} {n:,}{share}")
+        previous = n
+    return " → ".join(parts) + f"   of {int(funnel.get('customers') or 0):,} customers"
+
+
 def fetch_kpis(query: QueryFn, database: str = "cem") -> tuple[list[dict], str | None]:
     """(rows as dicts, the newest minute) — no rows and None when there is no data yet."""
     columns, rows = query(kpi_sql(database))
@@ -246,6 +283,8 @@ class Snapshot:
     kpi_error: str | None = None
     alerts: list[dict] | None = None
     alerts_error: str | None = None
+    funnel: dict | None = None
+    funnel_error: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -278,6 +317,7 @@ class Collector:
         self.target = target
         self.database = database
         self._previous: tuple[float, int | None, Totals] | None = None
+        self._funnel: tuple[float, dict | None] | None = None  # (when read, what)
 
     def collect(self) -> Snapshot:
         try:
@@ -319,6 +359,12 @@ class Collector:
             snap.alerts = fetch_alerts(sources.query, self.database)
         except Exception as exc:
             snap.alerts_error = describe_error(exc)
+        try:
+            if self._funnel is None or now - self._funnel[0] >= FUNNEL_REFRESH_S:
+                self._funnel = (now, fetch_funnel(sources.query, self.database))
+            snap.funnel = self._funnel[1]
+        except Exception as exc:
+            snap.funnel_error = describe_error(exc)
         return snap
 
 
@@ -360,8 +406,21 @@ def render_frame(snap: Snapshot, width: int = 160) -> Any:
         pipeline: Any = Panel(Text(f"worker: {snap.status_error}", style="bold red"), title="Pipeline")
     else:
         pipeline = _side_by_side([_throughput_table(snap), _dead_letter_table(snap), _health_table(snap)], width)
-    parts = [header, pipeline, _kpi_panel(snap), _alerts_panel(snap)]
+    parts = [header, pipeline, _kpi_panel(snap), _funnel_text(snap), _alerts_panel(snap)]
     return Group(*parts)
+
+
+def _funnel_text(snap: Snapshot) -> Any:
+    from rich.text import Text
+
+    text = Text("journey  ", style="bold")
+    if snap.funnel_error:
+        text.append(f"ClickHouse: {snap.funnel_error}", style="red")
+    elif not snap.funnel or not snap.funnel.get("customers"):
+        text.append("no journeys yet", style="dim")
+    else:
+        text.append(funnel_line(snap.funnel))
+    return text
 
 
 def _side_by_side(tables: list[Any], width: int, gap: int = 2) -> Any:
