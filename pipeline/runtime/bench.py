@@ -36,6 +36,7 @@ def run_bench(events: int, customers: int, partitions: int, seed: int, data_dir:
     from processors.synthetic import JourneyGenerator
 
     directory = Path(data_dir or tempfile.mkdtemp(prefix="cem-bench-")).resolve()
+    directory.mkdir(parents=True, exist_ok=True)  # a --data-dir that does not exist yet
     port = free_port()
     settings = embedded_settings(
         Settings.from_env().replace(partitions=partitions, metrics_port=free_port(), web_port=free_port(),
