@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from processors.alert_state import CustomerAlertState
-from processors.alerts import Alert, AlertEngine
+from processors.alerts import Alert, AlertEngine, top_contributions
 from processors.churn import ChurnModel, Features, churn_features
 from processors.customer import CHURN_TYPES, CustomerState, Enriched
 from processors.sentiment import SentimentModel, fold_sentiment
@@ -156,6 +156,28 @@ class ChurnScorer:
             state.churn_example_at = t
             batch.churn_examples.append((tp.customer_id, t, features))
         return risk
+
+    def explain(self, state: CustomerState, top: int = 5) -> dict[str, Any] | None:
+        """The customer's risk as of their latest touchpoint, by the current model, with its ``top``
+        drivers (the largest contributions, signed); None for a churned or never-seen customer.
+
+        >>> from processors.touchpoint import Touchpoint
+        >>> from processors.customer import apply
+        >>> state = CustomerState("c1")
+        >>> _ = apply(state, Touchpoint("e1", "c1", 0, "web", "complaint_opened", case_id="k1"), 0, 1, 0)
+        >>> why = ChurnScorer(ChurnModel()).explain(state, top=2)
+        >>> sorted(why), why["drivers"][0]["feature"]
+        (['as_of', 'drivers', 'model_version', 'risk'], 'open_complaints')
+        """
+        if state.churned_at is not None or not state.events_total:
+            return None
+        features = churn_features(state, state.last_seen)
+        model = self.model
+        return {
+            "risk": round(model.predict_proba_one(features), 4), "as_of": state.last_seen, "model_version": model.version,
+            "drivers": [{"feature": name, "contribution": round(value, 4)}
+                        for name, value in top_contributions(model.contributions(features), top)],
+        }
 
     def contributions(self, state: CustomerState, t_ms: int) -> LazyContributions:
         """What drove the customer's risk (computed only if an alert asks for it)."""

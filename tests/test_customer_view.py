@@ -46,6 +46,10 @@ def test_the_view_of_a_customer_is_exactly_their_touchpoints(broker, start_worke
     assert sum(s["touchpoints"] for s in view["journey"]) == n
     assert view["profile"]["events_total"] == n
     assert view["rfm"]["frequency"] == sum(e["type"] == "purchase" for e in mine)
+    churn = view["churn"]  # from the state this worker holds, by its current model
+    assert 0.0 <= churn["risk"] <= 1.0 and churn["as_of"] == max(e["occurred_at"] for e in mine)
+    weights = [abs(d["contribution"]) for d in churn["drivers"]]
+    assert len(weights) == 5 and weights == sorted(weights, reverse=True), churn
     latest = sorted(mine, key=lambda e: (e["occurred_at"], e["event_id"]), reverse=True)[:TIMELINE_ROWS]
     assert [t["event_id"] for t in view["timeline"]] == [e["event_id"] for e in latest], "newest first, ties by id"
 
@@ -57,7 +61,7 @@ def test_the_view_of_a_customer_is_exactly_their_touchpoints(broker, start_worke
     assert printed == view
     assert main(["customer", cid, "--data-dir", str(tmp_path)]) == 0
     text = capsys.readouterr().out
-    assert f"customer {cid}" in text and "channels" in text and "timeline" in text
+    assert f"customer {cid}" in text and "channels" in text and "timeline" in text and "drivers: " in text
 
     code, unknown = get(f"{worker.url}/customers/nobody-{now_ms()}")
     assert code == 200 and not unknown["found"] and unknown["channels"] == [] and unknown["profile"] is None

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import os
 import sys
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 from prometheus_client import start_http_server
 
@@ -19,6 +21,8 @@ from pipeline.views.customer import customer_view
 from pipeline.views.reads import ReadOnlyQueries
 from pipeline.views.web import start_status_server
 from processors.pseudonym import from_settings as pseudonymizer_from_settings
+
+T = TypeVar("T")
 
 FAUST_LOG_LEVELS = {"debug": "debug", "info": "info", "warn": "warn", "warning": "warn", "error": "error"}
 
@@ -68,15 +72,33 @@ def run_worker(settings: Settings) -> None:
     # /query only for the embedded engine (which nobody else can open); a server has its own SQL door.
     query = ReadOnlyQueries(worker.connection.sibling(), settings.clickhouse_database).run if settings.embedded_clickhouse else None
     pseudonymize = pseudonymizer_from_settings(settings.pseudonymize, settings.pseudonym_key)
-    customer = (lambda customer_id: customer_view(query, customer_id, settings.clickhouse_database, pseudonymize)) if query else None
+
+    def customer(customer_id: str) -> dict:
+        assert query is not None  # served only with /query
+        view = customer_view(query, customer_id, settings.clickhouse_database, pseudonymize)
+        view["churn"] = _on_loop(app.loop, worker.churn_view(view.get("stored_as", customer_id)))
+        return view
+
     start_status_server(settings.web_port, status, query, host=settings.web_host, token=settings.web_token,
-                        health=worker.health.live, ready=worker.health.ready, customer=customer)
+                        health=worker.health.live, ready=worker.health.ready, customer=customer if query else None)
     write_run_file(settings)
     Watchdog(worker.health, exit_after_s=max(5.0, settings.stall_timeout_s / 4)).start()
     from faust.worker import Worker
 
     tune_gc()
     Worker(app, loglevel=FAUST_LOG_LEVELS.get(settings.log_level, "warn"), quiet=True).execute_from_commandline()
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T], timeout_s: float = 5.0) -> T | None:
+    """``coro`` run on the worker's event loop, from the HTTP thread; None if the loop does not get
+    to it in time (it is planning a large fetch) or is not running yet."""
+    if not loop.is_running():
+        coro.close()
+        return None
+    try:
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout_s)
+    except TimeoutError:
+        return None
 
 
 def _rss_mb() -> float | None:

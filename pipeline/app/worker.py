@@ -216,6 +216,12 @@ class TouchpointWorker:
             "snapshots_published": self.trainer.published,
         }
 
+    async def churn_view(self, customer_id: str) -> dict[str, Any] | None:
+        """The customer's churn risk and its drivers, if this worker holds the customer's state (on
+        the event loop: the state and the model are the loop's)."""
+        state = self.states.peek(customer_id)
+        return self.scoring.churn.explain(state) if state is not None else None
+
     def _swap_model(self, key: str, model: Any) -> None:
         scorer = self.scoring.sentiment if key == MODEL_SENTIMENT else self.scoring.churn
         scorer.model = model  # one reference swap: a batch in progress scores with one model or the next

@@ -261,15 +261,21 @@ def _query(args: argparse.Namespace) -> int:
 
 
 def _customer(args: argparse.Namespace) -> int:
+    from pipeline.views.client import fetch_customer, running_worker_url
     from pipeline.views.customer import customer_view, render_view
     from pipeline.views.query import run_query
     from processors.pseudonym import from_settings
 
     settings = _query_settings(args)
     try:
-        pseudonymize = from_settings(settings.pseudonymize, settings.pseudonym_key)
-        view = customer_view(lambda sql: run_query(settings, sql), args.customer_id,
-                             settings.clickhouse_database, pseudonymize)
+        worker = running_worker_url(settings.clickhouse_path().parent) if settings.embedded_clickhouse else None
+        if worker is not None:  # it holds the engine, and the states the churn drivers come from
+            view = fetch_customer(worker, args.customer_id)
+        else:
+            pseudonymize = from_settings(settings.pseudonymize, settings.pseudonym_key)
+            view = customer_view(lambda sql: run_query(settings, sql), args.customer_id,
+                                 settings.clickhouse_database, pseudonymize)
+            view["churn"] = None  # the churn drivers need the worker that holds the customer's state
     except Exception as exc:
         raise CliError(str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)) from None
     print(json.dumps(view) if args.format == "json" else render_view(view))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -47,6 +48,21 @@ def query_worker(url: str, sql: str, timeout_s: float = 60.0) -> tuple[list[str]
             message = str(exc)
         raise WorkerError(message) from None
     return body["columns"], body["rows"]
+
+
+def fetch_customer(url: str, customer_id: str, timeout_s: float = 30.0) -> dict:
+    """A running worker's 360° view of one customer (``GET /customers/ID``): with the churn drivers,
+    which only the worker holding the customer's state can give."""
+    request = urllib.request.Request(f"{url}/customers/{urllib.parse.quote(customer_id, safe='')}", headers=_headers())
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            return json.load(response)
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.loads(exc.read() or b"{}").get("error") or str(exc)
+        except ValueError:
+            message = str(exc)
+        raise WorkerError(message) from None
 
 
 def fetch_status(url: str, timeout_s: float = 5.0) -> dict:

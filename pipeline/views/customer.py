@@ -111,6 +111,10 @@ def render_view(view: dict[str, Any]) -> str:
     for name in ("profile", "rfm"):
         if view[name]:
             lines += ["", name] + [f"  {k}: {v}" for k, v in view[name].items() if v is not None]
+    churn = view.get("churn")
+    if churn:
+        drivers = ", ".join(f"{d['feature']} {d['contribution']:+.3f}" for d in churn["drivers"])
+        lines += ["", "churn", f"  risk: {churn['risk']} (model {churn['model_version']})", f"  drivers: {drivers}"]
     for name in SECTIONS:
         rows = view.get(name)
         if name != "profile" and rows:
