@@ -42,12 +42,16 @@ def query_worker(url: str, sql: str, timeout_s: float = 60.0) -> tuple[list[str]
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
             body = json.load(response)
     except urllib.error.HTTPError as exc:  # the worker answers a bad query with 400 {"error": ...}
-        try:
-            message = json.loads(exc.read() or b"{}").get("error") or str(exc)
-        except ValueError:
-            message = str(exc)
-        raise WorkerError(message) from None
+        raise _refusal(exc) from None
     return body["columns"], body["rows"]
+
+
+def _refusal(exc: urllib.error.HTTPError) -> WorkerError:
+    """The worker's ``{"error": ...}`` answer as a :class:`WorkerError`."""
+    try:
+        return WorkerError(json.loads(exc.read() or b"{}").get("error") or str(exc))
+    except ValueError:
+        return WorkerError(str(exc))
 
 
 def fetch_customer(url: str, customer_id: str, timeout_s: float = 30.0) -> dict:
@@ -58,11 +62,7 @@ def fetch_customer(url: str, customer_id: str, timeout_s: float = 30.0) -> dict:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
             return json.load(response)
     except urllib.error.HTTPError as exc:
-        try:
-            message = json.loads(exc.read() or b"{}").get("error") or str(exc)
-        except ValueError:
-            message = str(exc)
-        raise WorkerError(message) from None
+        raise _refusal(exc) from None
 
 
 def fetch_status(url: str, timeout_s: float = 5.0) -> dict:
