@@ -3,7 +3,10 @@
 Uses aiokafka's batch API (``create_batch`` / ``send_batch``): appending to a batch costs a few
 microseconds where ``send()`` per record costs far more. ``add`` only appends (a full batch waits for
 the next send); ``flush`` sends everything and awaits the broker's acks, so a caller that acks its
-input only after ``flush`` gets at-least-once delivery. ``ship`` sends one topic's batches at once
+input only after ``flush`` gets at-least-once delivery. A batch the broker refuses is sent again, in
+new batches, with the later batches of its partition, before the flush returns (a broker
+restarting, a leader moving); only after ``send_attempts`` the flush raises. Records of one key are
+last seen in the order they were added. ``ship`` sends one topic's batches at once
 (alerts must not wait for the next flush) and returns their delivery futures.
 """
 
@@ -16,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 
 from sinks.base import NullObserver, SinkObserver
@@ -45,7 +49,8 @@ class KafkaSink:
     """
 
     def __init__(self, bootstrap: str, observer: SinkObserver | None = None, client_id: str = "cem-sink",
-                 priority_topics: frozenset[str] = frozenset(), client_options: Mapping[str, Any] | None = None):
+                 priority_topics: frozenset[str] = frozenset(), client_options: Mapping[str, Any] | None = None,
+                 send_attempts: int = 6, retry_backoff_s: float = 0.25):
         self._bootstrap = bootstrap
         self._priority_topics = priority_topics
         self._client_id = client_id
@@ -56,11 +61,13 @@ class KafkaSink:
         self._partitioner = DefaultPartitioner()
         self._partitions: dict[str, list[int]] = {}
         self._batches: dict[Slot, Any] = {}
-        self._counts: dict[Slot, int] = {}
-        self._full: list[tuple[Slot, Any, int]] = []  # batches that filled up, sent with the next send
+        self._items: dict[Slot, list[KafkaRecord]] = {}  # the records of each open batch, to send again
+        self._full: list[tuple[Slot, Any, list[KafkaRecord]]] = []  # batches that filled up, sent with the next send
         self._unplaced: list[KafkaRecord] = []  # keyed records of topics whose partitions are not known yet
-        self._in_flight: list[tuple[str, int, asyncio.Future]] = []  # (topic, records, delivery)
+        self._in_flight: list[tuple[Slot, list[KafkaRecord], asyncio.Future]] = []  # (slot, records, delivery)
         self._flush_lock = asyncio.Lock()
+        self._send_attempts = send_attempts
+        self._retry_backoff_s = retry_backoff_s  # doubled after each failed attempt: 0.25 .. 8 s, ~16 s in all
         self._started = False
         self._tracked: set[str] = set()  # topics added to their producer's metadata
 
@@ -104,13 +111,13 @@ class KafkaSink:
         slot = (item.topic, partition)
         batch = self._batches.get(slot)
         if batch is not None and not _append(batch, item):
-            self._full.append((slot, self._batches.pop(slot), self._counts.pop(slot)))
+            self._full.append((slot, self._batches.pop(slot), self._items.pop(slot)))
             batch = None
         if batch is None:
             batch = self._batches[slot] = self._producer_for(item.topic).create_batch()
             if not _append(batch, item):
                 raise ValueError(f"record for {item.topic} is larger than the producer's max batch size")
-        self._counts[slot] = self._counts.get(slot, 0) + 1
+        self._items.setdefault(slot, []).append(item)
 
     async def write(self, items: Sequence[KafkaRecord]) -> None:
         """Add ``items`` and make everything durable (a flush)."""
@@ -124,34 +131,62 @@ class KafkaSink:
         await self._place()
         slots = [slot for slot in self._batches if slot[0] == topic]
         # Detach before the first await: a flush running meanwhile takes whatever is left.
-        detached = [(slot, self._batches.pop(slot), self._counts.pop(slot)) for slot in slots]
+        detached = [(slot, self._batches.pop(slot), self._items.pop(slot)) for slot in slots]
         detached += [entry for entry in self._full if entry[0][0] == topic]
         self._full = [entry for entry in self._full if entry[0][0] != topic]
-        return [future for slot, batch, count in detached if (future := await self._send(slot, batch, count))]
+        return [future for slot, batch, items in detached if (future := await self._send(slot, batch, items))]
 
     async def flush(self) -> None:
-        """Send everything added so far and await the acks of everything sent. One flush at a time;
-        records added meanwhile go to the next one."""
+        """Send everything added so far and await the acks of everything sent, sending refused batches
+        again (see the module docstring). One flush at a time; records added meanwhile go to the next."""
         async with self._flush_lock:
             await self._place()
             full, self._full = self._full, []
             batches, self._batches = self._batches, {}
-            counts, self._counts = self._counts, {}
-            for slot, batch, count in full:
-                await self._send(slot, batch, count)
+            items, self._items = self._items, {}
+            for slot, batch, records in full:
+                await self._send(slot, batch, records)
             for slot, batch in batches.items():
-                await self._send(slot, batch, counts.get(slot, 0))
-            in_flight, self._in_flight = self._in_flight, []
-            started = time.perf_counter()
-            results = await asyncio.gather(*(fut for _, _, fut in in_flight), return_exceptions=True)
-            seconds = time.perf_counter() - started
-            error: BaseException | None = None
-            for (topic, count, _), result in zip(in_flight, results, strict=True):
-                failed = result if isinstance(result, BaseException) else None
-                self._observer.on_write(topic, count, seconds, failed)
-                error = error or failed
-            if error is not None:
-                raise error
+                await self._send(slot, batch, items.get(slot, []))
+            for attempt in range(1, self._send_attempts + 1):
+                refused, error = await self._acks()
+                if error is None:
+                    return
+                if attempt == self._send_attempts or not isinstance(error, KafkaError):
+                    raise error
+                await asyncio.sleep(self._retry_backoff_s * 2 ** (attempt - 1))
+                for slot, records in refused:
+                    await self._send_again(slot, records)
+
+    async def _acks(self) -> tuple[list[tuple[Slot, list[KafkaRecord]]], BaseException | None]:
+        """Await every batch in flight: the records to send again, and the first error. After a
+        refused batch, the later batches of its partition go again too, though taken: a record of a
+        key is then last seen after the one before it, as it was sent (consumers see a duplicate)."""
+        in_flight, self._in_flight = self._in_flight, []
+        started = time.perf_counter()
+        results = await asyncio.gather(*(future for _, _, future in in_flight), return_exceptions=True)
+        seconds = time.perf_counter() - started
+        again: list[tuple[Slot, list[KafkaRecord]]] = []
+        error: BaseException | None = None
+        for (slot, records, _), result in zip(in_flight, results, strict=True):
+            failed = result if isinstance(result, BaseException) else None
+            self._observer.on_write(slot[0], len(records), seconds, failed)
+            error = error or failed
+            if failed is not None or any(slot == s for s, _ in again):
+                again.append((slot, records))
+        return again, error
+
+    async def _send_again(self, slot: Slot, records: list[KafkaRecord]) -> None:
+        """``records`` of a refused batch, in new batches of their own, in order."""
+        producer = self._producer_for(slot[0])
+        batch, pending = producer.create_batch(), list[KafkaRecord]()
+        for record in records:
+            if not _append(batch, record):
+                await self._send(slot, batch, pending)
+                batch, pending = producer.create_batch(), []
+                _append(batch, record)
+            pending.append(record)
+        await self._send(slot, batch, pending)
 
     async def close(self) -> None:
         if self._started:
@@ -176,8 +211,8 @@ class KafkaSink:
         for record in unplaced:
             self.add(record)
 
-    async def _send(self, slot: Slot, batch: Any, count: int) -> asyncio.Future | None:
-        if not count:
+    async def _send(self, slot: Slot, batch: Any, records: list[KafkaRecord]) -> asyncio.Future | None:
+        if not records:
             return None
         topic, partition = slot
         producer = self._producer_for(topic)
@@ -188,7 +223,7 @@ class KafkaSink:
             await producer.client.add_topic(topic)
             self._tracked.add(topic)
         future = await producer.send_batch(batch, topic, partition=partition)
-        self._in_flight.append((topic, count, future))
+        self._in_flight.append((slot, records, future))
         return future
 
 

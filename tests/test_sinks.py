@@ -198,3 +198,82 @@ def test_each_sink_implements_the_protocols_its_callers_name() -> None:
     assert isinstance(clickhouse, Sink) and isinstance(clickhouse, BufferedSink) and isinstance(clickhouse, ReplayGuard)
     assert isinstance(kafka, Sink) and isinstance(kafka, PrioritySink)
     assert not isinstance(kafka, ReplayGuard) and not isinstance(clickhouse, PrioritySink)
+
+
+# -- the Kafka sink: a refused batch is sent again ------------------------------------------------
+
+class FakeBatch:
+    def __init__(self, capacity: int):
+        self.records: list[tuple[bytes | None, bytes | None]] = []
+        self.capacity = capacity
+
+    def append(self, key: bytes | None, value: bytes | None, timestamp: int | None, headers: list) -> object | None:
+        if len(self.records) >= self.capacity:
+            return None  # full, as aiokafka's BatchBuilder answers
+        self.records.append((key, value))
+        return object()
+
+
+class FakeProducer:
+    """Refuses the first ``refusals`` batches it is sent, the way a broker that restarts empty did
+    (``UnknownError``); keeps what it accepted, in order."""
+
+    def __init__(self, refusals: int, capacity: int = 3):
+        self.refusals, self.capacity = refusals, capacity
+        self.accepted: dict[tuple[str, int], list[tuple[bytes | None, bytes | None]]] = {}
+        self.client = self
+
+    async def add_topic(self, topic: str) -> None:
+        pass
+
+    def create_batch(self) -> FakeBatch:
+        return FakeBatch(self.capacity)
+
+    async def send_batch(self, batch: FakeBatch, topic: str, partition: int) -> Any:
+        import asyncio
+
+        from aiokafka.errors import UnknownError
+
+        future = asyncio.get_running_loop().create_future()
+        if self.refusals > 0:
+            self.refusals -= 1
+            future.set_exception(UnknownError())
+        else:
+            self.accepted.setdefault((topic, partition), []).extend(batch.records)
+            future.set_result(None)
+        return future
+
+
+def kafka_sink(producer: FakeProducer, attempts: int) -> Any:
+    from sinks.kafka import KafkaSink
+
+    sink = KafkaSink("127.0.0.1:9", send_attempts=attempts, retry_backoff_s=0.0)
+    sink._producer = sink._priority = producer  # type: ignore[assignment]  # started, as far as it knows
+    return sink
+
+
+async def test_a_batch_the_broker_refuses_is_sent_again_in_order_and_whole():
+    """Found in CI: a worker's revocation flush met a broker restarting empty, the broker refused a
+    batch (UnknownError), and the worker crashed. Property: refused batches are sent again (with the
+    later batches of their partition) until the broker takes them, so every record arrives and the
+    last of them are in the order sent; after the last attempt the flush raises, and nothing is
+    dropped silently."""
+    from aiokafka.errors import UnknownError
+
+    from sinks.kafka import KafkaRecord
+
+    records = [KafkaRecord("cem.touchpoints.enriched", f"c{i % 3}".encode(), str(i).encode(), i % 2) for i in range(10)]
+    producer = FakeProducer(refusals=3)
+    sink = kafka_sink(producer, attempts=4)
+    for record in records:
+        sink.add(record)
+    await sink.flush()
+    for partition in (0, 1):
+        sent = [(r.key, r.value) for r in records if r.partition == partition]
+        accepted = producer.accepted[("cem.touchpoints.enriched", partition)]
+        assert set(accepted) == set(sent) and accepted[-len(sent):] == sent, accepted  # all, last in order
+
+    failing = kafka_sink(FakeProducer(refusals=100), attempts=3)
+    failing.add(records[0])
+    with pytest.raises(UnknownError):
+        await failing.flush()
