@@ -13,6 +13,7 @@ last seen in the order they were added. ``ship`` sends one topic's batches at on
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 
 from sinks.base import NullObserver, SinkObserver
+
+log = logging.getLogger("cem.sink.kafka")
 
 Headers = Sequence[tuple[str, bytes]]
 Slot = tuple[str, int]  # (topic, partition)
@@ -154,7 +157,10 @@ class KafkaSink:
                     return
                 if attempt == self._send_attempts or not isinstance(error, KafkaError):
                     raise error
-                await asyncio.sleep(self._retry_backoff_s * 2 ** (attempt - 1))
+                wait_s = self._retry_backoff_s * 2 ** (attempt - 1)
+                log.warning("the broker refused %d batch(es) (%r); sending them again in %.2f s (attempt %d of %d)",
+                            len(refused), error, wait_s, attempt + 1, self._send_attempts)
+                await asyncio.sleep(wait_s)
                 for slot, records in refused:
                     await self._send_again(slot, records)
 
