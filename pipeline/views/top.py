@@ -181,13 +181,8 @@ def funnel_sql(database: str = "cem") -> str:
 
 def fetch_funnel(query: QueryFn, database: str = "cem") -> dict | None:
     """The funnel's counts, or None if ``cem.journey_funnel`` does not exist (an older database)."""
-    try:
-        columns, rows = query(funnel_sql(database))
-    except Exception as exc:
-        if is_missing_table(exc):
-            return None
-        raise
-    return dict(zip(columns, rows[0], strict=True)) if rows else None
+    records = _records_unless_missing(query, funnel_sql(database))
+    return records[0] if records else None
 
 
 def funnel_line(funnel: dict) -> str:
@@ -219,8 +214,13 @@ def fetch_kpis(query: QueryFn, database: str = "cem") -> tuple[list[dict], str |
 
 def fetch_alerts(query: QueryFn, database: str = "cem") -> list[dict] | None:
     """Latest alerts, or None if ``cem.alerts`` does not exist (yet)."""
+    return _records_unless_missing(query, alerts_sql(database))
+
+
+def _records_unless_missing(query: QueryFn, sql: str) -> list[dict] | None:
+    """The rows of ``sql`` as dicts, or None if a table it reads does not exist."""
     try:
-        columns, rows = query(alerts_sql(database))
+        columns, rows = query(sql)
     except Exception as exc:
         if is_missing_table(exc):
             return None
