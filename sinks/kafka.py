@@ -152,16 +152,16 @@ class KafkaSink:
             for slot, batch in batches.items():
                 await self._send(slot, batch, items.get(slot, []))
             for attempt in range(1, self._send_attempts + 1):
-                refused, error = await self._acks()
+                again, error = await self._acks()
                 if error is None:
                     return
                 if attempt == self._send_attempts or not isinstance(error, KafkaError):
                     raise error
                 wait_s = self._retry_backoff_s * 2 ** (attempt - 1)
-                log.warning("the broker refused %d batch(es) (%r); sending them again in %.2f s (attempt %d of %d)",
-                            len(refused), error, wait_s, attempt + 1, self._send_attempts)
+                log.warning("the broker refused batches (%r); sending %d again in %.2f s (attempt %d of %d)",
+                            error, len(again), wait_s, attempt + 1, self._send_attempts)
                 await asyncio.sleep(wait_s)
-                for slot, records in refused:
+                for slot, records in again:
                     await self._send_again(slot, records)
 
     async def _acks(self) -> tuple[list[tuple[Slot, list[KafkaRecord]]], BaseException | None]:
@@ -173,12 +173,15 @@ class KafkaSink:
         results = await asyncio.gather(*(future for _, _, future in in_flight), return_exceptions=True)
         seconds = time.perf_counter() - started
         again: list[tuple[Slot, list[KafkaRecord]]] = []
+        refused: set[Slot] = set()  # partitions with a refused batch: what follows it goes again too
         error: BaseException | None = None
         for (slot, records, _), result in zip(in_flight, results, strict=True):
             failed = result if isinstance(result, BaseException) else None
             self._observer.on_write(slot[0], len(records), seconds, failed)
             error = error or failed
-            if failed is not None or any(slot == s for s, _ in again):
+            if failed is not None:
+                refused.add(slot)
+            if slot in refused:
                 again.append((slot, records))
         return again, error
 

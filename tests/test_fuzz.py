@@ -60,6 +60,8 @@ except ImportError:  # not in the test extras everywhere yet: skip locally, but 
         raise
     pytest.skip("hypothesis is not installed", allow_module_level=True)
 
+from test_exactness import with_redeliveries
+
 from pipeline.app.outputs import AlertOutputs, Shipped, ShippedOutputs
 from pipeline.app.rows import customer_state_row
 from processors.customer import CustomerState, mark_written
@@ -927,12 +929,6 @@ def test_replays_are_exact_beyond_the_dedupe_horizon(sizes):
     assert again.tallies.outcomes().get("processed", 0) == 0, again.tallies.outcomes()
 
 
-def redelivered(events: list[dict], every: int = 7, lag: int = 3) -> list[dict]:
-    """Every ``every``-th touchpoint sent again ``lag`` later, as channel systems resend."""
-    return [e for i, event in enumerate(events)
-            for e in ([event, events[i - lag]] if i >= lag and i % every == 0 else [event])]
-
-
 @REGRESSION
 @given(st.lists(st.integers(1, 120), min_size=1, max_size=5), st.floats(0, 1), st.booleans())
 @example([80, 80, 80, 80, 80], 0.0, False)
@@ -947,7 +943,7 @@ def test_a_replay_from_further_back_than_the_last_commit_decides_every_record_as
     again, and those of the last commit all are. ``rewritten``: the restarted worker wrote the
     recovered states before it read anything (an event-time sweep changed them); found in the
     SIGKILL test, where that write took the lost rows for durable."""
-    stream = redelivered(LONG_EVENTS)
+    stream = with_redeliveries(LONG_EVENTS, every=7, lag=3)
     records = [SourceRecord(TOPIC, 0, i, e["occurred_at"], e["customer_id"].encode(), json_bytes(e))
                for i, e in enumerate(stream)]
     states, planner, output, written = DictStates(), new_planner(), set(), {}

@@ -309,11 +309,11 @@ class TouchpointWorker:
         def unverified(tp: Any) -> bool:
             return not self.logs.verified_in((tp.topic, tp.partition), self.delivery.generation)
 
-        overruns = self.delivery.overruns
-        for tp in [tp for tp in self.delivery.assigned() if tp in overruns() or unverified(tp)]:  # mostly none: no lock
+        past_end = set(self.delivery.overruns())
+        for tp in [tp for tp in self.delivery.assigned() if tp in past_end or unverified(tp)]:  # mostly none: no lock
             key = (tp.topic, tp.partition)
             async with self._processing:  # not while a fetch is planned: it may verify or move it first
-                overrun = tp in overruns()
+                overrun = tp in self.delivery.overruns()
                 if not overrun and not unverified(tp):
                     continue
                 try:

@@ -248,6 +248,12 @@ def _query_settings(args: argparse.Namespace) -> Settings:
     return settings
 
 
+def _first_line(exc: Exception) -> str:
+    """An engine's or a worker's error as one line (ClickHouse appends a stack trace)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else repr(exc)
+
+
 def _query(args: argparse.Namespace) -> int:
     from pipeline.views.query import render, run_query
 
@@ -255,7 +261,7 @@ def _query(args: argparse.Namespace) -> int:
     try:
         columns, rows = run_query(settings, args.sql)
     except Exception as exc:
-        raise CliError(str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)) from None
+        raise CliError(_first_line(exc)) from None
     print(render(columns, rows, args.format))
     return 0
 
@@ -277,7 +283,7 @@ def _customer(args: argparse.Namespace) -> int:
                                  settings.clickhouse_database, pseudonymize)
             view["churn"] = None  # the churn drivers need the worker that holds the customer's state
     except Exception as exc:
-        raise CliError(str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)) from None
+        raise CliError(_first_line(exc)) from None
     print(json.dumps(view) if args.format == "json" else render_view(view))
     return 0 if view["found"] else 1
 

@@ -31,6 +31,8 @@ from urllib.parse import unquote, urlsplit
 
 from clickhouse_connect.driver.exceptions import Error as ClickHouseError
 
+from schemas.contract import MAX_ID_CHARS
+
 log = logging.getLogger("cem.web")
 
 MAX_BODY_BYTES = 64 * 1024
@@ -40,7 +42,7 @@ OPEN_PATHS = ("/healthz", "/readyz")  # the kubelet's probes carry no token
 Query = Callable[[str], tuple[list[str], list[tuple]]]
 Probe = Callable[[], tuple[bool, dict]]
 CustomerView = Callable[[str], dict]
-MAX_CUSTOMER_ID_CHARS = 256  # as schemas.contract.MAX_ID_CHARS
+MAX_CUSTOMER_ID_CHARS = MAX_ID_CHARS  # as long as the contract lets a customer id be
 
 
 class Refusal(Exception):
