@@ -22,6 +22,12 @@ What is simulated, and why it looks the way it does:
   nothing after it.
 * Scores and texts follow satisfaction: NPS/CSAT/CES are noisy functions of it and survey comments,
   feedback and chat texts are drawn from template sentences whose tone matches the scores.
+* Identity (``identity`` of the customers, chosen by the seed; off by default): these customers have
+  a device id, an e-mail and a phone, and their channels know them by those. They browse anonymously
+  (``anonymous_id``, no ``customer_id``) until they sign up or log in (an ``identify`` touchpoint);
+  e-mail opens and clicks then carry only the e-mail, SMS only the phone, some calls only the phone.
+  A few share a device, and a few identifier-only touchpoints carry junk (see
+  :meth:`JourneyGenerator.ground_truth`).
 
 :func:`kpi_totals` is the ground truth for ``cem.kpi_minute``; :func:`inject_bad_records` gives one
 record per dead-letter reason.
@@ -100,6 +106,45 @@ _PAGES = ("/", "/search", "/offers", "/account", "/help", "/cart", "/orders", "/
           "/category/electronics", "/category/fashion", "/category/sports")
 _QUERIES = ("headphones", "winter jacket", "coffee machine", "phone case", "running shoes", "blender",
             "desk lamp", "backpack", "gift card", "return policy", "delivery times")
+
+# Identity stitching. Names and domains only build plausible, distinct addresses; the domains use the
+# reserved ``.example`` TLD (RFC 2606), so no address belongs to a real inbox.
+_IDENTIFIER_KINDS = ("email", "phone", "anonymous_id")
+_FIRST_NAMES = ("anna", "marco", "sofia", "lukas", "emma", "noah", "mia", "leon", "lea", "hugo", "ines", "finn")
+_LAST_NAMES = ("meyer", "rossi", "martin", "jansen", "garcia", "murphy", "schmidt", "dubois", "bakker", "lopez")
+_MAIL_DOMAINS = ("post.example", "mailbox.example", "inbox.example")
+# Country code, area codes, digits of the national number (without trunk 0), whether the country
+# writes a trunk 0 ("+44 (0)20 ..."). Every written form keeps the country code: never ambiguous.
+_PHONE_PLANS = (
+    ("44", ("20", "161", "113"), 10, True), ("49", ("30", "89", "221"), 11, True), ("33", ("1", "4", "6"), 9, True),
+    ("31", ("20", "10", "6"), 9, True), ("34", ("91", "93", "6"), 9, False), ("353", ("1", "21", "87"), 9, True),
+)
+# Values trackers and forms send when they have nothing (processors.identity refuses them all).
+_JUNK = {
+    "anonymous_id": ("null", "undefined", "0", "00000000-0000-0000-0000-000000000000"),
+    "email": ("test@example.com", "noreply@shop.example", "null", "undefined"),
+    "phone": ("0000000000", "null", "0", "undefined"),
+}
+_WEB_CHANNELS = frozenset({"web", "mobile_app"})
+# Account actions need a logged-in customer: they carry customer_id whatever the channel knows.
+_ACCOUNT_TYPES = frozenset({"identify", "refund", "complaint_opened", "complaint_resolved", "subscription_cancelled",
+                            "account_closed"})
+# (channel, type) -> the one identifier that channel's system knows the customer by, and how often
+# it is all the touchpoint carries once the customer has identified.
+_CONTACT_ONLY = {("email", "email_open"): ("email", 1.0), ("email", "email_click"): ("email", 1.0),
+                 ("sms", "other"): ("phone", 1.0), ("phone", "call"): ("phone", 0.5),
+                 ("phone", "support_contact"): ("phone", 0.5)}
+# Before a customer's identify its contact touchpoints mostly carry customer_id (systems fed by the
+# CRM) and this often only the identifier: ~10% of a ten-day run's identifier-only contact touchpoints
+# come before the identify (fewer in longer runs), and these nobody can attribute when they arrive.
+_P_EARLY_CONTACT = 0.3
+_P_SHARED_DEVICE = 0.05  # of identity customers: uses another identity customer's device (a family tablet)
+# How often an identify gives the e-mail and the phone: the sign-up form asks for both (the phone is
+# optional), a later login sends them only sometimes.
+_P_IDENTIFY_EMAIL = {"sign_up": 1.0, "login": 0.5}
+_P_IDENTIFY_PHONE = {"sign_up": 0.9, "login": 0.15}
+_P_KEEP_DEVICE = 0.5  # a logged-in web/app touchpoint still carries the device id
+_P_JUNK_ONLY, _P_JUNK_EXTRA = 0.01, 0.05  # identifier-only touchpoints: only junk / junk beside the good one
 
 # ---------------------------------------------------------------------------------------------
 # Text: template sentences by tone and topic. Placeholders are filled lazily by _Fill.
@@ -252,6 +297,66 @@ class _Customer:
     stopping: bool = False  # churn decided: no new activities or decisions
     churned_at: int | None = None  # time of the terminal event
     final: dict[str, Any] | None = None  # the terminal event (the only event allowed at churned_at)
+    ident: _Identity | None = None  # identifiers, for customers whose traffic uses them (``identity``)
+    touchpoints: int = 0  # emitted and attributable to it (identifier-only ones too, junk-only ones not)
+
+
+@dataclass(slots=True)
+class _Identity:
+    """The identifiers a customer's channels know it by, in canonical form, and its identify progress."""
+
+    anonymous_id: str  # device or cookie; shared with another customer on a shared device
+    email: str  # lower case
+    phone: tuple[str, str, str, bool]  # country code, area code, subscriber number, trunk 0 written
+    anonymous_sessions: int  # web/app sessions before the one that identifies
+    identify_queued: bool = False
+    identified_at: int | None = None  # event time of its first emitted identify
+
+    def canonical(self, kind: str) -> str:
+        if kind == "email":
+            return self.email
+        if kind == "phone":
+            return "+" + "".join(self.phone[:3])
+        return self.anonymous_id
+
+
+def _written_email(rng: random.Random, email: str) -> str:
+    """``email`` as someone typed it into a form: the case and stray whitespace vary.
+
+    >>> from processors.identity import normalise
+    >>> rng = random.Random(0)
+    >>> {normalise("email", _written_email(rng, "anna.meyer7@post.example")) for _ in range(40)}
+    {'anna.meyer7@post.example'}
+    """
+    r = rng.random()
+    if r < 0.2:
+        email = email.title()
+    elif r < 0.3:
+        email = email.upper()
+    elif r < 0.4:
+        local, domain = email.split("@")
+        email = local.capitalize() + "@" + domain
+    if rng.random() < 0.15:
+        email = rng.choice((" {} ", "{} ", "\t{}", "{}\n")).format(email)
+    return email
+
+
+def _written_phone(rng: random.Random, phone: tuple[str, str, str, bool]) -> str:
+    """``phone`` as some channel system writes it; every form keeps the country code.
+
+    >>> from processors.identity import normalise
+    >>> rng = random.Random(0)
+    >>> {normalise("phone", _written_phone(rng, ("44", "20", "79460958", True))) for _ in range(40)}
+    {'+442079460958'}
+    """
+    cc, area, number, trunk = phone
+    half = len(number) // 2
+    a, b = number[:half], number[half:]
+    forms = [f"+{cc} {area} {a} {b}", f"00{cc} {area} {a} {b}", f"+{cc}{area}{number}", f"+{cc}-{area}-{a}-{b}",
+             f"(+{cc}) {area} {number}"]
+    if trunk:  # the national trunk 0 in brackets, as on letterheads
+        forms.append(f"+{cc} (0){area} {a}-{b}")
+    return rng.choice(forms)
 
 
 class JourneyGenerator:
@@ -260,13 +365,23 @@ class JourneyGenerator:
     ``events_per_customer_per_day`` is the mean rate of a healthy customer (churners in decline
     slow down); ``churn_within_days``: planned churn times are spread over ``[0.25, 1] x`` this
     many days after ``start_ms``. ``label_text`` adds ``attributes["synthetic_tone"]`` (the tone
-    a text was written with) to events with text, for evaluating a sentiment model.
+    a text was written with) to events with text, for evaluating a sentiment model. ``identity``
+    is the share of customers whose traffic uses identifiers instead of (or beside) ``customer_id``
+    (see the module docstring and :meth:`ground_truth`); at 0.0 nothing changes, draw for draw.
 
     >>> gen = JourneyGenerator(customers=5, seed=1, churn_rate=0.0)
     >>> sorted({e["type"] for e in gen.events(300)} & {"page_view", "purchase"})
     ['page_view', 'purchase']
     >>> gen.ground_truth()["events"]
     300
+    >>> gen = JourneyGenerator(customers=20, seed=3, identity=0.5)
+    >>> events = list(gen.events(3000))
+    >>> unkeyed = [e for e in events if "customer_id" not in e]
+    >>> len(unkeyed) > 0, all({"anonymous_id", "email", "phone"} & set(e) for e in unkeyed)
+    (True, True)
+    >>> truth = gen.ground_truth()["identity"]
+    >>> set(truth["events"]) == {e["event_id"] for e in unkeyed}
+    True
     """
 
     def __init__(
@@ -279,11 +394,14 @@ class JourneyGenerator:
         churn_within_days: float = 28.0,
         label_text: bool = False,
         run: str = "",
+        identity: float = 0.0,
     ):
         if customers < 1:
             raise ValueError("customers must be >= 1")
         if not 0.0 <= churn_rate <= 1.0:
             raise ValueError("churn_rate must be in [0, 1]")
+        if not 0.0 <= identity <= 1.0:
+            raise ValueError("identity must be in [0, 1]")
         if events_per_customer_per_day <= 0 or churn_within_days <= 0:
             raise ValueError("events_per_customer_per_day and churn_within_days must be > 0")
         self.seed = seed
@@ -303,7 +421,14 @@ class JourneyGenerator:
         self._cases: dict[str, dict[str, Any]] = {}
         self._daily: list[dict[str, float | None]] = []
         self._next_day = start_ms
+        # Identity ground truth, filled as events are emitted (see ground_truth()).
+        self._identifier_only: dict[str, str | None] = {}  # event id -> true customer (None: junk only)
+        self._unlinked_at_arrival: list[str] = []
+        self._links: dict[str, str] = {}  # "kind:canonical value" -> first customer to identify with it
+        self._shared_devices: dict[str, list[str]] = {}
         self._customers = self._make_customers(customers, churn_rate, churn_within_days)
+        if identity > 0:  # no draw at all otherwise: the default output stays what it always was
+            self._give_identifiers(identity)
         for c in self._customers:
             self._schedule_activity(c, start_ms)
             if c.churner:
@@ -335,6 +460,40 @@ class JourneyGenerator:
                 opt_in=rng.random() < 0.7,
             ))
         return out
+
+    def _give_identifiers(self, share: float) -> None:
+        """Identifiers for exactly ``round(n * share)`` customers, chosen by the seed; a few share a device."""
+        rng = self.rng
+        chosen = sorted(rng.sample(range(len(self._customers)), round(len(self._customers) * share)))
+        taken: set[str] = set()  # device ids and phones are unique unless shared on purpose
+        people = []
+        for i in chosen:
+            c = self._customers[i]
+            c.ident = self._new_identity(c, taken)
+            people.append((c.cid, c.ident))
+        pairs = min(len(people) // 2, max(1, round(len(people) * _P_SHARED_DEVICE)))
+        picked = rng.sample(people, 2 * pairs)
+        for (owner, owner_ids), (guest, guest_ids) in zip(picked[::2], picked[1::2], strict=True):
+            guest_ids.anonymous_id = owner_ids.anonymous_id  # the guest's own device is never used; both identify on this one
+            self._shared_devices[owner_ids.anonymous_id] = sorted((owner, guest))
+
+    def _new_identity(self, c: _Customer, taken: set[str]) -> _Identity:
+        rng = self.rng
+        device = f"dev-{rng.getrandbits(64):016x}"
+        while device in taken:
+            device = f"dev-{rng.getrandbits(64):016x}"
+        taken.add(device)
+        # The customer index makes every address distinct, whatever the names drawn.
+        email = f"{rng.choice(_FIRST_NAMES)}.{rng.choice(_LAST_NAMES)}{c.idx}@{rng.choice(_MAIL_DOMAINS)}"
+        cc, areas, digits, trunk = rng.choice(_PHONE_PLANS)
+        area = rng.choice(areas)
+        width = digits - len(area)
+        while True:
+            number = str(rng.randrange(2 * 10 ** (width - 1), 10**width))  # subscriber numbers start 2-9
+            if cc + area + number not in taken:
+                break
+        taken.add(cc + area + number)
+        return _Identity(device, email, (cc, area, number, trunk), anonymous_sessions=1 + int(rng.expovariate(0.7)))
 
     def profiles(self) -> Iterator[dict[str, Any]]:
         """CRM profiles for ``cem.customers``: ``{customer_id, attributes}`` (all values strings).
@@ -414,6 +573,9 @@ class JourneyGenerator:
                 type_ = payload["type"]
                 if type_ == "complaint_opened" or type_ == "complaint_resolved" or payload is c.final:
                     self._record_case_or_churn(c, t, payload)
+                ident = c.ident
+                if ident is None or self._as_channel_knows_it(c, ident, t, payload):
+                    c.touchpoints += 1
                 if n is not None:
                     n -= 1
                 yield payload
@@ -438,6 +600,69 @@ class JourneyGenerator:
             case = self._cases.get(event["case_id"])
             if case is not None:
                 case["resolved_at"] = t
+
+    # -- identity ------------------------------------------------------------------------------
+    def _as_channel_knows_it(self, c: _Customer, ident: _Identity, t: int, event: dict[str, Any]) -> bool:
+        """Give an identity customer's touchpoint the identifiers its channel knows, as of its emission.
+
+        Decided when emitted, so "before / after the identify" follows emission order exactly.
+        Returns False if only junk is left (the pipeline dead-letters it: nobody to attribute it to).
+        """
+        if event["type"] == "identify":
+            self._record_identify(c, t, event, ident)
+            return True
+        kind = self._identifier_only_kind(ident, event)
+        if kind is None:
+            if (event["channel"] in _WEB_CHANNELS and ident.identified_at is not None
+                    and self.rng.random() < _P_KEEP_DEVICE):
+                event["anonymous_id"] = ident.anonymous_id  # the logged-in app still sends its device id
+            return True
+        del event["customer_id"]  # dropped, not None: the channel does not know the customer
+        event[kind] = self._written(ident, kind)
+        return self._record_identifier_only(c, event, ident, kind)
+
+    def _identifier_only_kind(self, ident: _Identity, event: dict[str, Any]) -> str | None:
+        """The one identifier a touchpoint carries instead of ``customer_id``, or None to keep it."""
+        channel, type_ = event["channel"], event["type"]
+        if type_ in _ACCOUNT_TYPES:
+            return None
+        if channel in _WEB_CHANNELS:  # browsing: anonymous until the customer identifies
+            return "anonymous_id" if ident.identified_at is None else None
+        contact = _CONTACT_ONLY.get((channel, type_))
+        if contact is None:
+            return None
+        kind, p = contact
+        # Contact systems are linked to the customer by its identify; a few touchpoints come before it.
+        return kind if self.rng.random() < (p if ident.identified_at is not None else _P_EARLY_CONTACT) else None
+
+    def _written(self, ident: _Identity, kind: str) -> str:
+        if kind == "email":
+            return _written_email(self.rng, ident.email)
+        if kind == "phone":
+            return _written_phone(self.rng, ident.phone)
+        return ident.anonymous_id
+
+    def _record_identify(self, c: _Customer, t: int, event: dict[str, Any], ident: _Identity) -> None:
+        if ident.identified_at is None:
+            ident.identified_at = t
+        for kind in _IDENTIFIER_KINDS:
+            if kind in event:  # the first customer to identify with an identifier keeps it
+                self._links.setdefault(f"{kind}:{ident.canonical(kind)}", c.cid)
+
+    def _record_identifier_only(self, c: _Customer, event: dict[str, Any], ident: _Identity, kind: str) -> bool:
+        rng = self.rng
+        r = rng.random()
+        if r < _P_JUNK_ONLY:  # the tracker lost the value: nothing usable is left
+            event[kind] = rng.choice(_JUNK[kind])
+            self._identifier_only[event["event_id"]] = None
+            return False
+        if r < _P_JUNK_ONLY + _P_JUNK_EXTRA:  # a junk value beside the good one must not link anything
+            extra = rng.choice([k for k in _IDENTIFIER_KINDS if k != kind])
+            event[extra] = rng.choice(_JUNK[extra])
+        self._identifier_only[event["event_id"]] = c.cid
+        if f"{kind}:{ident.canonical(kind)}" not in self._links:
+            self._unlinked_at_arrival.append(event["event_id"])
+        return True
 
     def _summarise_days(self, t: int) -> None:
         """Daily mean satisfaction of customers not yet churned (a trajectory summary)."""
@@ -512,8 +737,10 @@ class JourneyGenerator:
         """A browsing session: login?, page views, searches, add to cart, maybe a purchase."""
         rng = self.rng
         sid = f"s{self.seed}-{next(self._ids)}"
-        if rng.random() < 0.3:
-            self._event(c, t, channel, "login", session_id=sid)
+        if c.ident is not None and not c.ident.identify_queued:
+            t = self._anonymous_session_start(c, c.ident, t, channel, sid)
+        elif rng.random() < 0.3:
+            self._log_in(c, t, channel, sid)
             t += 2000 + int(rng.expovariate(1 / 8000))
         other = "web" if channel == "mobile_app" else "mobile_app"
         switch_at = rng.randint(1, 4) if rng.random() < 0.08 else -1
@@ -535,6 +762,30 @@ class JourneyGenerator:
             t += 5000 + int(rng.expovariate(1 / 40000))
             if rng.random() < 0.45 + 0.35 * sat:
                 self._purchase(c, t, channel, sid)
+
+    def _log_in(self, c: _Customer, t: int, channel: str, sid: str) -> None:
+        if c.ident is None:
+            self._event(c, t, channel, "login", session_id=sid)
+        else:  # a login that sends the device id (and maybe the contacts) links them again
+            self._identify(c, c.ident, t, channel, sid, "login")
+
+    def _anonymous_session_start(self, c: _Customer, ident: _Identity, t: int, channel: str, sid: str) -> int:
+        """Browse anonymously for the first sessions, then sign up; returns when browsing starts."""
+        ident.anonymous_sessions -= 1
+        if ident.anonymous_sessions >= 0:
+            return t
+        ident.identify_queued = True
+        self._identify(c, ident, t, channel, sid, "sign_up")
+        return t + 2000 + int(self.rng.expovariate(1 / 8000))
+
+    def _identify(self, c: _Customer, ident: _Identity, t: int, channel: str, sid: str, method: str) -> None:
+        rng = self.rng
+        fields: dict[str, Any] = {"session_id": sid, "anonymous_id": ident.anonymous_id, "attributes": {"method": method}}
+        if rng.random() < _P_IDENTIFY_EMAIL[method]:
+            fields["email"] = _written_email(rng, ident.email)
+        if rng.random() < _P_IDENTIFY_PHONE[method]:
+            fields["phone"] = _written_phone(rng, ident.phone)
+        self._event(c, t, channel, "identify", **fields)
 
     def _purchase(self, c: _Customer, t: int, channel: str, session_id: str | None) -> None:
         rng = self.rng
@@ -717,7 +968,29 @@ class JourneyGenerator:
         * ``churned``: customer id -> ``occurred_at`` of its terminal event; ``churners``: every
           customer planned to churn (some may not have yet);
         * ``cases``: case id -> customer, channel, opened_at, resolved_at (None if still open);
-        * ``satisfaction``: current means and a daily trajectory of mean latent satisfaction.
+        * ``satisfaction``: current means and a daily trajectory of mean latent satisfaction;
+        * ``identity``: identity stitching (empty maps and lists but ``touchpoints`` when ``identity``
+          is 0):
+
+          - ``identifiers``: customer id -> its canonical ``anonymous_id``, ``email`` (lower case) and
+            ``phone`` (E.164), for every customer whose traffic uses identifiers;
+          - ``events``: event id -> true customer id of every identifier-only touchpoint (no
+            ``customer_id``); None for the junk-only ones, which a pipeline must dead-letter as
+            missing an identifier (``kpi`` still counts them: it counts every emitted event);
+          - ``unlinked_at_arrival``: the identifier-only event ids whose identifier no emitted
+            ``identify`` had carried yet when they arrived;
+          - ``identified``: the customers that have emitted an ``identify`` (the stitched ones);
+          - ``shared_anonymous_ids``: device id -> the customers that use it (both identify with it);
+          - ``touchpoints``: customer id -> its touchpoints so far, identifier-only ones included and
+            junk-only ones not: what a perfect stitcher attributes to each customer in the end.
+
+        What stitching can recover: an identifier-only touchpoint whose identifier an earlier
+        ``identify`` linked is attributable when it arrives; one in ``unlinked_at_arrival`` cannot
+        be, only afterwards, once an ``identify`` links its identifier (if ever: some customers never
+        identify, and an ``identify`` gives the e-mail or the phone only sometimes). A shared device
+        belongs to whoever identified with it first, so the other customer's anonymous touchpoints
+        on it are misattributed (or, under a refuse policy, unattributed); and a junk-only
+        touchpoint names nobody at all.
         """
         active = [c for c in self._customers if c.churned_at is None]
         return {
@@ -733,6 +1006,24 @@ class JourneyGenerator:
                 "non_churners_mean": _mean([c.sat for c in self._customers if not c.churner]),
                 "daily": [dict(d) for d in self._daily],
             },
+            "identity": self._identity_truth(),
+        }
+
+    def _identity_truth(self) -> dict[str, Any]:
+        identifiers = {}
+        identified = []
+        for c in self._customers:
+            if c.ident is not None:
+                identifiers[c.cid] = {kind: c.ident.canonical(kind) for kind in ("anonymous_id", "email", "phone")}
+                if c.ident.identified_at is not None:
+                    identified.append(c.cid)
+        return {
+            "identifiers": identifiers,
+            "events": dict(self._identifier_only),
+            "unlinked_at_arrival": list(self._unlinked_at_arrival),
+            "identified": identified,
+            "shared_anonymous_ids": {device: list(cids) for device, cids in self._shared_devices.items()},
+            "touchpoints": {c.cid: c.touchpoints for c in self._customers},
         }
 
 
