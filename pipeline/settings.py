@@ -65,7 +65,13 @@ class Settings:
     # Privacy: extra PII patterns "name=regex;name=regex"; pseudonymous customer ids (hmac-sha256 + key)
     pii_patterns: str = ""
     pseudonymize: str = ""  # "" (off) | hmac-sha256
-    pseudonym_key: str = ""
+    pseudonym_key: str = ""  # also pseudonymises identifiers: identity stitching is off without one
+    # Identity stitching (processors.stitching): what a conflict does, when an identifier is shared,
+    # how many identifiers a customer holds, the country of phone numbers written without one
+    identity_conflict_policy: str = "keep_first"  # | refuse
+    identity_max_customers_per_identifier: int = 3
+    identity_max_identifiers_per_customer: int = 20
+    identity_default_country_code: str = ""  # e.g. 44: a national number then reads as +44...
     # Observability
     metrics_port: int = 9108
     metrics_host: str = "127.0.0.1"  # loopback by default; the container image sets 0.0.0.0 for scraping

@@ -147,6 +147,17 @@ class CustomerState:
     # A state read back from its changelog has staged nothing yet (see from_dict).
     staged_position: int = field(default=0, compare=False)
     alerting: CustomerAlertState | None = None  # what the alert rules remember (created by them)
+    # Identity (processors.stitching). A customer: the identifiers it has claimed, and those whose
+    # link succeeded with the event time their anonymous history was merged in. An identifier's own
+    # state (its anonymous history, keyed "kind:pseudonym"): its links, and while it is linked, the
+    # log positions (on its own partition) from which on, and until which, it attributes its
+    # touchpoints to ``links``' owner on ``owner_partition``.
+    claimed: list[str] = field(default_factory=list)
+    merged: dict[str, int] = field(default_factory=dict)
+    links: dict[str, Any] | None = None
+    owner_partition: int = -1
+    linked_position: int = 0  # 0: never linked
+    unlinked_position: int = 0  # 0: not unlinked
 
     def to_dict(self) -> dict[str, Any]:
         """The state as JSON-ready values (the changelog's form; the worker has orjson encode the
@@ -245,6 +256,7 @@ class Enriched:
     sentiment: float | None = None
     churn_risk: float | None = None
     model_versions: dict[str, str] = field(default_factory=dict)
+    identified_by: str | None = None  # the identifier that attributed it (processors.stitching)
 
     def to_record(self) -> dict[str, Any]:
         """The ``cem.EnrichedTouchpoint`` Avro record."""
@@ -380,6 +392,77 @@ def mark_written(state: CustomerState) -> None:
     True
     """
     state.written_position = state.staged_position
+
+
+def absorb(customer: CustomerState, history: CustomerState) -> None:
+    """Merge an anonymous ``history`` (an identifier's own state, now linked) into ``customer``, in
+    place: what a state counts is summed, what it remembers of the latest touchpoint comes from the
+    later of the two, the decayed counts are added as of the later event time. Its event ids join the
+    customer's dedupe memory (without a log position: they were read from another log), so a
+    redelivery attributed to the customer now is still a duplicate.
+
+    >>> c = CustomerState("c1"); _ = apply(c, Touchpoint("e2", "c1", DAY_MS, "app", "purchase", amount=5.0), 0, 1, 0)
+    >>> a = CustomerState("anonymous_id:p:1")
+    >>> _ = apply(a, Touchpoint("e1", "anonymous_id:p:1", 0, "web", "add_to_cart"), 1, 1, 0)
+    >>> absorb(c, a); c.events_total, c.first_seen, c.channel_events, c.orders, sorted(c.seen)
+    (2, 0, {'app': 1, 'web': 1}, 1, ['e1', 'e2'])
+    >>> round(c.recent["carts_28d"], 3)   # decayed by the day between the two
+    0.965
+    """
+    if not history.events_total:
+        return
+    if not customer.events_total:
+        _take_latest(customer, history)
+        customer.first_seen, customer.last_seen, customer.prior_seen = history.first_seen, history.last_seen, history.prior_seen
+    else:
+        if history.last_seen > customer.last_seen:
+            _take_latest(customer, history)
+        _merge_recent(customer, history)
+        customer.first_seen = min(customer.first_seen, history.first_seen)
+        times = sorted({customer.last_seen, history.last_seen, *(t for t in (customer.prior_seen, history.prior_seen) if t is not None)})
+        customer.last_seen, customer.prior_seen = times[-1], (times[-2] if len(times) > 1 else None)
+    for name in _SUMMED:
+        setattr(customer, name, getattr(customer, name) + getattr(history, name))
+    for channel, n in history.channel_events.items():
+        customer.channel_events[channel] = customer.channel_events.get(channel, 0) + n
+    for case, opened in history.open_cases.items():
+        customer.open_cases.setdefault(case, opened)
+    if history.last_purchase_at is not None:
+        customer.last_purchase_at = max(customer.last_purchase_at or history.last_purchase_at, history.last_purchase_at)
+    if history.sentiment_n:
+        n = customer.sentiment_n + history.sentiment_n
+        customer.sentiment_mean = (customer.sentiment_mean * customer.sentiment_n + history.sentiment_mean * history.sentiment_n) / n
+        customer.sentiment_n = n
+    for event_id, seen in history.seen.items():
+        customer.seen.setdefault(event_id, (seen[0], -1))
+
+
+# What a state counts (summed by absorb) and what it remembers of its latest touchpoint (taken from
+# the later of two).
+_SUMMED = ("events_total", "revenue", "orders", "refunds", "complaints_opened", "complaints_resolved",
+           "resolve_s_total", "channel_switches")
+_LATEST = ("last_csat", "last_nps", "last_ces", "journey_stage", "last_session_id", "last_session_channel",
+           "sentiment_last", "gap_ms_avg", "last_gap_ms")
+
+
+def _take_latest(customer: CustomerState, history: CustomerState) -> None:
+    for name in _LATEST:
+        value = getattr(history, name)
+        if value is not None:
+            setattr(customer, name, value)
+    if not customer.events_total:
+        customer.recent = dict(history.recent)
+
+
+def _merge_recent(customer: CustomerState, history: CustomerState) -> None:
+    """Both states' decayed counts as of the later of their latest event times, added."""
+    now = max(customer.last_seen, history.last_seen)
+    merged: dict[str, float] = {}
+    for state in (customer, history):
+        idle = now - state.last_seen
+        for name, value in state.recent.items():
+            merged[name] = merged.get(name, 0.0) + value * math.exp(-idle / RECENT_WINDOWS_MS[name])
+    customer.recent = merged
 
 
 def _fold(state: CustomerState, tp: Touchpoint) -> tuple[float | None, bool]:

@@ -31,7 +31,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-KINDS = ("email", "phone", "anonymous_id")  # in the order that resolves a touchpoint's customer
+from schemas.contract import IDENTIFIER_FIELDS
+
+KINDS = IDENTIFIER_FIELDS  # in the order that resolves a touchpoint's customer
 POLICIES = ("keep_first", "refuse")
 
 # Values producers send when they have no identifier; compared after normalisation.
@@ -45,6 +47,7 @@ _EMAIL = re.compile(r"[^@\s]{1,64}@[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z
 _PHONE_PUNCTUATION = re.compile(r"[\s().\-/]")
 _E164 = re.compile(r"\+[1-9][0-9]{6,14}")  # 7 to 15 digits: Niue, Tristan da Cunha have 7
 MAX_IDENTIFIER_CHARS = 256
+_PSEUDONYM = re.compile(r"p:[0-9a-f]{32}")  # processors.pseudonym's form
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -120,6 +123,9 @@ def identifiers(fields: dict[str, Any], pseudonymize: Callable[[str], str], defa
     for kind in KINDS:
         raw = fields.get(kind)
         if isinstance(raw, str):
+            if _PSEUDONYM.fullmatch(raw):  # pseudonymised already (the pipeline's own forwarded records)
+                found.append(Identifier(kind, raw))
+                continue
             value = normalise(kind, raw, default_country_code)
             if value is not None:
                 found.append(Identifier(kind, pseudonymize(value)))

@@ -14,14 +14,27 @@ when configured, the customer id is replaced by its pseudonym (see :mod:`process
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Container
-from dataclasses import dataclass
+from collections.abc import Callable, Container, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from processors.customer import DEFAULT_DEDUPE_HORIZON_MS, CustomerState, Enriched, Outcome, apply
+from processors.customer import DEFAULT_DEDUPE_HORIZON_MS, CustomerState, Enriched, Outcome, apply, log_position
+from processors.identity import Identifier
+from processors.stitching import Claim, Forward, Stitching, claims, forwarder_key, owner_at, subject_of
 from processors.touchpoint import Touchpoint, validate
 from schemas.codec import CONFLUENT_MAGIC, SINGLE_OBJECT_MAGIC, AvroCodec
-from schemas.contract import CHANNELS, MAX_EVENT_MS, MAX_RECORD_BYTES, MIN_EVENT_MS, Reason, Rejected, Stage
+from schemas.contract import (
+    CHANNELS,
+    HEADER_IDENTIFIED_BY,
+    MAX_EVENT_MS,
+    MAX_RECORD_BYTES,
+    MIN_EVENT_MS,
+    TOPIC_IDENTITY,
+    TOPIC_TOUCHPOINTS,
+    Reason,
+    Rejected,
+    Stage,
+)
 
 Transform = Callable[[str], str]
 
@@ -37,6 +50,12 @@ class SourceRecord:
     key: bytes | None
     value: bytes | None
     epoch: int = 1
+    headers: Sequence[tuple[str, bytes]] = ()
+
+    def header(self, name: str) -> bytes | None:
+        if not self.headers:  # a producer's record, mostly
+            return None
+        return next((value for key, value in self.headers if key == name), None)
 
 
 @dataclass(slots=True)
@@ -51,6 +70,7 @@ class DeadLetter:
 
 class Kind(str, enum.Enum):
     PROCESSED = "processed"
+    FORWARDED = "forwarded"  # to the partition of the state that takes it (processors.stitching)
     REPLAYED = "replayed"  # read again after a restart: state untouched; outputs again unless durable
     DUPLICATE = "duplicate"
     DEAD_LETTER = "dead_letter"
@@ -65,6 +85,8 @@ class Result:
     dead_letter: DeadLetter | None = None
     state: CustomerState | None = None
     rewritten: bool = False  # the touchpoint differs from the record's own bytes (redacted, pseudonymised)
+    forward: Forward | None = None
+    claims: list[Claim] = field(default_factory=list)
 
 
 class Ingestor:
@@ -91,7 +113,9 @@ class Ingestor:
         redact: Transform | None = None,
         pseudonymize: Transform | None = None,
         erased: Container[str] = frozenset(),
+        stitching: Stitching | None = None,
     ):
+        self.stitching = stitching  # None: identifiers are not used (no key to pseudonymise them with)
         self.codec = codec
         self.dedupe_horizon_ms = dedupe_horizon_ms
         self.redact = redact
@@ -112,19 +136,33 @@ class Ingestor:
             channel = _channel_of(decoded)
             typed = value[:1] in _AVRO_MARKERS  # decoded by Avro against the schema: types guaranteed
             touchpoint = validate(decoded, reference_ms=record.timestamp_ms, typed=typed)
+            internal = record.topic == TOPIC_IDENTITY  # the pipeline's own, protected at the edge
+            sent_ids = bool(touchpoint.anonymous_id or touchpoint.email or touchpoint.phone)
+            found = self._identify(touchpoint) if sent_ids else []
+            if not touchpoint.customer_id:
+                return self._forward_to_subject(record, touchpoint, found, state_for)
             if record.key != touchpoint.customer_id.encode():
                 # State is partitioned by the key: a record keyed otherwise would split a customer's state.
                 return _dead(
                     record, Reason.KEY_MISMATCH, Stage.VALIDATE, "Kafka key must be the customer_id (UTF-8)", channel,
                 )
-            rewritten = self._protect(touchpoint)
+            rewritten = self._protect(touchpoint, internal) or sent_ids  # identifiers never stay in clear
             if touchpoint.customer_id in self.erased:
                 return Result(Kind.SUPPRESSED, touchpoint.channel)
             stage = Stage.STATE
             state = state_for(touchpoint.customer_id)
+            if internal and (owner := owner_at(state, log_position(record.epoch, record.offset))) is not None:
+                if touchpoint.event_id in state.seen:  # a redelivery of what the identifier took itself
+                    return Result(Kind.DUPLICATE, touchpoint.channel, state=state)
+                return self._forward_to_owner(record, touchpoint, state, *owner)
+            # A copy the pipeline forwarded is a duplicate whenever the state still knows its id: sent
+            # again after a crash, it may come any time after the customer's later events.
+            identified_by = _identified_by(record)
+            forwarded = internal or identified_by is not None
             outcome, enriched = apply(
                 state, touchpoint, record.partition, record.offset,
-                record_time(record.timestamp_ms, touchpoint.occurred_at), self.dedupe_horizon_ms, record.epoch,
+                record_time(record.timestamp_ms, touchpoint.occurred_at),
+                _FOREVER if forwarded else self.dedupe_horizon_ms, record.epoch,
             )
         except Rejected as exc:
             return _dead(record, exc.reason, stage, exc.detail, channel)
@@ -135,22 +173,77 @@ class Ingestor:
         if outcome is Outcome.SETTLED:  # decided before the restart, its outputs (if any) durable
             return Result(Kind.REPLAYED, touchpoint.channel, state=state)
         kind = Kind.PROCESSED if outcome is Outcome.NEW else Kind.REPLAYED
-        return Result(kind, touchpoint.channel, enriched=enriched, state=state, rewritten=rewritten)
+        assert enriched is not None
+        sent: list[Claim] = []
+        if internal:
+            enriched.identified_by = touchpoint.customer_id  # an identifier's own (anonymous) history
+        else:
+            enriched.identified_by = identified_by
+            if found and self.stitching is not None:
+                sent = claims(state, found, self.stitching.rules, touchpoint.occurred_at, record.partition,
+                              again=kind is Kind.REPLAYED)
+        return Result(kind, touchpoint.channel, enriched=enriched, state=state, rewritten=rewritten, claims=sent)
 
-    def _protect(self, tp: Touchpoint) -> bool:
+    def _identify(self, tp: Touchpoint) -> list[Identifier]:
+        """The touchpoint's identifiers, pseudonymised in place; dropped when stitching is off."""
+        if self.stitching is not None:
+            return self.stitching.identify(tp)
+        tp.anonymous_id = tp.email = tp.phone = None  # no key to pseudonymise them: never kept in clear
+        return []
+
+    def _forward_to_subject(self, record: SourceRecord, tp: Touchpoint, found: list[Identifier],
+                            state_for: Callable[[str], CustomerState]) -> Result:
+        """Step 1 of processors.stitching: an identifier-only touchpoint goes to its subject's home."""
+        subject = subject_of(found)
+        if subject is None or self.stitching is None:
+            why = "no usable identifier (junk values never link)" if self.stitching is not None else \
+                "identity stitching is off (no CEM_PSEUDONYM_KEY)"
+            return _dead(record, Reason.MISSING_FIELD, Stage.VALIDATE, f"customer_id is required: {why}", tp.channel)
+        if self.redact is not None and tp.text:
+            tp.text = self.redact(tp.text)
+        tp.customer_id = str(subject)
+        forward = Forward(tp, TOPIC_IDENTITY, self.stitching.home(tp.customer_id), tp.customer_id, record.timestamp_ms)
+        return _forwarded(state_for(forwarder_key(record.partition)), record, forward)
+
+    def _forward_to_owner(self, record: SourceRecord, tp: Touchpoint, subject: CustomerState,
+                          owner: str, partition: int) -> Result:
+        """Step 3: a linked identifier's touchpoint goes to its customer."""
+        identified_by, tp.customer_id = tp.customer_id, owner
+        return _forwarded(subject, record, Forward(tp, TOPIC_TOUCHPOINTS, partition, identified_by, record.timestamp_ms))
+
+    def _protect(self, tp: Touchpoint, internal: bool = False) -> bool:
         """Redact free text and pseudonymise the customer id, in place; whether anything changed."""
         rewritten = False
         if self.redact is not None and tp.text:
             redacted = self.redact(tp.text)
             rewritten = redacted != tp.text
             tp.text = redacted
-        if self.pseudonymize is not None:
+        if self.pseudonymize is not None and not internal:
             tp.customer_id = self.pseudonymize(tp.customer_id)
             rewritten = True
         return rewritten
 
 
+_FOREVER = 1 << 62  # a dedupe horizon no event time reaches
 _AVRO_MARKERS = (SINGLE_OBJECT_MAGIC[:1], CONFLUENT_MAGIC)
+
+
+def _forwarded(by: CustomerState, record: SourceRecord, forward: Forward) -> Result:
+    """A forward, once per position of the log it is read from: ``by`` (the state that reads the
+    record) remembers how far it has forwarded, so a record read again after a restart is
+    forwarded again only if its forward may have died with the crash."""
+    position = log_position(record.epoch, record.offset)
+    if position <= by.position and record.partition == by.partition and position <= by.written_position:
+        return Result(Kind.REPLAYED, forward.touchpoint.channel, state=by)  # durably forwarded before
+    by.position, by.partition = max(by.position, position), record.partition
+    by.staged_position = max(by.staged_position, position)
+    return Result(Kind.FORWARDED, forward.touchpoint.channel, forward=forward, state=by)
+
+
+def _identified_by(record: SourceRecord) -> str | None:
+    """The identifier a forwarded touchpoint was attributed by (its header; bounded, it is a label)."""
+    value = record.header(HEADER_IDENTIFIED_BY)
+    return value.decode(errors="replace")[:300] if value else None
 
 
 def record_time(timestamp_ms: int, fallback: int) -> int:

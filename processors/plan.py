@@ -23,16 +23,17 @@ goes on. That is Kafka Streams' processing exception handler, as data.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from processors.alerts import Alert
-from processors.customer import CustomerState, Enriched
+from processors.customer import CustomerState, Enriched, log_position
 from processors.ingest import DeadLetter, Ingestor, Kind, Result, SourceRecord, describe
 from processors.kpi import csat_satisfied, nps_category, signed_revenue
 from processors.scoring import TouchpointScoring, TrainingBatch
-from schemas.contract import Reason, Stage
+from processors.stitching import Claim, Forward, Merge, Stitching, claim, merge, parse
+from schemas.contract import HEADER_IDENTITY, TOPIC_IDENTITY, Reason, Rejected, Stage
 
 Out = TypeVar("Out")
 Out_co = TypeVar("Out_co", covariant=True)  # a protocol's return-only type variable
@@ -47,6 +48,12 @@ class Outputs(Protocol[Out_co]):
     def enriched(self, record: SourceRecord, enriched: Enriched, rewritten: bool) -> Out_co: ...
 
     def dead_letter(self, dead: DeadLetter) -> Out_co: ...
+
+    def forward(self, record: SourceRecord, forward: Forward) -> Out_co: ...
+
+    def claim(self, claim: Claim, partition: int) -> Out_co: ...
+
+    def merge(self, merge: Merge, partition: int) -> Out_co: ...
 
 
 class StateStore(Protocol):
@@ -71,6 +78,7 @@ class Tallies:
     alerts: Counter[tuple[str, str]] = field(default_factory=Counter)  # (type, severity)
     sentiments: list[float] = field(default_factory=list)
     churn_risks: list[float] = field(default_factory=list)
+    identity: Counter[str] = field(default_factory=Counter)  # claims by verdict, merges, their failures
 
     def add(self, result: Result) -> None:
         channel = result.channel
@@ -117,13 +125,17 @@ class BatchPlanner(Generic[Out]):
 
     def __init__(self, ingestor: Ingestor, scoring: TouchpointScoring, outputs: Outputs[Out]):
         self.ingestor = ingestor
+        self.stitching = ingestor.stitching or Stitching(str)  # claims come only when it is configured
         self.scoring = scoring
         self.outputs = outputs
 
     def plan(self, records: Sequence[SourceRecord], states: StateStore) -> BatchPlan[Out]:
         plan: BatchPlan[Out] = BatchPlan()
         for record in records:
-            self._one(record, states, plan)
+            if record.topic == TOPIC_IDENTITY and record.header(HEADER_IDENTITY) is not None:
+                self._identity(record, states, plan)
+            else:
+                self._one(record, states, plan)
         self._sweep(states, plan)
         plan.training.watermark_ms = self.scoring.alerts.watermark_ms
         return plan
@@ -132,6 +144,12 @@ class BatchPlanner(Generic[Out]):
         result = self.ingestor.handle(record, states.get)
         plan.tallies.add(result)
         if result.kind is Kind.DUPLICATE or result.kind is Kind.SUPPRESSED:
+            return
+        if result.kind is Kind.FORWARDED:
+            assert result.forward is not None
+            self._ship(plan, record, Stage.ENCODE, self.outputs.forward, record, result.forward)
+            if result.state is not None:
+                self._changed(plan, result.state, record)  # a linked identifier's read position moved on
             return
         if result.kind is Kind.DEAD_LETTER:
             assert result.dead_letter is not None
@@ -155,13 +173,53 @@ class BatchPlanner(Generic[Out]):
                 self._changed(plan, state, record)  # the touchpoint is in the state already
             return
         plan.outputs.append(shipped)
+        for sent in result.claims:
+            self._ship(plan, record, Stage.IDENTITY, self.outputs.claim, sent, self.stitching.home(sent.subject))
         plan.alerts.extend(alerts)
-        if new:
-            self._changed(plan, state, record)
+        # A replay re-writes its state too: the crash that made it may have taken the state's
+        # customer_state row with it, though its changelog record was written.
+        self._changed(plan, state, record)
         if enriched.sentiment is not None:
             plan.tallies.sentiments.append(enriched.sentiment)
         if enriched.churn_risk is not None and "churn" in enriched.model_versions:
             plan.tallies.churn_risks.append(enriched.churn_risk)
+
+    def _identity(self, record: SourceRecord, states: StateStore, plan: BatchPlan[Out]) -> None:
+        """A claim or a merge of identity stitching (see processors.stitching, steps 3 and 4)."""
+        try:
+            request = parse(record.value)
+            if isinstance(request, Merge):
+                customer = states.get(request.customer_id)
+                if merge(customer, request):
+                    self._changed(plan, customer, record)
+                    plan.tallies.identity["merged"] += 1
+                return
+            subject = states.get(request.subject)
+            verdict = claim(subject, request, record.partition, log_position(record.epoch, record.offset), self.stitching.rules)
+        except Rejected as exc:
+            plan.tallies.identity["undecodable"] += 1
+            plan.outputs.append(self._dead_letter(DeadLetter(record, exc.reason, Stage.IDENTITY, exc.detail)))
+            return
+        except Exception as exc:
+            plan.tallies.identity["failed"] += 1
+            plan.outputs.append(self._dead_letter(DeadLetter(record, Reason.PROCESSING_ERROR, Stage.IDENTITY, describe(exc))))
+            return
+        plan.tallies.identity[verdict.outcome] += 1
+        if verdict.outcome != "settled":
+            self._changed(plan, subject, record)
+        if verdict.merge is not None:
+            self._ship(plan, record, Stage.IDENTITY, self.outputs.merge, verdict.merge, request.partition)
+        if verdict.outcome == "refused":
+            detail = f"{request.subject} is linked to another customer; {request.customer_id} did not get it"
+            plan.outputs.append(self._dead_letter(DeadLetter(record, Reason.IDENTITY_CONFLICT, Stage.IDENTITY, detail)))
+
+    def _ship(self, plan: BatchPlan[Out], record: SourceRecord, stage: Stage, make: Callable[..., Out], *args: Any) -> None:
+        """One more output of ``record``; a failure to build it is the record's dead letter."""
+        try:
+            plan.outputs.append(make(*args))
+        except Exception as exc:
+            plan.tallies.identity["failed"] += 1
+            plan.outputs.append(self._dead_letter(DeadLetter(record, Reason.PROCESSING_ERROR, stage, describe(exc))))
 
     @staticmethod
     def _changed(plan: BatchPlan[Out], state: CustomerState, record: SourceRecord) -> None:
@@ -214,3 +272,12 @@ class RecordingOutputs:
 
     def dead_letter(self, dead: DeadLetter) -> tuple[str, int]:
         return ("dead_letter", dead.source.offset)
+
+    def forward(self, record: SourceRecord, forward: Forward) -> tuple[str, int]:
+        return (f"forward:{forward.topic}/{forward.partition}", record.offset)
+
+    def claim(self, claim: Claim, partition: int) -> tuple[str, int]:
+        return (f"claim:{partition}", claim.at)
+
+    def merge(self, merge: Merge, partition: int) -> tuple[str, int]:
+        return (f"merge:{partition}", merge.at)

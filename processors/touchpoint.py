@@ -19,6 +19,7 @@ from typing import Any
 from schemas.contract import (
     CHANNELS,
     HOUR_MS,
+    IDENTIFIER_FIELDS,
     MAX_AMOUNT,
     MAX_ATTRIBUTE_KEY_CHARS,
     MAX_ATTRIBUTE_VALUE_CHARS,
@@ -41,6 +42,7 @@ _TYPES = frozenset(TOUCHPOINT_TYPES)
 _OPTIONAL_STRINGS: dict[str, int] = {
     "session_id": MAX_ID_CHARS, "case_id": MAX_ID_CHARS, "text": MAX_TEXT_CHARS,
     "currency": MAX_SHORT_CHARS, "journey_stage": MAX_SHORT_CHARS,
+    **dict.fromkeys(IDENTIFIER_FIELDS, MAX_ID_CHARS),
 }
 
 
@@ -63,6 +65,10 @@ class Touchpoint:
     currency: str | None = None
     journey_stage: str | None = None
     attributes: dict[str, str] = field(default_factory=dict)
+    # Identifiers (see processors.identity): as sent until ingest pseudonymises them in place.
+    anonymous_id: str | None = None
+    email: str | None = None
+    phone: str | None = None
 
     def to_record(self) -> dict[str, Any]:
         """The Avro/JSON record form (field names of ``cem.TouchpointEvent``)."""
@@ -100,7 +106,8 @@ def validate(record: Mapping[str, Any], reference_ms: int, typed: bool = False) 
     if typed:
         return _validate_typed(record, reference_ms)
     event_id = _required_string(record, "event_id")
-    customer_id = _required_string(record, "customer_id")
+    customer_id = _required_string(record, "customer_id") if record.get("customer_id") is not None or \
+        not _has_identifier(record) else ""
     occurred_at = parse_event_time(_required(record, "occurred_at"))
     _check_future(occurred_at, reference_ms)
     channel = _enum(record, "channel", _CHANNELS)
@@ -124,7 +131,10 @@ def _validate_typed(record: Mapping[str, Any], reference_ms: int) -> Touchpoint:
     """The contract rules a schema cannot express: non-empty ids, lengths, ranges, event-time bounds."""
     event_id, customer_id, occurred_at = record["event_id"], record["customer_id"], record["occurred_at"]
     _check_id("event_id", event_id)
-    _check_id("customer_id", customer_id)
+    if customer_id is not None or not _has_identifier(record):
+        if customer_id is None:
+            raise Rejected(Reason.MISSING_FIELD, _NO_SUBJECT)
+        _check_id("customer_id", customer_id)
     _check_event_time(occurred_at)
     _check_future(occurred_at, reference_ms)
     for name, limit in _OPTIONAL_STRINGS.items():
@@ -144,7 +154,16 @@ def _validate_typed(record: Mapping[str, Any], reference_ms: int) -> Touchpoint:
         event_id, customer_id, occurred_at, record["channel"], record["type"], record["session_id"] or None,
         record["case_id"] or None, record["text"] or None, record["csat"], record["nps"], record["ces"], amount,
         record["currency"] or None, record["journey_stage"] or None, attributes,
+        record["anonymous_id"] or None, record["email"] or None, record["phone"] or None,
     )
+
+
+_NO_SUBJECT = "customer_id is required, or one of anonymous_id, email, phone"
+
+
+def _has_identifier(record: Mapping[str, Any]) -> bool:
+    """Whether the record names its customer by an identifier (checked for junk at ingest)."""
+    return any(isinstance(record.get(name), str) and record[name] for name in IDENTIFIER_FIELDS)
 
 
 def parse_event_time(value: Any) -> int:
@@ -196,7 +215,7 @@ def _check_event_time(ms: int) -> int:
 def _required(record: Mapping[str, Any], name: str) -> Any:
     value = record.get(name)
     if value is None:
-        raise Rejected(Reason.MISSING_FIELD, f"{name} is required")
+        raise Rejected(Reason.MISSING_FIELD, _NO_SUBJECT if name == "customer_id" else f"{name} is required")
     return value
 
 

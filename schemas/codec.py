@@ -25,6 +25,8 @@ from schemas.contract import SCHEMA_DIR, Reason, Rejected, schema_json
 
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"  # Avro spec: single-object encoding marker
 CONFLUENT_MAGIC = b"\x00"  # Confluent wire format: magic byte + 4-byte big-endian schema id
+PREVIOUS_VERSIONS = ("touchpoint.v1",)  # earlier cem.TouchpointEvent versions: always known writers
+DEFAULT_CONFLUENT_IDS = {1: SCHEMA_DIR / "touchpoint.v1.avsc", 2: SCHEMA_DIR / "touchpoint.avsc"}
 
 
 
@@ -44,7 +46,7 @@ def load_schema(name: str, raw: bool = False) -> dict[str, Any]:
     type's definition at its first use; the fingerprint would then be one nobody else computes:
 
     >>> fingerprint(load_schema("enriched")).hex()
-    'd35dbe6eb0471ca6'
+    'bdcc33dd36ad6a31'
     """
     schema = expanded_schema_json(name)
     return cast("dict[str, Any]", fastavro.parse_schema(strip_logical_types(schema) if raw else schema))
@@ -64,7 +66,7 @@ def _logical_variant_fingerprint(schema: Any) -> bytes | None:
     """The fingerprint of the canonical form that writes logical-typed primitives as objects, or None
     when the schema has no logical type (the variant is the canonical form itself).
 
-    >>> _logical_variant_fingerprint(schema_json("touchpoint")).hex()
+    >>> _logical_variant_fingerprint(schema_json("touchpoint.v1")).hex()
     '010598b7313c9073'
     """
     marks: list[str] = []
@@ -130,6 +132,8 @@ class SchemaRegistry:
     def __post_init__(self) -> None:
         self.register(self.reader)
         self._accept_variant(expanded_schema_json("touchpoint"), self.reader)
+        for version in PREVIOUS_VERSIONS:  # what producers not yet upgraded write, read as ever
+            self.register(schema_json(version))
 
     def register(self, schema: Mapping[str, Any], confluent_id: int | None = None) -> bytes:
         parsed = cast("dict[str, Any]",
@@ -157,12 +161,13 @@ class SchemaRegistry:
     ) -> SchemaRegistry:
         """A registry with the current schema, extra writer schema files, and Confluent id mappings.
 
-        ``confluent_ids`` defaults to ``{1: schemas/touchpoint.avsc}``.
+        ``confluent_ids`` defaults to ``{1: schemas/touchpoint.v1.avsc, 2: schemas/touchpoint.avsc}``:
+        id 1 named version 1 before there was a version 2, and producers still write it.
         """
         registry = cls()
         for path in schema_files:
             registry.register(json.loads(Path(path).read_text()))
-        ids = confluent_ids if confluent_ids is not None else {1: SCHEMA_DIR / "touchpoint.avsc"}
+        ids = confluent_ids if confluent_ids is not None else DEFAULT_CONFLUENT_IDS
         for schema_id, path in ids.items():
             registry.register(json.loads(Path(path).read_text()), confluent_id=schema_id)
         return registry
@@ -324,7 +329,8 @@ class AvroCodec:
         self._reader = self.registry.reader
         self._reader_fp = fingerprint(self._reader)
         self._same = {self._reader_fp: None}  # writer == reader: no schema resolution needed
-        self._confluent_id = next(iter(self.registry.by_confluent_id), 1)
+        # The id encode() writes: the one that names the current schema, if any does.
+        self._confluent_id = next((i for i, w in self.registry.by_confluent_id.items() if w is self._reader), 2)
 
     # -- encoding (generator, `cem publish`, tests) --------------------------------------------
     def encode(self, event: Mapping[str, Any], fmt: str = "avro") -> bytes:

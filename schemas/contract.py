@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import enum
 import json
+from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,9 @@ TOPIC_ALERTS = "cem.alerts"
 TOPIC_CUSTOMERS = "cem.customers"
 TOPIC_TRAINING = "cem.model.training"  # one partition: each model trains in one place, in one order
 TOPIC_MODELS = "cem.models"  # compacted: the latest snapshot per key (sentiment, churn, trainer)
+# Internal, co-partitioned with cem.touchpoints: touchpoints on their way to the state that takes
+# them, and the claims and merges of identity stitching (processors.stitching).
+TOPIC_IDENTITY = "cem.identity"
 TOPIC_ERASURES = "cem.erasures"  # compacted: erasure requests, keyed (and partitioned) like the touchpoints
 STATE_TABLE = "customer_state"  # the Faust table of customer states
 TOPIC_STATE_CHANGELOG = f"cem-{STATE_TABLE}-changelog"  # Faust's name for its changelog: <app id>-<table>-changelog
@@ -54,7 +58,10 @@ MAX_FUTURE_MS = DAY_MS  # occurred_at more than this ahead of the record timesta
 # take from any producer (beyond them: `too_long`, `out_of_range`, `bad_timestamp`).
 MIN_EVENT_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
 MAX_EVENT_MS = 4_102_444_800_000  # 2100-01-01T00:00:00Z (exclusive): DateTime columns hold it everywhere
-MAX_ID_CHARS = 256  # event_id, customer_id, session_id, case_id
+MAX_ID_CHARS = 256  # event_id, customer_id, session_id, case_id, the identifiers
+# Fields that name a customer without its customer_id (processors.identity), in the order that picks
+# the one a touchpoint is attributed by, and (of those the producer has) the Kafka key.
+IDENTIFIER_FIELDS = ("email", "phone", "anonymous_id")
 MAX_TEXT_CHARS = 32_768  # free text: scored, redacted and stored on the hot path
 MAX_SHORT_CHARS = 64  # currency, journey_stage
 MAX_ATTRIBUTES = 64
@@ -77,6 +84,9 @@ class Reason(str, enum.Enum):
     OVERSIZE = "oversize"
     UNKNOWN_ENUM = "unknown_enum"
     KEY_MISMATCH = "key_mismatch"  # the Kafka key is not the customer_id (state is partitioned by it)
+    # An identifier claimed by a customer while it is another known customer's (conflict policy
+    # "refuse"): the claim is dead-lettered, the touchpoint stays with the customer it named.
+    IDENTITY_CONFLICT = "identity_conflict"
     TOO_LONG = "too_long"  # a string or map beyond its bound (see MAX_*_CHARS, MAX_ATTRIBUTES)
     # Not about the input's form: a record the pipeline could not process or store. Nothing a producer
     # sends should end here (validation is meant to be total); when something does, it is not lost.
@@ -85,7 +95,8 @@ class Reason(str, enum.Enum):
 
 
 # Reasons that come from the record itself (every one is exercised by `inject_bad_records`).
-INPUT_REASONS: tuple[Reason, ...] = tuple(r for r in Reason if r not in (Reason.PROCESSING_ERROR, Reason.STORAGE_REJECTED))
+INPUT_REASONS: tuple[Reason, ...] = tuple(
+    r for r in Reason if r not in (Reason.PROCESSING_ERROR, Reason.STORAGE_REJECTED, Reason.IDENTITY_CONFLICT))
 
 
 class Rejected(ValueError):
@@ -111,6 +122,7 @@ class Stage(str, enum.Enum):
     SCORE = "score"  # sentiment, churn, alert rules
     ENCODE = "encode"  # the record's outputs
     STORE = "store"  # the ClickHouse insert
+    IDENTITY = "identity"  # a claim of identity stitching
 
 
 # Dead-letter headers (the record's key and value are the original bytes, unchanged).
@@ -120,6 +132,23 @@ HEADER_DETAIL = "cem.detail"
 HEADER_SOURCE_TOPIC = "cem.source.topic"
 HEADER_SOURCE_PARTITION = "cem.source.partition"
 HEADER_SOURCE_OFFSET = "cem.source.offset"
+# Headers of the pipeline's own records on cem.identity and cem.touchpoints (processors.stitching).
+HEADER_IDENTITY = "cem.identity"  # "claim" or "merge"; absent: a touchpoint
+HEADER_IDENTIFIED_BY = "cem.identified-by"  # the identifier that attributed a touchpoint to its customer
+
+
+def record_key(touchpoint: Mapping[str, Any]) -> str:
+    """The Kafka key of a touchpoint: its ``customer_id``, else its first identifier (as sent; the
+    pipeline routes such a touchpoint by its identifiers itself, so this key only spreads the load).
+
+    >>> record_key({"customer_id": "c1", "email": "a@b.io"}), record_key({"anonymous_id": "d1", "phone": "+4420"})
+    ('c1', '+4420')
+    """
+    for name in ("customer_id", *IDENTIFIER_FIELDS):
+        value = touchpoint.get(name)
+        if value:
+            return str(value)
+    return ""
 
 
 @cache

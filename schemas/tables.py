@@ -56,6 +56,7 @@ TABLES: dict[str, Columns] = {
         ("churn_risk", "Nullable(Float32)"),
         *_POSITION_TYPES,
         ("received_at", TIME),
+        ("identified_by", "Nullable(String)"),  # the identifier that attributed it (layout 4)
     ),
     "dead_letters": (
         ("received_at", TIME),
@@ -90,6 +91,7 @@ TABLES: dict[str, Columns] = {
         ("sentiment_mean", "Nullable(Float32)"),
         ("churn_risk", "Nullable(Float32)"),
         ("churned_at", f"Nullable({TIME})"),
+        ("identifiers", "Array(String)"),  # linked to the customer, their histories merged in (layout 4)
     ),
     "alerts": (
         ("alert_id", "String"),

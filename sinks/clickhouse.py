@@ -44,7 +44,7 @@ from clickhouse_connect.driver.exceptions import DatabaseError, DataError
 
 from schemas.tables import OFFSET_TRACKED, POSITION, TABLES, names
 from sinks.base import NullObserver, PositionKey, SinkObserver
-from sinks.clickhouse_ddl import SCHEMA_VERSION, statements
+from sinks.clickhouse_ddl import MIGRATIONS, SCHEMA_VERSION, statements
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +185,11 @@ class ClickHouseSink:
         existing = {r[0] for r in self._connection.rows(f"SELECT name FROM system.tables WHERE database = '{self._db}'")}
         if "touchpoints_enriched" in existing:
             found = self._schema_version() if "schema_version" in existing else 1
+            while found in MIGRATIONS and found != SCHEMA_VERSION:  # an earlier layout: brought up to date
+                for sql in MIGRATIONS[found]:
+                    self._connection.command(sql.format(db=self._db))
+                found += 1
+                self._connection.command(f"INSERT INTO {self._db}.schema_version VALUES ({found})")
             if found != SCHEMA_VERSION:
                 raise SchemaMismatch(
                     f"database {self._db!r} was created by cem with table layout {found}, this is layout "

@@ -15,7 +15,12 @@ from __future__ import annotations
 from schemas.contract import CSAT_SATISFIED_MIN, DETRACTOR_MAX, FUNNEL_STAGES, FUNNEL_WINDOW_S, PROMOTER_MIN
 from schemas.tables import POSITION, TABLES
 
-SCHEMA_VERSION = 3  # bumped when a table's layout changes in a way CREATE ... IF NOT EXISTS cannot apply
+SCHEMA_VERSION = 4  # bumped when a table's layout changes in a way CREATE ... IF NOT EXISTS cannot apply
+# How a database of an earlier layout becomes the next one, in place ({db}: the database).
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    3: ("ALTER TABLE {db}.touchpoints_enriched ADD COLUMN IF NOT EXISTS identified_by Nullable(String)",
+        "ALTER TABLE {db}.customer_state ADD COLUMN IF NOT EXISTS identifiers Array(String)"),
+}
 MERGE_SETTINGS = "SETTINGS non_replicated_deduplication_window = 10000"
 
 # The KPI aggregates of cem.kpi_minute, shared by the projection that stores them and the view that

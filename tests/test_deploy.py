@@ -89,12 +89,13 @@ TOPICS = {  # name -> compacted
     "cem.models": True,
     "cem-customer_state-changelog": True,
     "cem.erasures": True,
+    "cem.identity": False,
     "cem.model.training": False,
 }
 SINGLE_PARTITION = {"cem.model.training"}  # each model trains in one place, in one order
 # Keyed by customer_id and consumed together: a partition count that differs from cem.touchpoints' silently
 # sends a customer's state / erasure to another worker.
-COPARTITIONED = {"cem.touchpoints", "cem-customer_state-changelog", "cem.erasures"}
+COPARTITIONED = {"cem.touchpoints", "cem-customer_state-changelog", "cem.erasures", "cem.identity"}
 DAY_MS = 86_400_000
 CLICKHOUSE_TABLES = {
     "touchpoints_enriched", "kpi_minute", "customer_state", "dead_letters",

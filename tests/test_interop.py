@@ -201,10 +201,12 @@ AVRO_CRC64_JS = (
 )
 
 # Apache Avro Java 1.8.2, SchemaNormalization.parsingFingerprint("CRC-64-AVRO", s) and parsingFingerprint64(s)
-# of schemas/*.avsc (touchpoint.avsc and enriched.avsc parsed by one Schema.Parser).
+# of schemas/*.avsc (touchpoint.avsc and enriched.avsc parsed by one Schema.Parser; touchpoint.v1.avsc, version
+# 1 of the touchpoint, which producers not yet upgraded still write).
 JAVA_FINGERPRINTS = {
-    "touchpoint": ("da7073a468787e8b", -8395140264541064998),
-    "enriched": ("d35dbe6eb0471ca6", -6477223340967830061),
+    "touchpoint": ("574d199abaf9a5f9", -457685207263654569),
+    "touchpoint.v1": ("da7073a468787e8b", -8395140264541064998),
+    "enriched": ("bdcc33dd36ad6a31", 3560848906540797117),
     "alert": ("6569446953c87f0d", 972716305109248357),
 }
 
@@ -401,7 +403,7 @@ def test_nested_record_fingerprint_agrees_everywhere():
     assert fingerprint(NESTED_FIXED_REUSED).hex() == fastavros_fingerprint(NESTED_FIXED_REUSED).hex() == JAVA_NESTED_FIXED_REUSED
 
 
-@pytest.mark.parametrize("name", ["touchpoint", "alert"])
+@pytest.mark.parametrize("name", ["touchpoint", "touchpoint.v1", "alert"])
 def test_cem_schema_fingerprints_agree_everywhere(name):
     """Property: for touchpoint.avsc and alert.avsc, cem's ``fingerprint()`` (with and without logical types),
     its encoders' header, the spec algorithm over the Java-style canonical form, the Apache library, fastavro
@@ -526,7 +528,8 @@ def test_evolved_writer_schema_written_by_apache_decodes_in_cem():
         assert codec.decode(header + apache_write(writer, datum)) == full(event)
 
 
-# Written once with Apache Avro Java 1.8.2: BinaryMessageEncoder(GenericData.get(), touchpoint.avsc).encode(r).
+# Written once with Apache Avro Java 1.8.2: BinaryMessageEncoder(GenericData.get(), touchpoint.avsc).encode(r),
+# when touchpoint.avsc was version 1 (now touchpoint.v1.avsc): an old producer's record.
 JAVA_SINGLE_OBJECT = bytes.fromhex(
     "c301da7073a468787e8b0c6a6176612d310e637573742d3432f6a1d5edee660a140206732d3900022e4c6965666572756e67"
     "207a75207370c3a47420f09f989e020400020a020000000000002940020645555200020a73746f72650c6265726c696e00"
@@ -534,12 +537,13 @@ JAVA_SINGLE_OBJECT = bytes.fromhex(
 
 
 def test_a_touchpoint_written_by_java_decodes_in_cem():
-    """Property: bytes from Java's single-object encoder (org.apache.avro.message) decode in cem."""
+    """Property: bytes from Java's single-object encoder (org.apache.avro.message), of version 1 of the
+    schema, decode in cem as the current version, the fields added since at their defaults."""
     assert AvroCodec().decode(JAVA_SINGLE_OBJECT) == {
         "event_id": "java-1", "customer_id": "cust-42", "occurred_at": 1767225600123, "channel": "chat",
         "type": "feedback", "session_id": "s-9", "case_id": None, "text": "Lieferung zu spät 😞", "csat": 2,
         "nps": None, "ces": 5, "amount": 12.5, "currency": "EUR", "journey_stage": None,
-        "attributes": {"store": "berlin"},
+        "attributes": {"store": "berlin"}, "anonymous_id": None, "email": None, "phone": None,
     }
 
 
@@ -630,7 +634,7 @@ def test_enriched_encoders_read_by_apache_and_fastavro():
         EnrichedEncoder().encode(EnrichedEncoder().tail_values(tail), event, None),
     ]
     assert len(set(payloads)) == 1
-    expected = {**tail, "event": event}
+    expected = {**tail, "event": event, "identified_by": None}
     assert as_epoch_ms(apache_read(payloads[0][10:], apache_schema("enriched"))) == expected
     assert as_epoch_ms(fastavro_read(payloads[0][10:], fastavro_schema("enriched"))) == expected
 
@@ -671,24 +675,28 @@ def test_alerts_read_by_apache_and_fastavro():
 
 # -- 4. Confluent framing ------------------------------------------------------------------------------
 def test_confluent_framing_read_by_apache():
-    """Property: ``AvroCodec().encode(event, "confluent")`` is 0x00 + id 1 as 4 big-endian bytes + a body the
-    Apache library reads, whole, as the event."""
+    """Property: ``AvroCodec().encode(event, "confluent")`` is 0x00 + id 2 (the current schema's, by default)
+    as 4 big-endian bytes + a body the Apache library reads, whole, as the event."""
     codec, apache = AvroCodec(), apache_schema("touchpoint")
     for event in EVENTS:
         payload = codec.encode(event, "confluent")
-        assert payload[:1] == CONFLUENT_MAGIC == b"\x00" and payload[1:5] == b"\x00\x00\x00\x01"
+        assert payload[:1] == CONFLUENT_MAGIC == b"\x00" and payload[1:5] == b"\x00\x00\x00\x02"
         assert as_epoch_ms(apache_read(payload[5:], apache)) == full(event)
 
 
 def test_confluent_framed_apache_records_decode_in_cem():
-    """Property: 0x00 + 00 00 00 01 + an Apache DatumWriter body decodes in cem (id 1 is touchpoint.avsc by
-    default) to the same values; an id cem has no schema for is unknown_schema."""
-    codec, apache = AvroCodec(), apache_schema("touchpoint")
+    """Property: 0x00 + the id + an Apache DatumWriter body decodes in cem to the same values, for id 2 with
+    touchpoint.avsc and id 1 with version 1 (touchpoint.v1.avsc, the defaults); an id cem has no schema for
+    is unknown_schema."""
+    codec, apache, v1 = AvroCodec(), apache_schema("touchpoint"), apache_schema("touchpoint.v1")
     for event in EVENTS:
         body = apache_write(apache, _apache_datum(event))
-        assert codec.decode(b"\x00" + (1).to_bytes(4, "big") + body) == full(event)
+        assert codec.decode(b"\x00" + (2).to_bytes(4, "big") + body) == full(event)
+        if "customer_id" in event:
+            old = {k: v for k, v in _apache_datum(event).items() if k not in ("anonymous_id", "email", "phone")}
+            assert codec.decode(b"\x00" + (1).to_bytes(4, "big") + apache_write(v1, old)) == full(event)
     with pytest.raises(Rejected) as rejected:
-        codec.decode(b"\x00" + (2).to_bytes(4, "big") + body)
+        codec.decode(b"\x00" + (3).to_bytes(4, "big") + body)
     assert rejected.value.reason is Reason.UNKNOWN_SCHEMA
 
 

@@ -187,6 +187,36 @@ def test_the_real_engine_isolates_values_a_column_cannot_hold(tmp_path):
     assert result == {"stored": [0, 3], "dead": [[1, "storage_rejected"], [2, "storage_rejected"]], "rejected": 2}
 
 
+MIGRATE_SCRIPT = r"""
+import json, sys
+from sinks.clickhouse import ClickHouseSink, connect
+
+connection = connect("chdb://" + sys.argv[1])
+sink = ClickHouseSink(connection, "cem")
+sink.create_schema()
+# A database as layout 3 left it: without the identity columns, its version recorded as 3.
+connection.command("ALTER TABLE cem.touchpoints_enriched DROP COLUMN identified_by")
+connection.command("ALTER TABLE cem.customer_state DROP COLUMN identifiers")
+connection.command("TRUNCATE TABLE cem.schema_version")
+connection.command("INSERT INTO cem.schema_version VALUES (3)")
+sink.create_schema()
+columns = connection.rows("SELECT table, name FROM system.columns WHERE database = 'cem' AND name IN ('identified_by', 'identifiers')")
+version = connection.rows("SELECT max(version) FROM cem.schema_version")[0][0]
+print(json.dumps({"columns": sorted(map(list, columns)), "version": int(version)}))
+"""
+
+
+@pytest.mark.integration
+def test_a_database_of_the_previous_layout_is_migrated_in_place(tmp_path):
+    """Property (chDB): a data directory written by the layout before identity stitching gets its new
+    columns when a worker starts on it, instead of being refused."""
+    proc = subprocess.run([sys.executable, "-c", MIGRATE_SCRIPT, str(tmp_path / "ch")], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result == {"columns": [["customer_state", "identifiers"], ["touchpoints_enriched", "identified_by"]], "version": 4}
+
+
 def test_each_sink_implements_the_protocols_its_callers_name() -> None:
     """Callers type their sinks by protocol (sinks.base), never by class: each sink must keep them."""
     from sinks.base import BufferedSink, PrioritySink, ReplayGuard, Sink

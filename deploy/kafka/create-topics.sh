@@ -84,13 +84,17 @@ create cem-customer_state-changelog   cleanup.policy=compact
 # that owns a customer's partition erases its state); compacted: the latest request per customer is kept,
 # so a replay of old touchpoints still honours it.
 create cem.erasures                   cleanup.policy=compact
+# Identity stitching's own records between partitions (touchpoints on their way to the state that takes
+# them, identifier claims, anonymous histories merged into their customer): co-partitioned with
+# cem.touchpoints; read within seconds, like a Kafka Streams repartition topic, so a week is ample.
+create cem.identity                   cleanup.policy=delete "retention.ms=$((7 * DAY_MS))"
 # Training examples, one partition so each model trains in one place and one order; records are acked
 # at the trainer's checkpoint (every minute), so a week of retention is ample.
 TOPIC_PARTITIONS=1 create cem.model.training cleanup.policy=delete "retention.ms=$((7 * DAY_MS))"
 
 # --if-not-exists leaves an existing topic alone: make sure the co-partitioned ones really match, since a
 # state table whose changelog has a different partition count silently loses state on rebalance.
-for topic in cem.touchpoints cem-customer_state-changelog cem.erasures; do
+for topic in cem.touchpoints cem-customer_state-changelog cem.erasures cem.identity; do
   described=$("$KAFKA_TOPICS" "${common[@]}" --describe --topic "$topic")
   actual=$(grep -o 'PartitionCount: *[0-9]*' <<<"$described" | head -n1 | grep -o '[0-9]*$' || true)
   if [[ "$actual" != "$PARTITIONS" ]]; then

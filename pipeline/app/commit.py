@@ -21,6 +21,7 @@ from pipeline.app.rows import customer_state_row
 from processors.alerts import Alert
 from processors.customer import CustomerState, mark_written
 from processors.plan import BatchPlan
+from processors.stitching import is_forwarder
 from schemas.contract import TOPIC_ALERTS
 from sinks.base import PrioritySink, Sink
 from sinks.clickhouse import TableRow
@@ -57,7 +58,8 @@ class Commit:
         kafka_add, clickhouse_add = self.kafka.add, self.clickhouse.add
         for shipped in plan.outputs:
             kafka_add(shipped.record)
-            clickhouse_add(shipped.row)
+            if shipped.row is not None:
+                clickhouse_add(shipped.row)
         if training is not None:
             kafka_add(training)
         self._changed.update(plan.changed)
@@ -88,7 +90,7 @@ class Commit:
         for alert in alerts:
             shipped = self._alerts.ship(alert, emitted_ms)
             self.kafka.add(shipped.record)
-            self.clickhouse.add(shipped.row)
+            self.clickhouse.add(shipped.row)  # type: ignore[arg-type]  # an alert has its row
         deliveries = await self.kafka.ship(TOPIC_ALERTS)
         for future in deliveries:
             future.add_done_callback(lambda f: self._alert_acked(f, received))
@@ -122,7 +124,7 @@ class Commit:
             void, self._void = self._void, set()
             changed, self._changed = self._changed, {}
             changelogs = [self._changelog(state) for state in changed.values()]
-            rows = [customer_state_row(state) for state in changed.values()]
+            rows = [customer_state_row(state) for state in changed.values() if not is_forwarder(state.customer_id)]
             for state in changed.values():
                 mark_written(state)
             checkpoint = self._checkpoint()

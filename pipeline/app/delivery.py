@@ -154,7 +154,8 @@ class BatchDelivery:
 
 
 def to_source(record: Any) -> SourceRecord:
-    return SourceRecord(record.topic, record.partition, record.offset, record.timestamp, record.key, record.value)
+    return SourceRecord(record.topic, record.partition, record.offset, record.timestamp, record.key, record.value,
+                        headers=record.headers or ())
 
 
 class FetchWaitThread(faust_aiokafka.AIOKafkaConsumerThread):

@@ -18,7 +18,14 @@ from pipeline.app.kafka_security import faust_credentials
 from pipeline.app.metrics import Metrics
 from pipeline.app.worker import CustomerStates, TouchpointWorker
 from pipeline.settings import Settings
-from schemas.contract import STATE_TABLE, TOPIC_CUSTOMERS, TOPIC_ERASURES, TOPIC_TOUCHPOINTS, TOPIC_TRAINING
+from schemas.contract import (
+    STATE_TABLE,
+    TOPIC_CUSTOMERS,
+    TOPIC_ERASURES,
+    TOPIC_IDENTITY,
+    TOPIC_TOUCHPOINTS,
+    TOPIC_TRAINING,
+)
 
 log = logging.getLogger("cem.app")
 
@@ -72,7 +79,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> tuple[faus
     metrics = metrics or Metrics()
     app = CemApp(
         settings.app_id,
-        batch_topics=(TOPIC_TOUCHPOINTS,),
+        batch_topics=(TOPIC_TOUCHPOINTS, TOPIC_IDENTITY),
         fetch_max_wait_ms=settings.fetch_max_wait_ms,
         monitor=QuietMonitor(),
         broker=f"kafka://{settings.kafka_bootstrap}",
@@ -96,8 +103,8 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> tuple[faus
         consumer_auto_offset_reset="earliest",
     )
     app.flow_control = KeepQueuedOnResume(loop=app.loop)  # before any stream or channel is created
-    touchpoints = app.topic(
-        TOPIC_TOUCHPOINTS, key_type=bytes, value_type=bytes,
+    touchpoints = app.topic(  # and identity stitching's records between partitions, co-partitioned
+        TOPIC_TOUCHPOINTS, TOPIC_IDENTITY, key_type=bytes, value_type=bytes,
         key_serializer="raw", value_serializer="raw", partitions=settings.partitions,
     )
     customers = app.topic(

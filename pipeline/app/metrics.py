@@ -19,6 +19,8 @@ class Metrics:
         self.replayed = Counter("cem_touchpoints_replayed", "Records re-processed after a restart (outputs re-sent, state untouched).", ["channel"], registry=r)
         self.dead_lettered = Counter("cem_touchpoints_dead_lettered", "Records sent to the dead-letter topic.", ["reason", "stage"], registry=r)
         self.suppressed = Counter("cem_touchpoints_suppressed", "Touchpoints of erased customers, dropped (nothing kept).", ["channel"], registry=r)
+        self.forwarded = Counter("cem_touchpoints_forwarded", "Touchpoints sent on to the partition of the state that takes them (identity stitching; counted again there).", ["channel"], registry=r)
+        self.identity = Counter("cem_identity_events", "Identity stitching: claims by verdict (linked, owned, conflict, refused, shared, settled), merges, failures.", ["event"], registry=r)
         self.erasures = Counter("cem_erasures", "Erasure requests carried out (state, ClickHouse rows, pending examples).", registry=r)
         self.deduplicated = Counter("cem_touchpoints_deduplicated", "Redelivered touchpoints dropped (same event_id within the horizon).", ["channel"], registry=r)
         self.nps = Counter("cem_nps_responses", "NPS answers by category.", ["channel", "category"], registry=r)

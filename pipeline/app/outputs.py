@@ -15,9 +15,12 @@ from pipeline.app.rows import RedactBytes, alert_row, dead_letter_row, enriched_
 from processors.alerts import Alert
 from processors.customer import Enriched
 from processors.ingest import DeadLetter, SourceRecord
+from processors.stitching import Claim, Forward, Merge
 from schemas.codec import AvroCodec, EnrichedEncoder, RecordEncoder
 from schemas.contract import (
     HEADER_DETAIL,
+    HEADER_IDENTIFIED_BY,
+    HEADER_IDENTITY,
     HEADER_REASON,
     HEADER_SOURCE_OFFSET,
     HEADER_SOURCE_PARTITION,
@@ -26,6 +29,8 @@ from schemas.contract import (
     TOPIC_ALERTS,
     TOPIC_DLQ,
     TOPIC_ENRICHED,
+    TOPIC_IDENTITY,
+    TOPIC_TOUCHPOINTS,
 )
 from sinks.clickhouse import TableRow
 from sinks.kafka import KafkaRecord
@@ -34,7 +39,7 @@ from sinks.kafka import KafkaRecord
 @dataclass(slots=True)
 class Shipped:
     record: KafkaRecord
-    row: TableRow
+    row: TableRow | None  # None: a record on its way to another partition, stored there
 
 
 class ShippedOutputs:
@@ -58,6 +63,22 @@ class ShippedOutputs:
 
     def dead_letter(self, dead: DeadLetter) -> Shipped:
         return Shipped(dead_letter_record(dead), dead_letter_row(dead, self.redact_bytes, self.pseudonymize))
+
+    # -- identity stitching (processors.stitching): the pipeline's own records, between partitions ----
+    def forward(self, record: SourceRecord, forward: Forward) -> Shipped:
+        tp = forward.touchpoint
+        headers = [(HEADER_IDENTIFIED_BY, forward.identified_by.encode())] if forward.topic == TOPIC_TOUCHPOINTS else []
+        value = self.codec.encode(tp.to_record(), "avro")
+        return Shipped(KafkaRecord(forward.topic, tp.customer_id.encode(), value, forward.partition, headers,
+                                   forward.timestamp_ms), None)
+
+    def claim(self, claim: Claim, partition: int) -> Shipped:
+        return Shipped(KafkaRecord(TOPIC_IDENTITY, claim.subject.encode(), claim.to_json(), partition,
+                                   [(HEADER_IDENTITY, b"claim")]), None)
+
+    def merge(self, merge: Merge, partition: int) -> Shipped:
+        return Shipped(KafkaRecord(TOPIC_IDENTITY, merge.customer_id.encode(), merge.to_json(), partition,
+                                   [(HEADER_IDENTITY, b"merge")]), None)
 
 
 def dead_letter_record(dead: DeadLetter) -> KafkaRecord:

@@ -30,7 +30,7 @@ def enriched_row(enriched: Enriched, topic: str, epoch: int) -> TableRow:
         tp.csat, tp.nps, tp.ces, tp.amount, tp.currency, enriched.journey_stage, tp.attributes, enriched.first_seen,
         enriched.recency_s, enriched.events_total, enriched.channel_events, enriched.revenue_to_date, enriched.orders,
         enriched.open_complaints, enriched.resolve_s, enriched.channel_switch, enriched.sentiment, enriched.churn_risk,
-        topic, enriched.source_partition, epoch, enriched.source_offset, enriched.received_at,
+        topic, enriched.source_partition, epoch, enriched.source_offset, enriched.received_at, enriched.identified_by,
     )
 
 
@@ -56,7 +56,7 @@ def customer_state_row(state: CustomerState) -> TableRow:
         state.revenue, state.orders, state.refunds, len(state.open_cases), state.complaints_opened,
         state.complaints_resolved, state.mean_resolve_s, state.last_csat, state.last_nps, state.last_ces,
         state.journey_stage, state.channel_switches, state.sentiment_mean if state.sentiment_n else None,
-        state.churn_risk, state.churned_at,
+        state.churn_risk, state.churned_at, list(state.merged),
     )
 
 

@@ -37,13 +37,16 @@ from pipeline.app.rows import storage_rejected
 from pipeline.settings import Settings
 from processors.alerts import AlertConfig, AlertEngine
 from processors.customer import CustomerState
+from processors.identity import IdentityRules
 from processors.ingest import DeadLetter, Ingestor, Kind, SourceRecord
 from processors.plan import BatchPlanner, Tallies
 from processors.privacy import Redactor
 from processors.profile import parse_profile
+from processors.pseudonym import Pseudonymizer
 from processors.pseudonym import from_settings as pseudonymizer_from_settings
 from processors.scoring import TouchpointScoring, TrainingBatch
 from processors.snapshot import from_snapshot, to_snapshot
+from processors.stitching import Stitching
 from processors.training import ModelTrainer
 from schemas.codec import AvroCodec, SchemaRegistry, confluent_schema_id
 from schemas.contract import (
@@ -146,7 +149,7 @@ class TouchpointWorker:
         pseudonymize = pseudonymizer_from_settings(settings.pseudonymize, settings.pseudonym_key)
         self.erasures = ErasureList(settings.kafka_bootstrap, options)
         ingestor = Ingestor(self.codec, int(settings.dedupe_horizon_s * 1000), redact=redactor.redact,
-                            pseudonymize=pseudonymize, erased=self.erasures.ids)
+                            pseudonymize=pseudonymize, erased=self.erasures.ids, stitching=stitching_from(settings))
         self.scoring = TouchpointScoring(alerts=AlertEngine(AlertConfig.from_spec(settings.alert_rules)))
         self.planner: BatchPlanner[Shipped] = BatchPlanner(
             ingestor, self.scoring, ShippedOutputs(self.codec, redactor.redact_bytes, pseudonymize))
@@ -353,6 +356,8 @@ class TouchpointWorker:
         m.count(m.replayed, tallies.by_kind[_REPLAYED])
         m.count(m.deduplicated, tallies.by_kind[_DUPLICATE])
         m.count(m.suppressed, tallies.by_kind[Kind.SUPPRESSED])
+        m.count(m.forwarded, tallies.by_kind[Kind.FORWARDED])
+        m.count(m.identity, tallies.identity)
         m.count(m.dead_lettered, tallies.dead)
         m.count(m.nps, tallies.nps)
         m.count(m.csat, tallies.csat)
@@ -462,6 +467,16 @@ class TouchpointWorker:
 _PROCESSED, _REPLAYED, _DUPLICATE = Kind.PROCESSED, Kind.REPLAYED, Kind.DUPLICATE
 _record_time = operator.attrgetter("timestamp_ms")
 _REGISTRY_OUTCOMES = ("fetched", "unknown", "retries", "failures")  # SchemaRegistryClient's counters
+
+
+def stitching_from(settings: Settings) -> Stitching | None:
+    """Identity stitching as configured: on with a pseudonym key (identifiers are never kept in clear)."""
+    if not settings.pseudonym_key:
+        return None
+    rules = IdentityRules(settings.identity_conflict_policy, settings.identity_max_customers_per_identifier,
+                          settings.identity_max_identifiers_per_customer)
+    return Stitching(Pseudonymizer(settings.pseudonym_key.encode()), rules, settings.partitions,
+                     settings.identity_default_country_code)
 
 
 def _registry(settings: Settings) -> SchemaRegistry:

@@ -21,6 +21,7 @@ from schemas.contract import (
     TOPIC_DLQ,
     TOPIC_ENRICHED,
     TOPIC_ERASURES,
+    TOPIC_IDENTITY,
     TOPIC_MODELS,
     TOPIC_STATE_CHANGELOG,
     TOPIC_TOUCHPOINTS,
@@ -114,6 +115,7 @@ async def create_topics(bootstrap: str, partitions: int, client_options: Mapping
             NewTopic(TOPIC_TRAINING, 1, 1),
             NewTopic(TOPIC_MODELS, 1, 1, topic_configs={"cleanup.policy": "compact", "max.message.bytes": str(MODEL_MAX_BYTES)}),
             NewTopic(TOPIC_ERASURES, partitions, 1, topic_configs={"cleanup.policy": "compact"}),
+            NewTopic(TOPIC_IDENTITY, partitions, 1),
             # Faust declares its changelog when it starts; created here too, so that a broker that
             # starts empty under running workers has it before their first write (a topic the broker
             # creates on the fly for a write is not one Faust's recovery can read).

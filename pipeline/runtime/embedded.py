@@ -23,9 +23,9 @@ from aiokafka import AIOKafkaProducer
 from pipeline.app import kafka_security
 from pipeline.runtime.processes import spawn, stop
 from pipeline.settings import Settings
-from pipeline.views.client import WorkerError, fetch_status, query_worker, received
+from pipeline.views.client import WorkerError, fetch_status, query_worker, received, total
 from schemas.codec import AvroCodec
-from schemas.contract import TOPIC_CUSTOMERS, TOPIC_TOUCHPOINTS
+from schemas.contract import TOPIC_CUSTOMERS, TOPIC_TOUCHPOINTS, record_key
 
 
 class WorkerProcess:
@@ -79,7 +79,8 @@ class WorkerProcess:
     def wait_drained(self, expected_in: int, timeout_s: float = 60.0) -> dict:
         """Wait until the worker has read ``expected_in`` records and made all of them durable."""
         return self.wait_until(
-            lambda st: received(st) >= expected_in and st["pending_rows"] == 0 and st["committed_records"] >= received(st),
+            lambda st: received(st) >= expected_in and st["pending_rows"] == 0
+            and st["committed_records"] >= total(st["totals"], "touchpoints_received"),
             timeout_s, f"the worker did not drain {expected_in} records",
         )
 
@@ -98,7 +99,8 @@ class WorkerProcess:
 
 
 class TouchpointPublisher:
-    """One producer to ``cem.touchpoints`` for a whole session; touchpoints keyed by customer_id.
+    """One producer to ``cem.touchpoints`` for a whole session; touchpoints keyed as the contract says
+    (``schemas.contract.record_key``).
 
     ``timestamp_from_event`` sets the Kafka record timestamp to ``occurred_at`` (replaying
     historical or simulated traffic), so the far-future check is relative to the event's own time.
@@ -135,7 +137,7 @@ class TouchpointPublisher:
         pending, count = [], 0
         for touchpoint in touchpoints:
             pending.append(await producer.send(
-                TOPIC_TOUCHPOINTS, self._codec.encode(touchpoint, self._fmt), key=str(touchpoint["customer_id"]).encode(),
+                TOPIC_TOUCHPOINTS, self._codec.encode(touchpoint, self._fmt), key=record_key(touchpoint).encode(),
                 timestamp_ms=touchpoint["occurred_at"] if self._timestamp_from_event else None,
             ))
             count += 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import signal
 import sys
 import time
@@ -24,6 +25,7 @@ from pipeline.settings import Settings
 from pipeline.views.client import received, running_worker_url, total
 
 PROGRESS_EVERY_S = 1.0
+IDENTITY_SHARE = 0.3  # of the generated customers: browse anonymously first, then identify (stitching)
 
 
 def embedded_settings(settings: Settings, data_dir: Path, broker_port: int) -> Settings:
@@ -32,7 +34,19 @@ def embedded_settings(settings: Settings, data_dir: Path, broker_port: int) -> S
         kafka_bootstrap=f"127.0.0.1:{broker_port}", kafka_security_protocol="PLAINTEXT",
         clickhouse_url=f"chdb://{data_dir / 'clickhouse'}",
         data_dir=str(data_dir),
+        pseudonym_key=settings.pseudonym_key or pseudonym_key(data_dir),
     )
+
+
+def pseudonym_key(data_dir: Path) -> str:
+    """The data directory's own pseudonym key, made once (identity stitching needs one; every run on
+    the directory must map an identifier to the same pseudonym, or its links would be lost)."""
+    path = data_dir / "pseudonym.key"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_hex(32))
+    return path.read_text().strip()
 
 
 def run_embedded(
@@ -78,7 +92,8 @@ async def _traffic(settings: Settings, progress: _Progress, duration_s: float | 
     start_ms = int(time.time() // 60 * 60_000)
     # Each run's event ids are its own: a second run on the same data directory sends new touchpoints
     # of the same customers, not redeliveries of the first run's.
-    journeys = JourneyGenerator(customers=customers, seed=seed, start_ms=start_ms, run=f"r{int(time.time() * 1000):x}.")
+    journeys = JourneyGenerator(customers=customers, seed=seed, start_ms=start_ms, run=f"r{int(time.time() * 1000):x}.",
+                                identity=IDENTITY_SHARE)
     options = kafka_security.client_options(settings)
     if rate > 0:
         await publish_profiles(settings.kafka_bootstrap, journeys.profiles(), options)  # the CRM join, first
@@ -159,6 +174,8 @@ def _summary(status: dict, produced: int, elapsed_s: float) -> dict:
         "dead_lettered": {k.split(",")[0]: int(v) for k, v in totals.get("touchpoints_dead_lettered", {}).items()},
         "deduplicated": total(totals, "touchpoints_deduplicated"),
         "replayed": total(totals, "touchpoints_replayed"),
+        "forwarded": total(totals, "touchpoints_forwarded"),
+        "identifiers_linked": int(totals.get("identity_events", {}).get("linked", 0)),
         "elapsed_s": round(elapsed_s, 1),
         "latency_committed": status["latency_committed"],
         "latency_alert": status["latency_alert"],
@@ -172,7 +189,7 @@ def _row_counts(settings: Settings) -> dict[str, int]:
     db = settings.clickhouse_database
     sql = " UNION ALL ".join(
         f"SELECT '{t}' AS t, toInt64(count()) FROM {db}.{t}" for t in ("touchpoints_enriched", "dead_letters", "customer_state", "kpi_minute")
-    )
+    ) + f" UNION ALL SELECT 'stitched_customers', toInt64(count()) FROM {db}.customer_state FINAL WHERE notEmpty(identifiers)"
     _, rows = run_query(settings, sql)
     return {t: int(n) for t, n in rows}
 

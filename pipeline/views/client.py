@@ -25,8 +25,11 @@ def total(totals: dict, name: str) -> int:
 
 
 def received(status: dict) -> int:
-    """Input records the worker has read, from its ``/status``."""
-    return total(status["totals"], "touchpoints_received")
+    """Records the worker has read from the producers, from its ``/status``: the touchpoints it
+    forwarded to another partition itself (identity stitching) are not counted again when read, and
+    one still on its way counts against it, so this reaches what was published only when none is."""
+    totals = status["totals"]
+    return total(totals, "touchpoints_received") - total(totals, "touchpoints_forwarded")
 
 
 def _headers() -> dict[str, str]:

@@ -8,6 +8,9 @@ keep a bloom-filter index on ``customer_id`` that skips the granules without the
 keys leave the id out so an erasure can anonymise it in place), which with thousands of customers a
 granule is most of them. ``benchmarks/customer_view.py`` measures it with a million touchpoints.
 
+A stitched customer's view takes in the touchpoints its identifiers had before they were linked to it
+(``customer_state.identifiers``; see ``processors.stitching``), so the journey starts where it did.
+
 When identifiers are pseudonymised (``CEM_PSEUDONYMIZE``) the stored ``customer_id`` is the keyed hash
 of the one channel systems send: the view hashes the requested id the same way before it looks.
 """
@@ -30,32 +33,32 @@ SECTIONS: dict[str, str] = {
     "profile": f"SELECT {', '.join(STATE_COLUMNS)} FROM {{db}}.customer_state FINAL WHERE customer_id = {{id}}",
     "channels": (
         "SELECT channel, count() AS touchpoints, min(occurred_at) AS first, max(occurred_at) AS last "
-        "FROM {db}.touchpoints_enriched WHERE customer_id = {id} GROUP BY channel ORDER BY touchpoints DESC, channel"
+        "FROM {db}.touchpoints_enriched WHERE customer_id IN ({ids}) GROUP BY channel ORDER BY touchpoints DESC, channel"
     ),
     "journey": (
         "SELECT journey_stage AS stage, min(occurred_at) AS entered, count() AS touchpoints "
-        "FROM {db}.touchpoints_enriched WHERE customer_id = {id} GROUP BY stage ORDER BY entered"
+        "FROM {db}.touchpoints_enriched WHERE customer_id IN ({ids}) GROUP BY stage ORDER BY entered"
     ),
     "sentiment_trend": (
         "SELECT toDate(occurred_at) AS day, round(avg(sentiment), 3) AS mean, count() AS texts "
-        "FROM {db}.touchpoints_enriched WHERE customer_id = {id} AND sentiment IS NOT NULL "
+        "FROM {db}.touchpoints_enriched WHERE customer_id IN ({ids}) AND sentiment IS NOT NULL "
         "GROUP BY day ORDER BY day DESC LIMIT 14"
     ),
     "cases": (
         "SELECT case_id, min(occurred_at) AS opened, max(occurred_at) AS last_contact, count() AS touchpoints, "
         "countIf(type = 'complaint_resolved') > 0 AS resolved "
-        "FROM {db}.touchpoints_enriched WHERE customer_id = {id} AND case_id IS NOT NULL "
+        "FROM {db}.touchpoints_enriched WHERE customer_id IN ({ids}) AND case_id IS NOT NULL "
         "GROUP BY case_id ORDER BY opened DESC LIMIT 20"
     ),
     "timeline": (
         "SELECT occurred_at, event_id, channel, type, journey_stage, amount, currency, csat, nps, ces, "
         "round(sentiment, 3) AS sentiment, round(churn_risk, 3) AS churn_risk, case_id "
-        f"FROM {{db}}.touchpoints_enriched WHERE customer_id = {{id}} ORDER BY occurred_at DESC, event_id DESC "
+        f"FROM {{db}}.touchpoints_enriched WHERE customer_id IN ({{ids}}) ORDER BY occurred_at DESC, event_id DESC "
         f"LIMIT {TIMELINE_ROWS}"
     ),
     "alerts": (
         "SELECT emitted_at, type, severity, channel, reason, recommended_action "
-        "FROM {db}.alerts FINAL WHERE customer_id = {id} ORDER BY emitted_at DESC LIMIT 20"
+        "FROM {db}.alerts FINAL WHERE customer_id IN ({ids}) ORDER BY emitted_at DESC LIMIT 20"
     ),
 }
 
@@ -69,9 +72,11 @@ def customer_view(query: Query, customer_id: str, database: str = "cem",
     pipeline's own logic never uses it.
     """
     stored = pseudonymize(customer_id) if pseudonymize is not None else customer_id
-    parts = {name: _rows(query, sql.format(db=database, id=quote(stored))) for name, sql in SECTIONS.items()}
-    profile = parts.pop("profile")
+    profile = _rows(query, SECTIONS["profile"].format(db=database, id=quote(stored)))
     state = profile[0] if profile else None
+    # The customer's touchpoints, and those its identifiers had before they were linked to it.
+    ids = ", ".join(quote(i) for i in [stored, *(state or {}).get("identifiers", [])])
+    parts = {name: _rows(query, sql.format(db=database, ids=ids)) for name, sql in SECTIONS.items() if name != "profile"}
     view: dict[str, Any] = {"customer_id": customer_id, "found": bool(state or parts["channels"])}
     if stored != customer_id:
         view["stored_as"] = stored
