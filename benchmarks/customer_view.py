@@ -4,7 +4,8 @@
 
 Loads ``--touchpoints`` enriched touchpoints of ``--customers`` customers, spread over 30 days and
 the channels as live traffic is, and one state per customer, into a fresh embedded ClickHouse laid
-out by cem's own DDL; then builds the whole view (every section, through the read-only door the
+out by cem's own DDL (every customer stitched: a tenth of the touchpoints are stored under an
+anonymous identifier linked to the customer, which the view reads too); then builds the whole view (every section, through the read-only door the
 worker serves it by) for ``--lookups`` random customers. Reports the p50/p99 milliseconds per view,
 and the granules the touchpoint reads select out of the table's (``EXPLAIN indexes = 1``). Then
 times the journey analytics over the same table (the median of ``--passes`` reads each): the whole
@@ -41,7 +42,8 @@ def load(connection, touchpoints: int, customers: int) -> None:
         INSERT INTO cem.touchpoints_enriched (event_id, customer_id, occurred_at, channel, type, journey_stage,
             amount, currency, sentiment, first_seen, events_total, channel_events, revenue_to_date, orders,
             open_complaints, channel_switch, source_topic, source_partition, source_epoch, source_offset, received_at)
-        SELECT concat('e', toString(number)), concat('cust-', toString(cityHash64(number, 1) % {customers})),
+        SELECT concat('e', toString(number)),
+            concat(if(number % 10 = 0, 'anonymous_id:p:', 'cust-'), toString(cityHash64(number, 1) % {customers})),
             t, {CHANNELS}[1 + cityHash64(number, 2) % 9], {TYPES}[1 + cityHash64(number, 3) % 7],
             {STAGES}[1 + cityHash64(number, 4) % 5], if(number % 7 = 0, toDecimal64(19.99, 4), NULL), 'EUR',
             if(number % 5 = 0, toFloat32((cityHash64(number, 5) % 200) / 100 - 1), NULL), t, 1, 1,
@@ -52,16 +54,17 @@ def load(connection, touchpoints: int, customers: int) -> None:
     connection.command(f"""
         INSERT INTO cem.customer_state (customer_id, version, updated_at, first_seen, last_seen, events_total,
             revenue, orders, refunds, open_complaints, complaints_opened, complaints_resolved, journey_stage,
-            channel_switches)
+            channel_switches, identifiers)
         SELECT concat('cust-', toString(number)), 1, now64(3), now64(3) - 2592000, now64(3) - number % 86400,
-            50, toDecimal128(99.5, 4), 5, toDecimal128(0, 4), 0, 0, 0, 'retention', 3
+            50, toDecimal128(99.5, 4), 5, toDecimal128(0, 4), 0, 0, 0, 'retention', 3,
+            [concat('anonymous_id:p:', toString(number))]
         FROM numbers({customers})""")
     connection.command("OPTIMIZE TABLE cem.touchpoints_enriched FINAL")
 
 
 def granules(connection, customer_id: str) -> str:
     plan = "\n".join(r[0] for r in connection.rows(
-        "EXPLAIN indexes = 1 " + SECTIONS["timeline"].format(db="cem", id=quote(customer_id))))
+        "EXPLAIN indexes = 1 " + SECTIONS["timeline"].format(db="cem", ids=quote(customer_id))))
     found = re.findall(r"Granules: (\d+)/(\d+)", plan)
     return f"{found[-1][0]}/{found[-1][1]}" if found else "?"
 

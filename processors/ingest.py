@@ -202,6 +202,8 @@ class Ingestor:
         if self.redact is not None and tp.text:
             tp.text = self.redact(tp.text)
         tp.customer_id = str(subject)
+        if tp.customer_id in self.erased:
+            return Result(Kind.SUPPRESSED, tp.channel)
         forward = Forward(tp, TOPIC_IDENTITY, self.stitching.home(tp.customer_id), tp.customer_id, record.timestamp_ms)
         return _forwarded(state_for(forwarder_key(record.partition)), record, forward)
 

@@ -13,6 +13,7 @@ import urllib.request
 import pytest
 from conftest import expected_kpis, kpi_by_channel, now_ms, run
 
+from pipeline.cli import main
 from pipeline.runtime.embedded import publish
 from pipeline.views.client import received, total
 from processors.pseudonym import Pseudonymizer
@@ -64,6 +65,18 @@ def test_an_anonymous_visitor_who_logs_in_buys_and_calls_is_one_customer(broker,
     assert [s["stage"] for s in view["journey"]][:2] == ["awareness", "consideration"], "the journey starts anonymous"
     stored = worker.query("SELECT groupArray(toString(tuple(*))) FROM cem.touchpoints_enriched")[0][0]
     assert not any(clear in str(stored) for clear in ("Ann@", "ann@shop", "7946", "cookie-9"))
+
+    # Erased, the customer goes with the histories of its identifiers, and its next call is suppressed.
+    before = kpi_by_channel(worker)
+    assert main(["erase", "ann", "--bootstrap", broker.bootstrap, "--requested-by", "dpo@test"]) == 0
+    worker.wait_until(lambda st: worker.query("SELECT count() FROM cem.erasure_audit")[0][0] >= 4, 60,
+                      "the customer and its three identifiers were not erased")
+    names = ", ".join(f"'{n}'" for n in ("ann", cookie, phone, f"email:{key('ann@shop.example.org')}"))
+    for table in ("touchpoints_enriched", "customer_state"):
+        assert worker.query(f"SELECT count() FROM cem.{table} WHERE customer_id IN ({names})")[0][0] == 0, table
+    assert kpi_by_channel(worker) == before, "the per-minute KPIs keep their (anonymous) counts"
+    send(touch("p2", 70, "phone", "call", phone="+442079460958"))
+    worker.wait_until(lambda st: total(st["totals"], "touchpoints_suppressed") == 1, 30, "the next call was kept")
 
 
 def test_stitching_survives_repeated_sigkills(broker, start_worker):

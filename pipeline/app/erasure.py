@@ -7,7 +7,9 @@ touchpoints, so the erasure agent that receives a request runs on the worker hol
 * :class:`ErasureList` is the suppression list: every worker reads ``cem.erasures`` to its end before
   it processes a touchpoint, then follows it. A touchpoint of an erased customer that arrives later
   is dropped and counted (``cem_touchpoints_suppressed_total``), nothing of it kept.
-* :class:`Eraser` carries a request out, in this order: (1) the customer joins the suppression list
+* :class:`Eraser` carries a request out, in this order: (0) the identifiers linked to the customer
+  (``processors.stitching``) get requests of their own, on their home partitions, so their anonymous
+  histories go too (durable before the state that names them is deleted); (1) the customer joins the suppression list
   at once; (2) its state is deleted from the table, with a tombstone on the changelog, and dropped
   from what the next commit would write; (3) the trainer is told to forget its pending examples;
   (4) a commit, so nothing of the customer is left in the sinks' buffers; (5) in ClickHouse its

@@ -348,9 +348,10 @@ class BrokerProbe:
         await self._consumer.start()
 
     async def stop(self) -> None:
-        if self._consumer is not None:
-            consumer, self._consumer = self._consumer, None
-            await consumer.stop()
+        async with self._lock:  # not under a question being answered: it would lose its consumer mid-way
+            if self._consumer is not None:
+                consumer, self._consumer = self._consumer, None
+                await consumer.stop()
 
     async def ends(self, partitions: Mapping[Any, int]) -> dict[Any, int]:
         """``log_ends`` of ``partitions`` (any ``(topic, partition)`` tuples, as keys)."""

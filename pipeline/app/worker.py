@@ -55,6 +55,7 @@ from schemas.contract import (
     TOPIC_ALERTS,
     TOPIC_DLQ,
     TOPIC_ENRICHED,
+    TOPIC_ERASURES,
     TOPIC_MODELS,
     TOPIC_TRAINING,
     Reason,
@@ -413,6 +414,10 @@ class TouchpointWorker:
                 log.error("erasure request %s/%s ignored: %s", message.partition, message.offset, exc)
                 event.ack()
                 continue
+            if self._erase_identifiers(request):
+                async with self._processing:
+                    pass
+                await self.flush()  # (0) durable before the state that names the identifiers goes
             removed = self._forget(request.customer_id, message.partition)
             async with self._processing:  # a fetch being planned is staged before the commit
                 pass
@@ -420,6 +425,19 @@ class TouchpointWorker:
             await erase_in_clickhouse(self.clickhouse_erasure, self.clickhouse, request, removed)
             self.metrics.erasures.inc()
             event.ack()
+
+    def _erase_identifiers(self, request: ErasureRequest) -> int:
+        """Step (0): the identifiers linked to the customer are erased too, each where its own state
+        (its anonymous history) lives, by a request of its own on ``cem.erasures``. Not those it
+        claimed while they were another's: their histories are not this customer's."""
+        state = self.states.peek(request.customer_id)
+        linked = list(state.merged) if state is not None else []
+        for subject in linked:
+            follow = ErasureRequest(subject, request.requested_at, request.requested_by,
+                                    f"linked to an erased customer; {request.reason}".rstrip("; "))
+            self.kafka.add(KafkaRecord(TOPIC_ERASURES, subject.encode(), follow.to_value(),
+                                       self.planner.stitching.home(subject)))
+        return len(linked)
 
     def _forget(self, customer_id: str, partition: int) -> dict[str, int]:
         """Steps (1)-(3): suppressed from now on; the state deleted, with its tombstone; the

@@ -25,11 +25,15 @@ def total(totals: dict, name: str) -> int:
 
 
 def received(status: dict) -> int:
-    """Records the worker has read from the producers, from its ``/status``: the touchpoints it
-    forwarded to another partition itself (identity stitching) are not counted again when read, and
-    one still on its way counts against it, so this reaches what was published only when none is."""
+    """Records the worker has read from the producers, from its ``/status``: not the touchpoints it
+    forwarded to another partition itself (identity stitching), which it reads again there."""
+    return total(status["totals"], "touchpoints_received") - in_transit(status)[1]
+
+
+def in_transit(status: dict) -> tuple[int, int]:
+    """(touchpoints this worker forwarded, forwarded touchpoints it has read) so far."""
     totals = status["totals"]
-    return total(totals, "touchpoints_received") - total(totals, "touchpoints_forwarded")
+    return total(totals, "touchpoints_forwarded"), int(totals.get("identity_events", {}).get("arrived", 0))
 
 
 def _headers() -> dict[str, str]:
