@@ -49,7 +49,8 @@ def test_the_view_of_a_customer_is_exactly_their_touchpoints(broker, start_worke
     churn = view["churn"]  # from the state this worker holds, by its current model
     assert 0.0 <= churn["risk"] <= 1.0 and churn["as_of"] == max(e["occurred_at"] for e in mine)
     weights = [abs(d["contribution"]) for d in churn["drivers"]]
-    assert len(weights) == 5 and weights == sorted(weights, reverse=True), churn
+    # At most five: the prior model leaves out the features that add nothing for this customer.
+    assert 1 <= len(weights) <= 5 and weights == sorted(weights, reverse=True), churn
     latest = sorted(mine, key=lambda e: (e["occurred_at"], e["event_id"]), reverse=True)[:TIMELINE_ROWS]
     assert [t["event_id"] for t in view["timeline"]] == [e["event_id"] for e in latest], "newest first, ties by id"
 
