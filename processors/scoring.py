@@ -24,6 +24,7 @@ from processors.alerts import Alert, AlertEngine, top_contributions
 from processors.churn import ChurnModel, Features, churn_features
 from processors.customer import CHURN_TYPES, CustomerState, Enriched
 from processors.sentiment import SentimentModel, fold_sentiment
+from processors.stitching import is_subject
 from schemas.contract import HOUR_MS, MODEL_CHURN, MODEL_SENTIMENT
 
 # Types that move what the churn model looks at beyond counts and channel mix: rescored at once.
@@ -140,8 +141,11 @@ class ChurnScorer:
             if new:
                 batch.churns.append((tp.customer_id, t))
             return None
-        if state.churned_at is not None or not new:
-            return None  # churned; or a replay, whose risk the state already holds
+        if state.churned_at is not None or not new or is_subject(tp.customer_id):
+            # Churned; a replay, whose risk the state already holds; or an identifier's own history,
+            # which nothing labels (its customer's churn labels the customer's examples, and the
+            # history joins the customer's state on the link).
+            return None
         last = state.churn_scored_at
         if last is not None and tp.type not in SIGNAL_TYPES and t - last < self.rescore_after_ms:
             return None

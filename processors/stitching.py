@@ -68,6 +68,16 @@ def is_forwarder(key: str) -> bool:
     return key.startswith(_FORWARDER)
 
 
+def is_subject(key: str) -> bool:
+    """Whether a state key names an identifier's own state (``kind:p:...``), not a customer's.
+
+    >>> is_subject("anonymous_id:p:0123"), is_subject("cust-1"), is_subject("email:ann@x.io")
+    (True, False, False)
+    """
+    kind, _, value = key.partition(":")
+    return kind in KINDS and value.startswith("p:")
+
+
 _FORWARDER = "cem.forwarder:"
 
 

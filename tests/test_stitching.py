@@ -94,6 +94,19 @@ def test_an_anonymous_journey_an_identify_and_a_call_become_one_customer() -> No
         assert clear not in every_byte, f"{clear!r} left the edge in clear"
 
 
+def test_an_identifiers_own_history_gives_the_churn_model_no_examples() -> None:
+    """Property: only customers' touchpoints train churn: nothing would ever label an anonymous
+    history's examples (its customer's churn labels the customer's), so they would all be negatives."""
+    loop, plans = loopback(), []
+    plan = loop.planner.plan
+    loop.planner.plan = lambda records, states: plans.append(p := plan(records, states)) or p  # type: ignore[method-assign]
+    for event in JOURNEY:
+        loop.publish([event])
+        loop.run()
+    scored = {customer for p in plans for customer, *_ in p.training.churn_examples}
+    assert scored == {"c1"}
+
+
 def test_a_shared_identifier_never_merges_two_known_customers() -> None:
     """Property: two known customers claiming one phone number stay two; the first keeps it, and a
     call from it goes to the first."""
