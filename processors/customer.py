@@ -327,7 +327,7 @@ def apply(
     position = log_position(source_epoch, source_offset)
     seen = state.seen.get(tp.event_id)
     replay = seen is not None and (seen[1] == position or position in seen[2:])
-    if position <= state.position and source_partition == state.partition:
+    if read_before(state, source_partition, position):
         # Read again after a restart, the state being ahead of the committed offset: decided before,
         # against the state as it was then, not as it is now.
         if replay and position > state.written_position:
@@ -346,11 +346,27 @@ def apply(
     # positions until they are written: a replay must still recognise them.
     state.seen[tp.event_id] = (tp.occurred_at, position) if seen is None else \
         (tp.occurred_at, position, *(p for p in seen[1:] if p > state.written_position))
-    state.position, state.partition = max(state.position, position), source_partition
-    state.staged_position = max(state.staged_position, position)
+    move_on(state, source_partition, position)
     if len(state.seen) >= max(_PRUNE_MIN, 2 * state.seen_live):  # amortised; frees memory, decides nothing
         prune_seen(state, dedupe_horizon_ms)
     return Outcome.NEW, _enriched(state, tp, source_partition, source_offset, received_at, recency_s, resolve_s, switched)
+
+
+def read_before(state: CustomerState, partition: int, position: int) -> bool:
+    """Whether a record at ``position`` of ``partition`` is at or behind where the state has read its
+    log to: read again after a restart, so decided before (every reader of a state's log asks this).
+
+    >>> s = CustomerState("c1"); move_on(s, 2, 7)
+    >>> read_before(s, 2, 7), read_before(s, 2, 8), read_before(s, 3, 1)
+    (True, False, False)
+    """
+    return position <= state.position and partition == state.partition
+
+
+def move_on(state: CustomerState, partition: int, position: int) -> None:
+    """The state has read its log to ``position``, whose outputs this process stages now."""
+    state.position, state.partition = max(state.position, position), partition
+    state.staged_position = max(state.staged_position, position)
 
 
 _PRUNE_MIN = 8  # a customer's dedupe memory is pruned when it doubles, and never below this size

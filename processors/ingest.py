@@ -18,7 +18,16 @@ from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from processors.customer import DEFAULT_DEDUPE_HORIZON_MS, CustomerState, Enriched, Outcome, apply, log_position
+from processors.customer import (
+    DEFAULT_DEDUPE_HORIZON_MS,
+    CustomerState,
+    Enriched,
+    Outcome,
+    apply,
+    log_position,
+    move_on,
+    read_before,
+)
 from processors.identity import Identifier
 from processors.stitching import Claim, Forward, Stitching, claims, forwarder_key, owner_at, subject_of
 from processors.touchpoint import Touchpoint, validate
@@ -56,6 +65,11 @@ class SourceRecord:
         if not self.headers:  # a producer's record, mostly
             return None
         return next((value for key, value in self.headers if key == name), None)
+
+    @property
+    def forwarded(self) -> bool:
+        """A touchpoint the pipeline itself sent on to the state that takes it (processors.stitching)."""
+        return self.topic == TOPIC_IDENTITY or self.header(HEADER_IDENTIFIED_BY) is not None
 
 
 @dataclass(slots=True)
@@ -157,12 +171,10 @@ class Ingestor:
                 return self._forward_to_owner(record, touchpoint, state, *owner)
             # A copy the pipeline forwarded is a duplicate whenever the state still knows its id: sent
             # again after a crash, it may come any time after the customer's later events.
-            identified_by = _identified_by(record)
-            forwarded = internal or identified_by is not None
             outcome, enriched = apply(
                 state, touchpoint, record.partition, record.offset,
                 record_time(record.timestamp_ms, touchpoint.occurred_at),
-                _FOREVER if forwarded else self.dedupe_horizon_ms, record.epoch,
+                _FOREVER if record.forwarded else self.dedupe_horizon_ms, record.epoch,
             )
         except Rejected as exc:
             return _dead(record, exc.reason, stage, exc.detail, channel)
@@ -178,7 +190,7 @@ class Ingestor:
         if internal:
             enriched.identified_by = touchpoint.customer_id  # an identifier's own (anonymous) history
         else:
-            enriched.identified_by = identified_by
+            enriched.identified_by = _identified_by(record)
             if found and self.stitching is not None:
                 sent = claims(state, found, self.stitching.rules, touchpoint.occurred_at, record.partition,
                               again=kind is Kind.REPLAYED)
@@ -235,10 +247,9 @@ def _forwarded(by: CustomerState, record: SourceRecord, forward: Forward) -> Res
     record) remembers how far it has forwarded, so a record read again after a restart is
     forwarded again only if its forward may have died with the crash."""
     position = log_position(record.epoch, record.offset)
-    if position <= by.position and record.partition == by.partition and position <= by.written_position:
+    if read_before(by, record.partition, position) and position <= by.written_position:
         return Result(Kind.REPLAYED, forward.touchpoint.channel, state=by)  # durably forwarded before
-    by.position, by.partition = max(by.position, position), record.partition
-    by.staged_position = max(by.staged_position, position)
+    move_on(by, record.partition, position)
     return Result(Kind.FORWARDED, forward.touchpoint.channel, forward=forward, state=by)
 
 

@@ -33,7 +33,7 @@ from processors.ingest import DeadLetter, Ingestor, Kind, Result, SourceRecord, 
 from processors.kpi import csat_satisfied, nps_category, signed_revenue
 from processors.scoring import TouchpointScoring, TrainingBatch
 from processors.stitching import Claim, Forward, Merge, Stitching, claim, merge, parse
-from schemas.contract import HEADER_IDENTIFIED_BY, HEADER_IDENTITY, TOPIC_IDENTITY, Reason, Rejected, Stage
+from schemas.contract import HEADER_IDENTITY, TOPIC_IDENTITY, Reason, Rejected, Stage
 
 Out = TypeVar("Out")
 Out_co = TypeVar("Out_co", covariant=True)  # a protocol's return-only type variable
@@ -143,9 +143,8 @@ class BatchPlanner(Generic[Out]):
     def _one(self, record: SourceRecord, states: StateStore, plan: BatchPlan[Out]) -> None:
         result = self.ingestor.handle(record, states.get)
         plan.tallies.add(result)
-        if record.headers or record.topic == TOPIC_IDENTITY:  # a forwarded copy, mostly: one fewer on its way
-            plan.tallies.identity["arrived"] += record.topic == TOPIC_IDENTITY or \
-                record.header(HEADER_IDENTIFIED_BY) is not None
+        if record.forwarded:
+            plan.tallies.identity["arrived"] += 1  # one fewer on its way
         if result.kind is Kind.DUPLICATE or result.kind is Kind.SUPPRESSED:
             return
         if result.kind is Kind.FORWARDED:

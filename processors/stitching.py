@@ -39,7 +39,7 @@ from typing import Any
 
 import orjson
 
-from processors.customer import CustomerState, absorb
+from processors.customer import CustomerState, absorb, move_on, read_before
 from processors.identity import KINDS, Identifier, IdentityGraph, IdentityRules, identifiers
 from processors.touchpoint import Touchpoint
 from schemas.contract import Reason, Rejected
@@ -159,12 +159,11 @@ class Verdict:
 
     outcome: str  # linked | owned (already the claimant's) | conflict | refused | shared | settled
     merge: Merge | None = None  # to send to the customer's partition
-    owner: str | None = None  # the identifier's owner, for a conflict
 
 
 def claim(subject: CustomerState, request: Claim, partition: int, position: int, rules: IdentityRules) -> Verdict:
     """Decide one claim against the identifier's state (in place), read at ``position`` of its home log."""
-    if position <= subject.position and partition == subject.partition:  # read again after a restart
+    if read_before(subject, partition, position):
         if position == subject.linked_position and position > subject.written_position:
             return Verdict("linked", _merge(subject, request))  # its merge may have died with the crash
         return Verdict("settled")
@@ -172,8 +171,7 @@ def claim(subject: CustomerState, request: Claim, partition: int, position: int,
     before = graph.owner.get(request.subject)
     outcome = graph.link(request.customer_id, [_identifier(request.subject)], at=request.at)
     subject.links = graph.to_dict()
-    subject.position, subject.partition = position, partition
-    subject.staged_position = max(subject.staged_position, position)
+    move_on(subject, partition, position)
     if outcome.linked:
         subject.owner_partition, subject.linked_position = request.partition, position
         return Verdict("linked", _merge(subject, request))
@@ -182,7 +180,7 @@ def claim(subject: CustomerState, request: Claim, partition: int, position: int,
             subject.unlinked_position = position  # it attributes nobody's touchpoints from here on
         return Verdict("shared")
     if outcome.conflicts:
-        return Verdict("refused" if outcome.refused else "conflict", owner=before)
+        return Verdict("refused" if outcome.refused else "conflict")
     return Verdict("owned")
 
 
