@@ -723,3 +723,43 @@ def test_a_reversed_fingerprint_rejects_every_foreign_record(monkeypatch):
         with pytest.raises(Rejected) as rejected:
             codec.decode(payload)
         assert rejected.value.reason is Reason.UNKNOWN_SCHEMA
+
+
+# -- 6. identity stitching with records other libraries wrote -----------------------------------------
+def test_identifier_only_touchpoints_written_by_apache_and_fastavro_reach_their_customer():
+    """Property: touchpoints without customer_id (the null branch of version 2's union) written by the
+    Apache library and by fastavro, with their own single-object headers, are attributed by their
+    identifiers as cem's own records are: the anonymous page view stays the device's and joins the
+    customer at the login, the call from the customer's number goes to the customer."""
+    from pipeline.runtime.loopback import Loopback
+    from schemas.contract import TOPIC_TOUCHPOINTS
+
+    t0 = 1767225600000
+    journey = [
+        {"event_id": "w1", "occurred_at": t0, "channel": "web", "type": "page_view", "anonymous_id": "dev-9"},
+        {"event_id": "w2", "occurred_at": t0 + 60_000, "channel": "web", "type": "identify", "customer_id": "c1",
+         "anonymous_id": "dev-9", "phone": "+44 20 7946 0958"},
+        {"event_id": "p1", "occurred_at": t0 + 120_000, "channel": "phone", "type": "call", "phone": "0044 20 7946 0958"},
+    ]
+    apache, fast = apache_schema("touchpoint"), fastavro_schema("touchpoint")
+    writers = {
+        "apache": lambda e: SINGLE_OBJECT_MAGIC + apache_fingerprint("touchpoint") + apache_write(apache, _apache_datum(e)),
+        "fastavro": lambda e: SINGLE_OBJECT_MAGIC + fastavros_fingerprint(fast) + _fastavro_body(fast, full(e)),
+    }
+    for name, write in writers.items():
+        loop = Loopback.with_stitching(b"an interop pseudonym key, 32 b.")
+        for event in journey:
+            key = (event.get("customer_id") or event.get("phone") or event["anonymous_id"]).encode()
+            loop.append(TOPIC_TOUCHPOINTS, key, write(event), timestamp_ms=event["occurred_at"])
+            loop.run()
+        decoder = RecordEncoder("enriched")
+        owners = {(r := decoder.decode(x.value or b""))["event"]["event_id"]: r["event"]["customer_id"]
+                  for x in loop.of(TOPIC_ENRICHED)}
+        assert owners["w2"] == owners["p1"] == "c1" and owners["w1"].startswith("anonymous_id:p:"), name
+        assert loop.states.states["c1"].events_total == 3, name
+
+
+def _fastavro_body(schema: dict, datum: dict) -> bytes:
+    out = io.BytesIO()
+    fastavro.schemaless_writer(out, schema, datum)
+    return out.getvalue()
