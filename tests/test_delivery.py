@@ -82,3 +82,39 @@ def test_counting_customer_states_from_the_status_thread_never_creates_the_store
     started = NotStartedTable()
     started._data = {b"c1": {}, b"c2": {}}
     assert len(CustomerStates(started)) == 2
+
+
+async def test_a_broker_going_away_under_the_worker_consumer_is_an_interruption(tmp_path: Path) -> None:
+    """Property: when the broker goes away (a restart, which may lose its log), the consumer Faust
+    builds for the worker counts an interruption, though its polls never came back empty (a
+    backlog keeps them full). Every partition's log is then checked again at its next fetch; a
+    backlog alone no longer causes a check per fetch (each one a broker round trip: a quarter of
+    the worker's time under ``cem bench``)."""
+    import asyncio
+
+    import pipeline.app.worker
+    from pipeline.app.faust_app import create_app
+    from pipeline.runtime.broker import EmbeddedBroker, ensure_topics, free_port
+    from schemas.contract import TOPIC_TOUCHPOINTS
+
+    with EmbeddedBroker(free_port()) as broker:
+        await asyncio.to_thread(ensure_topics, broker.bootstrap, 1)  # it runs a loop of its own
+        settings = Settings(data_dir=str(tmp_path), clickhouse_url=f"chdb://{tmp_path / 'ch'}", kafka_bootstrap=broker.bootstrap)
+        with mock.patch.object(pipeline.app.worker, "connect", mock.MagicMock()):  # the ClickHouse connection: no I/O
+            app, _ = create_app(settings)
+        delivery = app.delivery  # type: ignore[attr-defined]
+        consumer = app.consumer._thread._create_worker_consumer(app.transport)
+        await consumer.start()
+        try:
+            from aiokafka import TopicPartition
+
+            consumer.assign([TopicPartition(TOPIC_TOUCHPOINTS, 0)])
+            await consumer.getmany(timeout_ms=200)  # connected, fetching
+            assert delivery.interruptions == 0
+            broker.stop()
+            async with asyncio.timeout(30):
+                while delivery.interruptions == 0:
+                    await consumer.getmany(timeout_ms=100)  # the fetcher finds the connection gone
+        finally:
+            broker.start()  # the restart's second half: the consumer can leave its group
+            await consumer.stop()

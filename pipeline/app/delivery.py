@@ -22,6 +22,9 @@ second that machinery is most of the worker's CPU. This module is the one place 
   recovery, which stops there, would restore states without the rest of that batch.
 * :meth:`BatchDelivery.overruns` finds partitions whose position is past their log's end, which
   some brokers (Tansu) answer with nothing at all, for the worker to read them again.
+* :attr:`BatchDelivery.interruptions` counts the moments the stream may have been cut (a poll with
+  nothing of the batch topics, a broker connection closed), for the log book to check a partition's
+  log after one (``pipeline.app.logs``) and not merely because a backlog kept it out of a few fetches.
 * :meth:`BatchDelivery.restart` resets Faust's bookkeeping of one partition and seeks it, for a log
   that started over (``pipeline.app.logs``): Faust assumes offsets only grow, and would otherwise
   drop the new log's records as already read (``DROPPED MESSAGE``) and ignore their acks.
@@ -42,6 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import faust
+from aiokafka.conn import CloseReason
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 from mode.utils.queues import FlowControlQueue
@@ -60,6 +64,7 @@ class Fetch:
     generation: int  # BatchDelivery.generation when fetched
     received: float = field(default_factory=time.time)
     regressed: set[Any] = field(default_factory=set)  # partitions whose offsets went back: the log started over
+    interruptions: int = 0  # BatchDelivery.interruptions when fetched
 
     @property
     def partitions(self) -> list[Any]:
@@ -81,6 +86,14 @@ class BatchDelivery:
         # Bumped at every revocation and assignment. (Faust's consumer_generation_id stays 0 on
         # brokers whose JoinGroup answers generation 0, so it cannot tell one assignment from the next.)
         self.generation = 0
+        # Bumped whenever the stream of records may have been cut: a poll that brought nothing of
+        # the batch topics, or a broker connection of the consumer closed. A log that started over
+        # lies behind one of these, so a partition whose fetches straddle one has its log checked
+        # again (pipeline.app.logs); a backlog, whose polls are never empty, is not checked again.
+        self.interruptions = 0
+
+    def interrupted(self) -> None:
+        self.interruptions += 1
 
     def rebalanced(self) -> None:
         """A revocation or an assignment: fetches from before it are not to be acked any more."""
@@ -172,7 +185,26 @@ class FetchWaitThread(faust_aiokafka.AIOKafkaConsumerThread):
         delivery = cast("BatchConsumer", self.consumer).delivery
         if delivery is not None:
             consumer._fetch_max_wait_ms = delivery.fetch_max_wait_ms  # read by the fetcher at start()
+            _count_closed_connections(consumer._client, delivery)
         return consumer
+
+
+def _count_closed_connections(client: Any, delivery: BatchDelivery) -> None:
+    """Every broker connection the client loses (a broker restarting among them) is an
+    interruption. The client hands its ``_on_connection_closed`` to each connection it creates, so
+    this wraps it before the first one."""
+    closed = client._on_connection_closed
+
+    def on_closed(conn: Any, reason: Any) -> None:
+        if reason != CloseReason.SHUTDOWN:
+            delivery.interrupted()  # an int bumped from the consumer's thread: read as a whole
+        closed(conn, reason)
+
+    client._on_connection_closed = on_closed
+
+
+def _holds_any(records: Mapping[Any, list[Any]] | None, topics: frozenset[str]) -> bool:
+    return bool(records) and any(tp_records and tp.topic in topics for tp, tp_records in records.items())  # type: ignore[union-attr]
 
 
 class BatchConsumer(faust_aiokafka.Consumer):
@@ -199,6 +231,8 @@ class BatchConsumer(faust_aiokafka.Consumer):
             while not (consumer_should_stop() or fetcher_should_stop()):
                 records, active = await self._wait_next_records(timeout=1.0)
                 await self.sleep(0)
+                if self.delivery is not None and not _holds_any(records, self.delivery.topics):
+                    self.delivery.interrupted()  # a poll with nothing of the batch topics
                 if records is None or self.should_stop:
                     continue
                 if not self.flow_active:
@@ -258,7 +292,8 @@ class BatchConsumer(faust_aiokafka.Consumer):
             sources.extend(map(to_source, tp_records))
         if regressed and self.delivery is not None:
             self.delivery.regressions += len(regressed)
-        return Fetch(sources, spans, generation, regressed=regressed)
+        interruptions = self.delivery.interruptions if self.delivery is not None else 0
+        return Fetch(sources, spans, generation, regressed=regressed, interruptions=interruptions)
 
     async def _deliver_one_by_one(self, tp: Any, tp_records: list) -> None:
         """Faust's own path, as in ``Consumer._drain_messages``, for the topics not delivered in batches."""

@@ -9,9 +9,10 @@ log it came from.
 
 :class:`LogBook` knows, per source partition, the current epoch and an *anchor*: one record of that
 incarnation (its offset and a digest of its timestamp, key and value), kept in ``cem.source_logs``.
-The first time a worker reads a partition after an assignment, and again whenever the partition
-comes back after a quiet spell (a broker that restarts, or a topic re-created, always makes one: the
-consumer has to reconnect), the book reads the record at the anchor's offset from the broker
+The first time a worker reads a partition after an assignment, and again whenever the partition's
+stream was interrupted since its last fetch (a broker connection broke, or a poll brought nothing
+of the batch topics: a broker that restarts, or a topic re-created, always makes one of those; see
+``BatchDelivery.interruptions``), the book reads the record at the anchor's offset from the broker
 (:func:`same_log` decides):
 
 * the same record is there: the same log, carry on (the epoch stays);
@@ -52,7 +53,6 @@ from sinks.clickhouse import Connection, TableRow, quote
 log = logging.getLogger("cem.logs")
 
 Key = tuple[str, int]  # (topic, partition)
-QUIET_S = 0.25  # a partition absent from fetches this long is verified again when it returns
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,8 +111,7 @@ class LogBook:
     """Epochs and anchors of the source partitions this worker reads."""
 
     def __init__(self, connection: Connection, sink: AnchorSink, database: str,
-                 probe: Callable[[Key, int], Awaitable[Probe]], on_new_log: Callable[[Key, int, str], None],
-                 clock: Callable[[], float] = time.monotonic):
+                 probe: Callable[[Key, int], Awaitable[Probe]], on_new_log: Callable[[Key, int, str], None]):
         self._connection = connection
         self._sink = sink
         self._db = database
@@ -125,18 +124,26 @@ class LogBook:
         # The latest anchor per partition while this worker owns it: it wrote or read it, and no one
         # else writes one meanwhile. Spares a ClickHouse read (behind the inserts) on every verdict.
         self._anchors: dict[Key, Anchor] = {}
-        self._clock = clock
-        self._last_fetch: dict[Key, float] = {}  # key -> when a fetch last held it
+        self._last_fetch: dict[Key, int] = {}  # key -> the interruptions counted when a fetch last held it
 
     def epoch(self, key: Key) -> int:
         return self._epochs.get(key, 1)
 
-    def needs_verdict(self, key: Key, generation: int) -> bool:
+    def needs_verdict(self, key: Key, generation: int, interruptions: int) -> bool:
         """Whether the partition's log must be checked before its records are processed: the first
-        fetch of an assignment, or the first after a quiet spell."""
-        now = self._clock()
-        last, self._last_fetch[key] = self._last_fetch.get(key), now
-        return self._verified.get(key) != generation or last is None or now - last > QUIET_S
+        fetch of an assignment, or the first after an interruption of the stream (``interruptions``:
+        the delivery's count when the fetch was made). A partition merely absent from fetches full
+        of other partitions' records (a backlog) is not checked again.
+
+        >>> logs = LogBook(None, None, "cem", None, None)  # type: ignore[arg-type]
+        >>> [logs.needs_verdict(("t", 0), 1, n) for n in (0, 0)], logs.verified_in(("t", 0), 1)
+        ([True, True], False)
+        >>> logs._verified[("t", 0)] = 1  # what verdict() records
+        >>> [logs.needs_verdict(("t", 0), 1, n) for n in (0, 0, 1, 1)]
+        [False, False, True, False]
+        """
+        last, self._last_fetch[key] = self._last_fetch.get(key), interruptions
+        return self._verified.get(key) != generation or last != interruptions
 
     def verified_in(self, key: Key, generation: int) -> bool:
         """Whether the partition's log has had its verdict in this assignment."""

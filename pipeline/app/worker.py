@@ -275,7 +275,7 @@ class TouchpointWorker:
             mine = by_partition.get(key, [])
             if tp not in assignment or not mine:
                 continue  # revoked since the fetch: its new owner reads it from the committed offset
-            if tp in fetch.regressed or self.logs.needs_verdict(key, fetch.generation):
+            if tp in fetch.regressed or self.logs.needs_verdict(key, fetch.generation, fetch.interruptions):
                 if not await self._verify(tp, key, fetch):
                     continue
             await self.logs.anchor(key, mine[0].offset, digest(mine[0].timestamp_ms, mine[0].key, mine[0].value))
