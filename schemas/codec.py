@@ -22,6 +22,7 @@ from fastavro.schema import fingerprint as _fingerprint
 from fastavro.schema import to_parsing_canonical_form
 
 from schemas.contract import SCHEMA_DIR, Reason, Rejected, schema_json
+from schemas.flat import BadAvro, FlatRecordReader, FlatRecordWriter
 
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"  # Avro spec: single-object encoding marker
 CONFLUENT_MAGIC = b"\x00"  # Confluent wire format: magic byte + 4-byte big-endian schema id
@@ -241,74 +242,6 @@ class EnrichedEncoder:
         return b"".join((self._prefix, event_body, self._tail.write(tail)))
 
 
-class FlatRecordWriter:
-    """Avro binary of a record of primitives, nullable primitives and maps of strings, from its values
-    in field order: the record's writer compiled once, so each write is a few calls per field.
-
-    >>> w = FlatRecordWriter([{"name": "n", "type": "long"}, {"name": "s", "type": ["null", "string"]},
-    ...                       {"name": "m", "type": {"type": "map", "values": "string"}}])
-    >>> w.write([-3, "é", {"k": "v"}]).hex()
-    '050204c3a902026b027600'
-    """
-
-    def __init__(self, fields: list[dict[str, Any]]):
-        self._writers = [_field_writer(f["type"]) for f in fields]
-
-    def write(self, values: Sequence[Any]) -> bytes:
-        return b"".join([write(value) for write, value in zip(self._writers, values, strict=True)])
-
-
-def _zigzag(n: int) -> bytes:
-    """A long (or int) as Avro writes it: zig-zag, then variable-length base 128."""
-    z = (n << 1) ^ (n >> 63)
-    if z < 0x80:
-        return _SMALL[z]
-    out = bytearray()
-    while z >= 0x80:
-        out.append((z & 0x7F) | 0x80)
-        z >>= 7
-    out.append(z)
-    return bytes(out)
-
-
-_SMALL = [bytes((i,)) for i in range(0x80)]
-_pack_double = struct.Struct("<d").pack
-
-
-def _string(value: str) -> bytes:
-    data = value.encode()
-    return _zigzag(len(data)) + data
-
-
-def _map_of_strings(value: Mapping[str, str]) -> bytes:
-    if not value:
-        return b"\x00"
-    parts = [_zigzag(len(value))]
-    for key, item in value.items():
-        parts += (_string(key), _string(item))
-    parts.append(b"\x00")
-    return b"".join(parts)
-
-
-_PRIMITIVE_WRITERS: dict[str, Any] = {
-    "int": _zigzag, "long": _zigzag, "double": _pack_double, "string": _string,
-    "boolean": lambda value: b"\x01" if value else b"\x00",
-}
-
-
-def _field_writer(schema: Any) -> Any:
-    if isinstance(schema, dict) and schema.get("type") == "map" and schema.get("values") == "string":
-        return _map_of_strings
-    if isinstance(schema, dict):
-        return _field_writer(schema["type"])
-    if isinstance(schema, list):  # ["null", X]: branch 0 is null, branch 1 the value
-        if len(schema) != 2 or schema[0] != "null":
-            raise ValueError(f"unsupported union {schema}")
-        write = _field_writer(schema[1])
-        return lambda value: b"\x00" if value is None else b"\x02" + write(value)
-    return _PRIMITIVE_WRITERS[schema]
-
-
 class AvroCodec:
     """Encode and decode touchpoints in the three accepted wire forms.
 
@@ -328,6 +261,7 @@ class AvroCodec:
         self.registry = registry or SchemaRegistry.from_config()
         self._reader = self.registry.reader
         self._reader_fp = fingerprint(self._reader)
+        self._flat = FlatRecordReader(self._reader["fields"]).read
         self._same = {self._reader_fp: None}  # writer == reader: no schema resolution needed
         # The id encode() writes: the one that names the current schema, if any does.
         self._confluent_id = next((i for i, w in self.registry.by_confluent_id.items() if w is self._reader), 2)
@@ -373,6 +307,11 @@ class AvroCodec:
         return None
 
     def _read_avro(self, body: bytes, writer: dict[str, Any], same: bool = False) -> dict[str, Any]:
+        if same:  # the current schema: its own compiled reader
+            try:
+                return self._flat(body)
+            except BadAvro as exc:
+                raise Rejected(Reason.UNDECODABLE, f"invalid Avro body: {exc}"[:300]) from None
         stream = io.BytesIO(body)
         try:
             record = fastavro.schemaless_reader(stream, writer, None if same else self._reader)

@@ -1,0 +1,254 @@
+"""Avro binary of flat records, read and written by code compiled for one schema.
+
+A touchpoint is a record of primitives, nullable primitives, enums and a map of strings. Generic
+readers walk the schema for every datum (fastavro's compiled reader makes a Python ``read`` call per
+byte of a varint); a reader generated for the schema is straight-line code over the bytes, about
+three times faster. Only the shape of the code comes from the schema: its field names enter the
+source as validated identifiers, its symbols as constants.
+
+Strict, where the specification allows it: a truncated body, a union branch or enum index out of
+range, a negative length, a varint longer than ten bytes or past 64 bits, invalid UTF-8 and bytes
+after the record are all :class:`BadAvro`. fastavro accepts some of these (a negative length reads
+the rest of the body); on everything else the two agree (``tests/test_flat.py``).
+
+>>> reader = FlatRecordReader([{"name": "n", "type": "long"}, {"name": "s", "type": ["null", "string"]},
+...                            {"name": "m", "type": {"type": "map", "values": "string"}}])
+>>> reader.read(bytes.fromhex("050204c3a902026b027600"))
+{'n': -3, 's': 'é', 'm': {'k': 'v'}}
+>>> reader.read(bytes.fromhex("0502"))
+Traceback (most recent call last):
+...
+schemas.flat.BadAvro: the body ends inside field 's'
+>>> FlatRecordWriter(reader.fields).write([-3, "é", {"k": "v"}]).hex()
+'050204c3a902026b027600'
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")  # an Avro name: safe to put in generated source
+
+
+class BadAvro(ValueError):
+    """The bytes are not one record of the schema."""
+
+
+class Unsupported(ValueError):
+    """The schema is not flat (nested records, arrays, other unions): use a generic reader."""
+
+
+def _varint(buf: bytes, i: int) -> tuple[int, int]:
+    """The unsigned varint at ``i`` (its first byte already known to continue), and what follows."""
+    result = shift = 0
+    while True:
+        b = buf[i]
+        i += 1
+        result |= (b & 0x7F) << shift
+        if b < 0x80:
+            if result >> 64:
+                raise BadAvro("a varint past 64 bits")
+            return result, i
+        shift += 7
+        if shift > 63:
+            raise BadAvro("a varint longer than ten bytes")
+
+
+_unpack_double = struct.Struct("<d").unpack_from
+_unpack_float = struct.Struct("<f").unpack_from
+
+
+# -- reading ------------------------------------------------------------------------------------
+# Each snippet reads one value into ``v`` from ``buf`` at ``i``; ``{k}`` names the field's constants.
+_LONG = """\
+b = buf[i]; i += 1
+if b >= 0x80: b, i = _varint(buf, i - 1)
+v = (b >> 1) ^ -(b & 1)
+"""
+_STRING = """\
+b = buf[i]; i += 1
+if b >= 0x80: b, i = _varint(buf, i - 1)
+n = (b >> 1) ^ -(b & 1)
+if n < 0 or i + n > end: raise BadAvro("a string length out of the body")
+v = buf[i:i + n].decode(); i += n
+"""
+_BYTES = _STRING.replace(".decode()", "")
+_DOUBLE = "v = _unpack_double(buf, i)[0]; i += 8\n"
+_FLOAT = "v = _unpack_float(buf, i)[0]; i += 4\n"
+_BOOLEAN = """\
+b = buf[i]; i += 1
+if b > 1: raise BadAvro("a boolean neither 0 nor 1")
+v = b == 1
+"""
+_ENUM = _LONG + """\
+if not 0 <= v < len(symbols_{k}): raise BadAvro("an enum index out of range")
+v = symbols_{k}[v]
+"""
+_PRIMITIVE_READERS = {"long": _LONG, "int": _LONG, "string": _STRING, "bytes": _BYTES, "double": _DOUBLE,
+                      "float": _FLOAT, "boolean": _BOOLEAN}
+
+
+def _indent(code: str, spaces: int) -> str:
+    return "".join(" " * spaces + line + "\n" for line in code.splitlines())
+
+
+def _map_reader() -> str:
+    count = _indent(_LONG + "count = v", 4)
+    size = _indent(_LONG, 8)  # a negative count is followed by the block's size in bytes: skipped
+    return ("m = {}\n" + "while True:\n" + count + "    if count == 0: break\n    if count < 0:\n        count = -count\n"
+            + size + "    for _ in range(count):\n" + _indent(_STRING, 8) + "        key = v\n"
+            + _indent(_STRING, 8) + "        m[key] = v\nv = m\n")
+
+
+def _value_reader(schema: Any, k: int, symbols: dict[str, tuple[str, ...]]) -> str:
+    if isinstance(schema, str) and schema in _PRIMITIVE_READERS:
+        return _PRIMITIVE_READERS[schema]
+    if isinstance(schema, dict):
+        kind = schema.get("type")
+        if kind == "enum":
+            symbols[f"symbols_{k}"] = tuple(schema["symbols"])
+            return _ENUM.format(k=k)
+        if kind == "map" and schema.get("values") == "string":
+            return _map_reader()
+        if isinstance(kind, str) and kind in _PRIMITIVE_READERS:  # {"type": "long", "logicalType": ...}
+            return _PRIMITIVE_READERS[kind]
+    if isinstance(schema, list) and len(schema) == 2 and "null" in schema:
+        other = schema[1 - schema.index("null")]
+        value = _indent(_value_reader(other, k, symbols), 4)
+        null, branch = (0, 1) if schema[0] == "null" else (1, 0)
+        return (f"b = buf[i]; i += 1\nif b == {2 * null}: v = None\nelif b == {2 * branch}:\n{value}"
+                "else: raise BadAvro(\"a union branch out of range\")\n")
+    raise Unsupported(f"no flat reader for {schema!r}")
+
+
+class FlatRecordReader:
+    """Reads one record of ``fields`` (an Avro record schema's fields) from a whole body."""
+
+    def __init__(self, fields: Sequence[Mapping[str, Any]]):
+        self.fields = [dict(f) for f in fields]
+        names = [f["name"] for f in self.fields]
+        if not all(_NAME.match(name) for name in names):
+            raise Unsupported("field names that are not Avro names")
+        constants: dict[str, Any] = {}
+        lines = ["def read(buf):", "    i = 0", "    end = len(buf)", "    field = 0", "    try:"]
+        for k, f in enumerate(self.fields):
+            lines.append(f"        field = {k}")
+            lines.append(_indent(_value_reader(f["type"], k, constants), 8) + f"        v{k} = v")
+        lines += ["    except (IndexError, struct.error):",
+                  "        raise BadAvro(f'the body ends inside field {NAMES[field]!r}') from None",
+                  "    except UnicodeDecodeError as exc:",
+                  "        raise BadAvro(f'invalid UTF-8 in field {NAMES[field]!r}: {exc.reason}') from None",
+                  "    if i != end: raise BadAvro(f'{end - i} bytes after the record')",
+                  "    return {" + ", ".join(f"{name!r}: v{k}" for k, name in enumerate(names)) + "}"]
+        namespace: dict[str, Any] = {"BadAvro": BadAvro, "_varint": _varint, "_unpack_double": _unpack_double,
+                                     "_unpack_float": _unpack_float, "struct": struct, "NAMES": names, **constants}
+        exec(compile("\n".join(lines), f"<flat reader of {len(names)} fields>", "exec"), namespace)  # noqa: S102 - shape only, see the module docstring
+        self.read: Callable[[bytes], dict[str, Any]] = namespace["read"]
+
+
+# -- writing ------------------------------------------------------------------------------------
+def zigzag(n: int) -> bytes:
+    """A long (or int) as Avro writes it: zig-zag, then variable-length base 128.
+
+    >>> zigzag(0), zigzag(-1), zigzag(64), zigzag(-(2 ** 63))
+    (b'\\x00', b'\\x01', b'\\x80\\x01', b'\\xff\\xff\\xff\\xff\\xff\\xff\\xff\\xff\\xff\\x01')
+    >>> all(zigzag(n) == _zigzag_loop(n) for n in [*range(-300, 300), *(s * 2 ** k + d for k in range(64) for s in (1, -1) for d in (-1, 0, 1))])
+    True
+    """
+    z = (n << 1) ^ (n >> 63)
+    if z < 0x80:
+        return _SMALL[z]
+    if z < 0x4000:
+        return bytes(((z & 0x7F) | 0x80, z >> 7))
+    if 0x8_0000_0000 <= z < 0x400_0000_0000:  # epoch milliseconds (to 2039): six bytes
+        return bytes(((z & 0x7F) | 0x80, ((z >> 7) & 0x7F) | 0x80, ((z >> 14) & 0x7F) | 0x80,
+                      ((z >> 21) & 0x7F) | 0x80, ((z >> 28) & 0x7F) | 0x80, z >> 35))
+    return _zigzag_loop(n)
+
+
+def _zigzag_loop(n: int) -> bytes:
+    z = (n << 1) ^ (n >> 63)
+    out = bytearray()
+    while z >= 0x80:
+        out.append((z & 0x7F) | 0x80)
+        z >>= 7
+    out.append(z)
+    return bytes(out)
+
+
+_SMALL = [bytes((i,)) for i in range(0x80)]
+_pack_double = struct.Struct("<d").pack
+
+
+def _string(value: str) -> bytes:
+    data = value.encode()
+    return zigzag(len(data)) + data
+
+
+def _map_of_strings(value: Mapping[str, str]) -> bytes:
+    if not value:
+        return b"\x00"
+    items = tuple(value.items())
+    encoded = _MAPS.get(items)
+    if encoded is None:
+        parts = [zigzag(len(value))]
+        for key, item in items:
+            parts += (_string(key), _string(item))
+        parts.append(b"\x00")
+        encoded = b"".join(parts)
+        if len(_MAPS) < 256:  # model versions: a handful of maps, written again and again
+            _MAPS[items] = encoded
+    return encoded
+
+
+_MAPS: dict[tuple[tuple[str, str], ...], bytes] = {}
+
+
+_W_LONG = """\
+z = (v << 1) ^ (v >> 63)
+if z < 0x80: out.append(z)
+else: out += zigzag(v)
+"""
+_W_STRING = """\
+d = v.encode()
+if len(d) < 0x40: out.append(len(d) << 1)
+else: out += zigzag(len(d))
+out += d
+"""
+_W_DOUBLE = "out += _pack_double(v)\n"
+_W_BOOLEAN = "out.append(1 if v else 0)\n"
+_W_MAP_OF_STRINGS = "out += _map_of_strings(v)\n"
+_PRIMITIVE_WRITERS = {"int": _W_LONG, "long": _W_LONG, "double": _W_DOUBLE, "string": _W_STRING, "boolean": _W_BOOLEAN}
+
+
+def _value_writer(schema: Any) -> str:
+    if isinstance(schema, dict) and schema.get("type") == "map" and schema.get("values") == "string":
+        return _W_MAP_OF_STRINGS
+    if isinstance(schema, dict):
+        return _value_writer(schema["type"])
+    if isinstance(schema, list):  # ["null", X]: branch 0 is null, branch 1 the value
+        if len(schema) != 2 or schema[0] != "null":
+            raise Unsupported(f"unsupported union {schema}")
+        return "if v is None: out.append(0)\nelse:\n    out.append(2)\n" + _indent(_value_writer(schema[1]), 4)
+    if isinstance(schema, str) and schema in _PRIMITIVE_WRITERS:
+        return _PRIMITIVE_WRITERS[schema]
+    raise Unsupported(f"no flat writer for {schema!r}")
+
+
+class FlatRecordWriter:
+    """Avro binary of a record of primitives, nullable primitives and maps of strings, from its values
+    in field order, by code generated for the record (as :class:`FlatRecordReader`)."""
+
+    def __init__(self, fields: Sequence[Mapping[str, Any]]):
+        lines = ["def write(values):", f"    ({''.join(f'v{k}, ' for k in range(len(fields)))}) = values",
+                 "    out = bytearray()"]
+        for k, f in enumerate(fields):
+            lines.append(f"    v = v{k}")
+            lines.append(_indent(_value_writer(f["type"]), 4).rstrip("\n"))
+        lines.append("    return bytes(out)")
+        namespace: dict[str, Any] = {"zigzag": zigzag, "_pack_double": _pack_double, "_map_of_strings": _map_of_strings}
+        exec(compile("\n".join(lines), f"<flat writer of {len(fields)} fields>", "exec"), namespace)  # noqa: S102 - shape only
+        self.write: Callable[[Sequence[Any]], bytes] = namespace["write"]
