@@ -2,14 +2,18 @@
 
 Each stage runs over the same sample on its own, timed: decode (the Avro or JSON reader), validate
 (the contract's rules, redaction), state (dedupe and enrichment), score (sentiment, churn, alert
-rules), encode (the enriched record and its row). ``cem bench`` prints these beside the end-to-end
-cost per touchpoint; the difference is the rest: delivery, Kafka outputs, ClickHouse, commits.
+rules), encode (the enriched record and its row), on fresh states. And the whole batch planner
+(:func:`planner_cost`: those stages, identity stitching and the glue between them) over the whole
+load, its states maturing as in the run. ``cem bench`` prints these beside the end-to-end cost per
+touchpoint; what the planner does not account for is the rest: delivery, Kafka outputs, ClickHouse,
+commits.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from pipeline.app.outputs import ShippedOutputs
 from processors.customer import CustomerState, apply
@@ -56,6 +60,30 @@ def stage_costs(records: Sequence[SourceRecord], sample: int = 20_000) -> dict[s
     outputs = ShippedOutputs(codec, redactor.redact_bytes)
     _timed(costs, "encode", lambda: [outputs.enriched(r, e, False) for r, (e, _) in zip(records, enriched, strict=True)])
     return {stage: round(us / len(records), 1) for stage, us in costs.items()}
+
+
+def planner_cost(touchpoints: Sequence[Mapping[str, Any]], partitions: int, batch: int = 2_000) -> float:
+    """µs per touchpoint of :class:`~processors.plan.BatchPlanner` as the worker configures it
+    (redaction, identity stitching), over ``touchpoints`` in batches of the worker's size, each
+    batch's states then written (:class:`~pipeline.runtime.loopback.Loopback`, no broker)."""
+    from pipeline.app.main import tune_gc
+    from pipeline.runtime.loopback import Loopback
+    from processors.identity import IdentityRules
+    from processors.ingest import Ingestor
+    from processors.plan import BatchPlanner
+    from processors.pseudonym import Pseudonymizer
+    from processors.stitching import Stitching
+
+    tune_gc()
+    codec, redactor = AvroCodec(), Redactor()
+    stitching = Stitching(Pseudonymizer(b"cem bench: a pseudonym key"), IdentityRules(), partitions)
+    planner = BatchPlanner(Ingestor(codec, redact=redactor.redact, stitching=stitching), TouchpointScoring(),
+                           ShippedOutputs(codec, redactor.redact_bytes))
+    loop = Loopback(planner, partitions)
+    loop.publish(touchpoints)
+    began = time.perf_counter()
+    loop.run(batch=batch)
+    return round((time.perf_counter() - began) / max(1, len(touchpoints)) * 1e6, 1)
 
 
 def _timed(costs: dict[str, float], stage: str, run: Callable[[], list]) -> list:
