@@ -41,7 +41,7 @@ class Settings:
     sink_flush_rows: int = 20_000
     sink_flush_interval_s: float = 1.0
     commit_interval_s: float = 1.0  # how often acked offsets are committed (a crash replays at most this much)
-    take_max: int = 2000  # touchpoints per Faust batch
+    take_max: int = 500  # records per fetch: the planner holds the event loop for a whole fetch, and the commits advance between fetches
     take_within_s: float = 0.05
     fetch_max_wait_ms: int = 100  # how long a fetch may wait for records (Faust's own: 1,500)
     # Stream semantics (event time)
