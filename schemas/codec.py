@@ -11,7 +11,7 @@ import io
 import json
 import re
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -22,7 +22,7 @@ from fastavro.schema import fingerprint as _fingerprint
 from fastavro.schema import to_parsing_canonical_form
 
 from schemas.contract import SCHEMA_DIR, Reason, Rejected, schema_json
-from schemas.flat import BadAvro, FlatRecordReader, FlatRecordWriter
+from schemas.flat import BadAvro, FlatRecordReader, FlatRecordWriter, Unsupported
 
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"  # Avro spec: single-object encoding marker
 CONFLUENT_MAGIC = b"\x00"  # Confluent wire format: magic byte + 4-byte big-endian schema id
@@ -261,7 +261,7 @@ class AvroCodec:
         self.registry = registry or SchemaRegistry.from_config()
         self._reader = self.registry.reader
         self._reader_fp = fingerprint(self._reader)
-        self._flat = FlatRecordReader(self._reader["fields"]).read
+        self._flat = _flat_reader(self._reader)
         self._same = {self._reader_fp: None}  # writer == reader: no schema resolution needed
         # The id encode() writes: the one that names the current schema, if any does.
         self._confluent_id = next((i for i, w in self.registry.by_confluent_id.items() if w is self._reader), 2)
@@ -307,7 +307,7 @@ class AvroCodec:
         return None
 
     def _read_avro(self, body: bytes, writer: dict[str, Any], same: bool = False) -> dict[str, Any]:
-        if same:  # the current schema: its own compiled reader
+        if same and self._flat is not None:  # the current schema: its own compiled reader
             try:
                 return self._flat(body)
             except BadAvro as exc:
@@ -323,6 +323,14 @@ class AvroCodec:
         if stream.tell() != len(body):  # a record and something else: not one record (nor reusable as one)
             raise Rejected(Reason.UNDECODABLE, f"{len(body) - stream.tell()} bytes after the Avro record")
         return cast("dict[str, Any]", record)
+
+
+def _flat_reader(schema: dict[str, Any]) -> Callable[[bytes], dict[str, Any]] | None:
+    """The compiled reader of a flat record schema; None for any other (fastavro reads those)."""
+    try:
+        return FlatRecordReader(schema["fields"]).read
+    except Unsupported:
+        return None
 
 
 def confluent_schema_id(payload: bytes) -> int | None:
