@@ -47,11 +47,15 @@ class Loopback:
         self.read: dict[tuple[str, int], int] = {}
 
     @classmethod
-    def with_stitching(cls, key: bytes, rules: IdentityRules | None = None, partitions: int = 4) -> Loopback:
+    def with_stitching(cls, key: bytes, rules: IdentityRules | None = None, partitions: int = 4,
+                       redactor: Redactor | None = None) -> Loopback:
+        """A planner as the worker configures it: stitching with ``key``, and ``redactor`` on the
+        free text (none by default)."""
         codec = AvroCodec()
         stitching = Stitching(Pseudonymizer(key), rules or IdentityRules(), partitions)
-        planner = BatchPlanner(Ingestor(codec, stitching=stitching), TouchpointScoring(),
-                               ShippedOutputs(codec, Redactor.from_spec("").redact_bytes))
+        redact = redactor.redact if redactor is not None else None
+        planner = BatchPlanner(Ingestor(codec, redact=redact, stitching=stitching), TouchpointScoring(),
+                               ShippedOutputs(codec, (redactor or Redactor.from_spec("")).redact_bytes))
         return cls(planner, partitions)
 
     def append(self, topic: str, key: bytes, value: bytes, partition: int | None = None,

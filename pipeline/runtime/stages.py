@@ -68,18 +68,9 @@ def planner_cost(touchpoints: Sequence[Mapping[str, Any]], partitions: int, batc
     batch's states then written (:class:`~pipeline.runtime.loopback.Loopback`, no broker)."""
     from pipeline.app.main import tune_gc
     from pipeline.runtime.loopback import Loopback
-    from processors.identity import IdentityRules
-    from processors.ingest import Ingestor
-    from processors.plan import BatchPlanner
-    from processors.pseudonym import Pseudonymizer
-    from processors.stitching import Stitching
 
     tune_gc()
-    codec, redactor = AvroCodec(), Redactor()
-    stitching = Stitching(Pseudonymizer(b"cem bench: a pseudonym key"), IdentityRules(), partitions)
-    planner = BatchPlanner(Ingestor(codec, redact=redactor.redact, stitching=stitching), TouchpointScoring(),
-                           ShippedOutputs(codec, redactor.redact_bytes))
-    loop = Loopback(planner, partitions)
+    loop = Loopback.with_stitching(b"cem bench: a pseudonym key", partitions=partitions, redactor=Redactor())
     loop.publish(touchpoints)
     began = time.perf_counter()
     loop.run(batch=batch)
