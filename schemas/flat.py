@@ -96,11 +96,13 @@ def _indent(code: str, spaces: int) -> str:
 
 
 def _map_reader() -> str:
-    count = _indent(_LONG + "count = v", 4)
-    size = _indent(_LONG, 8)  # a negative count is followed by the block's size in bytes: skipped
-    return ("m = {}\n" + "while True:\n" + count + "    if count == 0: break\n    if count < 0:\n        count = -count\n"
-            + size + "    for _ in range(count):\n" + _indent(_STRING, 8) + "        key = v\n"
-            + _indent(_STRING, 8) + "        m[key] = v\nv = m\n")
+    """Blocks of (count, pairs) until a count of 0; a negative count is followed by the block's size
+    in bytes, skipped."""
+    return ("m = {}\nwhile True:\n" + _indent(_LONG + "count = v", 4)
+            + "    if count == 0: break\n"
+            + "    if count < 0:\n" + _indent(_LONG + "count = -count", 8)
+            + "    for _ in range(count):\n" + _indent(_STRING + "key = v\n" + _STRING + "m[key] = v", 8)
+            + "v = m\n")
 
 
 def _value_reader(schema: Any, k: int, symbols: dict[str, tuple[str, ...]]) -> str:
