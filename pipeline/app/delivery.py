@@ -204,7 +204,8 @@ def _count_closed_connections(client: Any, delivery: BatchDelivery) -> None:
 
 
 def _holds_any(records: Mapping[Any, list[Any]] | None, topics: frozenset[str]) -> bool:
-    return bool(records) and any(tp_records and tp.topic in topics for tp, tp_records in records.items())  # type: ignore[union-attr]
+    """Whether a poll brought records of ``topics``."""
+    return records is not None and any(tp_records and tp.topic in topics for tp, tp_records in records.items())
 
 
 class BatchConsumer(faust_aiokafka.Consumer):
