@@ -28,6 +28,13 @@ second that machinery is most of the worker's CPU. This module is the one place 
 * :meth:`BatchDelivery.restart` resets Faust's bookkeeping of one partition and seeks it, for a log
   that started over (``pipeline.app.logs``): Faust assumes offsets only grow, and would otherwise
   drop the new log's records as already read (``DROPPED MESSAGE``) and ignore their acks.
+* Every seek of a partition (ours, and Faust's to the committed offsets at each assignment) makes
+  the records fetched before it *stale*: they come again from the new position. Processed as well,
+  they would be processed twice, and out of order: a sink that keeps a high-water mark per partition
+  would then drop the lower offsets read again as already stored. So the consumer thread counts
+  the seeks of each partition where they happen (:class:`FetchWaitThread`), each poll's records
+  carry the counts they were drained under, and :meth:`BatchDelivery.current` tells the worker
+  whether a fetch's records of a partition are still the ones to process.
 
 Registered through Faust's own extension point: :class:`CemApp` builds its transport with
 :class:`BatchTransport`, whose ``Consumer`` is :class:`BatchConsumer`. Tested by the SIGKILL,
@@ -65,6 +72,7 @@ class Fetch:
     received: float = field(default_factory=time.time)
     regressed: set[Any] = field(default_factory=set)  # partitions whose offsets went back: the log started over
     interruptions: int = 0  # BatchDelivery.interruptions when fetched
+    seeks: dict[Any, int] = field(default_factory=dict)  # TP -> its seeks counted when its records were drained
 
     @property
     def partitions(self) -> list[Any]:
@@ -130,6 +138,11 @@ class BatchDelivery:
         consumer._n_acked += acked
         return acked
 
+    def current(self, tp: Any, seeks: int | None) -> bool:
+        """Whether records of ``tp`` drained under ``seeks`` (its count then) are still to be
+        processed: no seek of ``tp`` since, which would bring them again."""
+        return seeks == cast("BatchConsumer", self.app.consumer).thread_seeks(tp)
+
     async def restart(self, tp: Any, offset: int | None) -> None:
         """Forget Faust's bookkeeping of ``tp`` (its committed, read and acked offsets belong to a log
         that started over) and, if ``offset`` is given, read the partition again from there."""
@@ -139,8 +152,8 @@ class BatchDelivery:
         consumer._acked_index.pop(tp, None)
         consumer._gap.pop(tp, None)
         if offset is not None:
-            await consumer.seek(tp, offset)
-            consumer._read_offset[tp] = None  # seek() keeps None for offset 0; any first offset is right
+            await consumer.seek_in_thread(tp, offset)
+            consumer._read_offset[tp] = None  # any first offset is right
 
     def assigned(self) -> list[Any]:
         """The assigned partitions of the batch topics."""
@@ -171,14 +184,52 @@ def to_source(record: Any) -> SourceRecord:
                         headers=record.headers or ())
 
 
+class Drained(dict[Any, list[Any]]):
+    """A poll's records (``tp -> records``) and, per partition, the seeks counted when they were drained."""
+
+    seeks: dict[Any, int]
+
+
 class FetchWaitThread(faust_aiokafka.AIOKafkaConsumerThread):
-    """Faust's consumer thread, with the fetch wait of :attr:`BatchDelivery.fetch_max_wait_ms`.
+    """Faust's consumer thread, with the fetch wait of :attr:`BatchDelivery.fetch_max_wait_ms`, and
+    the seeks of each partition counted.
 
     Faust fixes ``fetch_max_wait_ms`` at 1,500. Some brokers (Tansu) hold a fetch for that long even
     when records are there, so fetches came every ~0.75 s with ~1,500 records each, and an alert
     waited for its whole fetch to arrive and be planned. Kafka answers as soon as it has records,
     so a short wait costs it only more empty fetches when the topic is idle.
+
+    Seeks are counted by the fetcher's ``seek_to``, which every seek of the consumer goes through,
+    and a poll's records are stamped with the counts as soon as the fetcher hands them out. Both run
+    on this thread's loop without an await between the step and its count, so a record drained
+    before a seek always carries the count from before it. (A seek from another thread would race
+    with the drain: cem's own seeks come here with :meth:`seek_counted`.)
     """
+
+    seeks: dict[Any, int]
+
+    async def on_start(self) -> None:
+        self.seeks = {}
+        await super().on_start()
+        fetcher = self._ensure_consumer()._fetcher
+        seek_to, seeks = fetcher.seek_to, self.seeks
+
+        def counted(tp: Any, offset: int) -> None:
+            seek_to(tp, offset)
+            seeks[tp] = seeks.get(tp, 0) + 1
+
+        fetcher.seek_to = counted
+
+    async def seek_counted(self, tp: Any, offset: int) -> None:
+        """``seek``, on this thread's loop (run with ``call_thread``)."""
+        self._ensure_consumer().seek(tp, offset)
+
+    async def _fetch_records(self, consumer: Any, active_partitions: Any, timeout: float | None = None,
+                             max_records: int | None = None) -> Drained:
+        records = Drained(await super()._fetch_records(consumer, active_partitions, timeout, max_records))
+        seeks = self.seeks
+        records.seeks = {tp: seeks.get(tp, 0) for tp in records}  # no await since the drain
+        return records
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
@@ -215,6 +266,14 @@ class BatchConsumer(faust_aiokafka.Consumer):
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return FetchWaitThread(self, loop=self.loop, beacon=self.beacon)
+
+    def thread_seeks(self, tp: Any) -> int:
+        """The seeks of ``tp`` so far (read from this loop: an int from the thread's dict)."""
+        return cast(FetchWaitThread, self._thread).seeks.get(tp, 0)
+
+    async def seek_in_thread(self, tp: Any, offset: int) -> None:
+        thread = cast(FetchWaitThread, self._thread)
+        await thread.call_thread(thread.seek_counted, tp, offset)
 
     async def highwaters(self, *partitions: Any) -> Any:
         """End offsets, confirmed by ``BatchDelivery.log_ends`` when set: table recovery reads the
@@ -272,15 +331,20 @@ class BatchConsumer(faust_aiokafka.Consumer):
                 await self._deliver_one_by_one(tp, tp_records)
         if batch:
             assert delivery is not None  # the batch holds only the delivery's topics
-            fetch = self._fetch(batch, generation)
-            await self.wait_first(delivery.queue.put(fetch), self.suspend_flow.wait())
+            fetch = self._fetch(batch, generation, records.seeks if isinstance(records, Drained) else None)
+            if fetch.spans:
+                await self.wait_first(delivery.queue.put(fetch), self.suspend_flow.wait())
 
-    def _fetch(self, batch: dict, generation: int) -> Fetch:
+    def _fetch(self, batch: dict, generation: int, drained: Mapping[Any, int] | None) -> Fetch:
         read_offset = self._read_offset
         sources: list[SourceRecord] = []
         spans: dict = {}
+        seeks: dict = {}
         regressed = set()
         for tp, tp_records in batch.items():
+            seeks[tp] = self.thread_seeks(tp) if drained is None else drained.get(tp, 0)
+            if seeks[tp] != self.thread_seeks(tp):
+                continue  # sought since it was drained: these come again from the new position
             first, last = tp_records[0].offset, tp_records[-1].offset
             previous = read_offset[tp]
             if previous is not None and first < previous:
@@ -294,7 +358,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
         if regressed and self.delivery is not None:
             self.delivery.regressions += len(regressed)
         interruptions = self.delivery.interruptions if self.delivery is not None else 0
-        return Fetch(sources, spans, generation, regressed=regressed, interruptions=interruptions)
+        return Fetch(sources, spans, generation, regressed=regressed, interruptions=interruptions, seeks=seeks)
 
     async def _deliver_one_by_one(self, tp: Any, tp_records: list) -> None:
         """Faust's own path, as in ``Consumer._drain_messages``, for the topics not delivered in batches."""

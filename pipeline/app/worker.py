@@ -246,7 +246,7 @@ class TouchpointWorker:
         if self.first_received is None:
             self.first_received = fetch.received
         async with self._processing:
-            records = await self._from_known_logs(fetch)
+            records = fetch.records = await self._from_known_logs(fetch)
             unresolved = await self._resolve_schemas(records)
             plan = self.planner.plan(records, self.states)
             self.codec.registry.unavailable.clear()
@@ -275,6 +275,9 @@ class TouchpointWorker:
             mine = by_partition.get(key, [])
             if tp not in assignment or not mine:
                 continue  # revoked since the fetch: its new owner reads it from the committed offset
+            if tp in fetch.seeks and not self.delivery.current(tp, fetch.seeks[tp]):
+                del fetch.spans[tp]  # sought since the fetch: these records come again, to be acked then
+                continue
             if tp in fetch.regressed or self.logs.needs_verdict(key, fetch.generation, fetch.interruptions):
                 if not await self._verify(tp, key, fetch):
                     continue
