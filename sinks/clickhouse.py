@@ -432,7 +432,12 @@ def _token(table: str, ranges: dict[PositionKey, list[int]], rows: int) -> str |
 
 
 def connect(url: str, user: str = "default", password: str = "", database: str | None = None) -> Connection:
-    """A :class:`Connection` (the sink's, the read side's)."""
+    """A :class:`Connection` (the sink's, the read side's); ``engine://`` names a shared embedded
+    engine's socket (``sinks.engine``)."""
+    from sinks.engine import SCHEME, EngineConnection
+
+    if url.startswith(SCHEME):
+        return EngineConnection(url)
     return Connection(url, user, password, database)
 
 

@@ -21,6 +21,7 @@ from pipeline.views.customer import customer_view
 from pipeline.views.reads import ReadOnlyQueries
 from pipeline.views.web import start_status_server
 from processors.pseudonym import from_settings as pseudonymizer_from_settings
+from schemas.contract import TOPIC_TOUCHPOINTS
 
 T = TypeVar("T")
 
@@ -40,6 +41,16 @@ def latency_summary(latencies: Any) -> dict[str, float | None]:
     return {"p50_ms": pick(0.50), "p99_ms": pick(0.99), "samples": len(values)}
 
 
+def _assigned(app: Any) -> list[int]:
+    """The touchpoint partitions the worker holds: a plain read of the consumer's assignment, from
+    the HTTP thread, so never ``app.consumer``, which would create the consumer on this thread."""
+    consumer = app._consumer
+    try:
+        return sorted(tp.partition for tp in consumer.assignment() if tp.topic == TOPIC_TOUCHPOINTS) if consumer else []
+    except Exception:  # its thread not started yet
+        return []
+
+
 def run_worker(settings: Settings) -> None:
     """Blocks until the worker stops (SIGTERM / SIGINT flush the sinks first)."""
     _quiet_client_logs(settings.log_level)
@@ -53,6 +64,7 @@ def run_worker(settings: Settings) -> None:
         return {
             "pid": os.getpid(),
             "started": worker.started,
+            "assigned": _assigned(app),
             "live": worker.health.live()[1],
             "totals": metrics.totals(),
             "latency_committed": latency_summary(commit.latencies),

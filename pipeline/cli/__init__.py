@@ -1,4 +1,4 @@
-"""The ``cem`` command: run, worker, generate, publish, query, customer, bench, model, alerts, top."""
+"""The ``cem`` command: run, worker, engine, generate, publish, query, customer, bench, model, alerts, top."""
 
 from __future__ import annotations
 
@@ -62,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="the Faust worker (production), configured by CEM_* variables")
     worker.set_defaults(handler=_worker)
 
+    engine = sub.add_parser("engine", help="the embedded ClickHouse engine, shared by the workers of one machine")
+    engine.add_argument("--socket", required=True, help="the Unix socket to serve (its key is written beside it)")
+    engine.set_defaults(handler=_engine)
+
     migrate = sub.add_parser("migrate", help="create or check cem's ClickHouse tables (a deployment's one-shot step)")
     migrate.add_argument("--wait", type=float, default=60.0, help="seconds to keep trying to reach ClickHouse")
     migrate.set_defaults(handler=_migrate)
@@ -110,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--partitions", type=int, default=4)
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument("--data-dir", default=None, help="default: a fresh temporary directory")
+    bench.add_argument("--workers", type=int, default=1,
+                       help="worker processes; more than one share the engine through `cem engine`")
     bench.set_defaults(handler=_bench)
 
     from pipeline.cli.alerts import add_alerts_parser
@@ -141,6 +147,28 @@ def _worker(args: argparse.Namespace) -> int:
     from pipeline.app.main import run_worker
 
     run_worker(_settings())
+    return 0
+
+
+def _engine(args: argparse.Namespace) -> int:
+    """Open the chDB directory of ``CEM_CLICKHOUSE_URL``, create the schema, serve it until killed."""
+    from sinks.clickhouse import ClickHouseSink, SchemaMismatch, connect
+    from sinks.engine import EngineServer
+
+    settings = _settings()
+    if not settings.embedded_clickhouse:
+        raise CliError(f"cem engine serves an embedded chdb:// engine, not {settings.clickhouse_url}")
+    connection = connect(settings.clickhouse_url)
+    try:
+        ClickHouseSink(connection, settings.clickhouse_database).create_schema()
+    except SchemaMismatch as exc:
+        raise CliError(str(exc)) from None
+    server = EngineServer(connection, Path(args.socket).resolve())
+    server.start()
+    try:
+        server.serve_forever()
+    finally:
+        server.close()
     return 0
 
 
@@ -291,7 +319,9 @@ def _customer(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from pipeline.runtime.bench import run_bench
 
-    result = run_bench(args.events, args.customers, args.partitions, args.seed, args.data_dir)
+    if args.workers < 1:
+        raise CliError("--workers must be at least 1")
+    result = run_bench(args.events, args.customers, args.partitions, args.seed, args.data_dir, args.workers)
     print(json.dumps(result))
     return 0
 

@@ -5,6 +5,10 @@
 3. Start the worker; throughput = N / (last commit to ClickHouse - first record received), i.e.
    broker -> worker -> ClickHouse committed, group join excluded; latency = worker receipt ->
    ClickHouse commit per record.
+
+With ``--workers N`` (N > 1), N worker processes share the partitions (one consumer group) and
+the embedded engine, served by ``cem engine``: the machine's throughput, from the first receipt of
+any worker to the last commit of any; latency percentiles are the highest of the workers'.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from aiokafka import AIOKafkaConsumer
 
 from pipeline.app.kafka_security import client_options
 from pipeline.runtime.broker import EmbeddedBroker, ensure_topics, free_port
-from pipeline.runtime.embedded import WorkerProcess, publish
+from pipeline.runtime.embedded import EngineProcess, WorkerProcess, publish
 from pipeline.runtime.run import embedded_settings
 from pipeline.runtime.stages import planner_cost, stage_costs
 from pipeline.settings import Settings
@@ -32,7 +36,7 @@ from schemas.codec import AvroCodec
 from schemas.contract import TOPIC_TOUCHPOINTS
 
 
-def run_bench(events: int, customers: int, partitions: int, seed: int, data_dir: str | None) -> dict:
+def run_bench(events: int, customers: int, partitions: int, seed: int, data_dir: str | None, workers: int = 1) -> dict:
     from processors.synthetic import JourneyGenerator
 
     directory = Path(data_dir or tempfile.mkdtemp(prefix="cem-bench-")).resolve()
@@ -54,16 +58,9 @@ def run_bench(events: int, customers: int, partitions: int, seed: int, data_dir:
         _say("measuring the raw aiokafka consume rate ...")
         consume_per_s = asyncio.run(_raw_consume_rate(broker.bootstrap, len(touchpoints), options))
         _say(f"raw consume: {consume_per_s:,.0f} records/s; starting the worker ...")
-        worker = WorkerProcess(settings, directory / "worker.log").start()
-        try:
-            status = worker.wait_until(
-                lambda st: _progress(st, len(touchpoints)), timeout_s=max(120.0, len(touchpoints) / 500), what="the worker did not finish",
-                interval_s=0.5,
-            )
-        finally:
-            worker.stop()
+        statuses = _run_workers(settings, directory, workers, len(touchpoints))
     _say("")
-    seconds = status["last_committed"] - status["first_received"]
+    seconds = max(st["last_committed"] for st in statuses) - min(st["first_received"] for st in statuses)
     _say("measuring the stages in-process ...")
     codec = AvroCodec()
     sample = [SourceRecord(TOPIC_TOUCHPOINTS, i % partitions, i, t["occurred_at"], t["customer_id"].encode(),
@@ -76,16 +73,17 @@ def run_bench(events: int, customers: int, partitions: int, seed: int, data_dir:
         "events": len(touchpoints),
         "customers": customers,
         "partitions": partitions,
+        "workers": workers,
         "events_per_s": round(len(touchpoints) / seconds, 1),
-        "p50_ms": status["latency_committed"]["p50_ms"],
-        "p99_ms": status["latency_committed"]["p99_ms"],
+        "p50_ms": max(st["latency_committed"]["p50_ms"] for st in statuses),
+        "p99_ms": max(st["latency_committed"]["p99_ms"] for st in statuses),
         "seconds": round(seconds, 2),
         "kafka_consume_per_s": round(consume_per_s, 1),
         "kafka_produce_per_s": round(len(touchpoints) / produce_s, 1),
         "ratio_to_kafka_consume": round(len(touchpoints) / seconds / consume_per_s, 4),
-        "dead_lettered": total(status["totals"], "touchpoints_dead_lettered"),
+        "dead_lettered": sum(total(st["totals"], "touchpoints_dead_lettered") for st in statuses),
         "us_per_touchpoint": round(end_to_end_us, 1),
-        "worker_rss_mb": status.get("rss_mb"),
+        "worker_rss_mb": statuses[0].get("rss_mb") if workers == 1 else [st.get("rss_mb") for st in statuses],
         "stages_us": stages,  # each stage alone, the first 20,000 touchpoints, fresh states
         "planner_us": plan_us,  # the whole planner, every touchpoint, states maturing as in the run
         "rest_us": round(end_to_end_us - plan_us, 1),  # delivery, Kafka outputs, ClickHouse, commits
@@ -93,8 +91,41 @@ def run_bench(events: int, customers: int, partitions: int, seed: int, data_dir:
     }
 
 
-def _progress(status: dict, total: int) -> bool:
-    done = status.get("committed_records", 0)
+def _run_workers(settings: Settings, directory: Path, workers: int, expected: int) -> list[dict]:
+    """Run the workers (and, for more than one, the engine they share) until they have committed
+    ``expected`` records between them; returns their last statuses."""
+    timeout_s = max(120.0, expected / 500)
+    if workers == 1:
+        worker = WorkerProcess(settings, directory / "worker.log").start()
+        try:
+            return [worker.wait_until(lambda st: _progress([st], expected), timeout_s, "the worker did not finish", 0.5)]
+        finally:
+            worker.stop()
+    engine = EngineProcess(settings, directory / "engine.sock", directory / "engine.log").start()
+    shared = engine.worker_settings(settings)
+    processes = [WorkerProcess(shared.replace(data_dir=str(directory / f"worker-{i}"), metrics_port=free_port(),
+                                              web_port=free_port()), directory / f"worker-{i}.log")
+                 for i in range(workers)]
+    try:
+        for worker in processes:
+            Path(worker.settings.data_dir).mkdir(parents=True, exist_ok=True)
+            worker.launch()  # all at once: one group from the start, not a rebalance mid-run
+        for worker in processes:
+            worker.wait_until(lambda st: st.get("started"), 60.0, "the worker did not start consuming")
+        deadline = time.monotonic() + timeout_s
+        while not _progress(statuses := [w.status() for w in processes], expected):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the workers did not finish within {timeout_s:.0f}s")
+            time.sleep(0.5)
+        return statuses
+    finally:
+        for worker in processes:
+            worker.stop()
+        engine.stop()
+
+
+def _progress(statuses: list[dict], total: int) -> bool:
+    done = sum(st.get("committed_records", 0) for st in statuses)
     print(f"\r  committed {done:>9,} / {total:,}", end="", file=sys.stderr, flush=True)
     return done >= total
 

@@ -41,10 +41,14 @@ class WorkerProcess:
         return f"http://127.0.0.1:{self.settings.web_port}"
 
     def start(self, timeout_s: float = 60.0) -> WorkerProcess:
-        env = dict(os.environ, **self.settings.to_env())
-        self.process = spawn([sys.executable, "-m", "pipeline.cli", "worker"], self.log_path, env)
+        self.launch()
         self.wait_until(lambda st: st.get("started"), timeout_s, "the worker did not start consuming")
         return self
+
+    def launch(self) -> None:
+        """Start the process, without waiting for it (``start`` waits)."""
+        env = dict(os.environ, **self.settings.to_env())
+        self.process = spawn([sys.executable, "-m", "pipeline.cli", "worker"], self.log_path, env)
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -108,6 +112,36 @@ class WorkerProcess:
 
 
 QUIET_S = 1.0  # the worker fetches continuously: a record still to read would arrive well within this
+
+
+class EngineProcess:
+    """A ``cem engine`` child process: the embedded engine of ``settings``, served on ``socket_path``
+    to workers configured with :meth:`worker_settings`."""
+
+    def __init__(self, settings: Settings, socket_path: Path, log_path: Path | None = None):
+        self.settings = settings
+        self.socket_path = socket_path
+        self.log_path = log_path
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout_s: float = 60.0) -> EngineProcess:
+        from sinks.engine import engine_url, wait_for
+
+        env = dict(os.environ, **self.settings.to_env())
+        self.process = spawn([sys.executable, "-m", "pipeline.cli", "engine", "--socket", str(self.socket_path)],
+                             self.log_path, env)
+        if not wait_for(engine_url(self.socket_path), timeout_s):
+            stop(self.process, 5)
+            raise WorkerError(f"the engine did not answer on {self.socket_path} within {timeout_s:.0f}s")
+        return self
+
+    def worker_settings(self, settings: Settings) -> Settings:
+        from sinks.engine import engine_url
+
+        return settings.replace(clickhouse_url=engine_url(self.socket_path))
+
+    def stop(self, timeout_s: float = 10.0) -> int:
+        return stop(self.process, timeout_s)
 
 
 class TouchpointPublisher:
