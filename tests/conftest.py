@@ -49,9 +49,9 @@ def start_worker(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[Callable[..
 
     def start(**overrides: object) -> WorkerProcess:
         settings = worker_settings(broker, tmp_path, **overrides)
-        process = WorkerProcess(settings, tmp_path / f"worker-{len(started)}.log").start(timeout_s=90)
-        started.append(process)
-        return process
+        process = WorkerProcess(settings, tmp_path / f"worker-{len(started)}.log")
+        started.append(process)  # before it starts: one that fails to start is killed too, not left running
+        return process.start(timeout_s=90)
 
     yield start
     for process in started:

@@ -50,8 +50,8 @@ def test_two_workers_sharing_the_engine_store_every_touchpoint_once_across_a_reb
         data_dir = tmp_path / f"worker-{i}"
         data_dir.mkdir()
         settings = engine.worker_settings(worker_settings(broker, data_dir))
-        workers.append(WorkerProcess(settings, tmp_path / f"worker-{i}.log").start(timeout_s=90))
-        return workers[-1]
+        workers.append(WorkerProcess(settings, tmp_path / f"worker-{i}.log"))  # killed even if it fails to start
+        return workers[-1].start(timeout_s=90)
 
     stored = Stored(engine_url(engine.socket_path))
     count = "SELECT count(), uniqExact(customer_id, event_id) FROM cem.touchpoints_enriched"

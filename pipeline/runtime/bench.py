@@ -96,8 +96,9 @@ def _run_workers(settings: Settings, directory: Path, workers: int, expected: in
     ``expected`` records between them; returns their last statuses."""
     timeout_s = max(120.0, expected / 500)
     if workers == 1:
-        worker = WorkerProcess(settings, directory / "worker.log").start()
+        worker = WorkerProcess(settings, directory / "worker.log")
         try:
+            worker.start()
             return [worker.wait_until(lambda st: _progress([st], expected), timeout_s, "the worker did not finish", 0.5)]
         finally:
             worker.stop()

@@ -69,15 +69,15 @@ def run_embedded(
         ensure_topics(broker.bootstrap, settings.partitions, kafka_security.client_options(settings))
         worker = WorkerProcess(settings, data_dir / "worker.log")
         _say(f"broker on {broker.bootstrap}; starting the worker (chDB under {data_dir / 'clickhouse'}) ...")
-        worker.start()
-        _say(f"worker up: metrics http://127.0.0.1:{settings.metrics_port}/metrics, status {worker.url}/status")
-        progress = _Progress(worker)
-        try:
-            asyncio.run(_traffic(settings, progress, duration_s, rate, customers, seed))
-        except KeyboardInterrupt:
-            _say("\nstopping: draining what was published ...")
-        produced = progress.produced
-        try:
+        try:  # a worker that fails to start is stopped too, not left running on its own
+            worker.start()
+            _say(f"worker up: metrics http://127.0.0.1:{settings.metrics_port}/metrics, status {worker.url}/status")
+            progress = _Progress(worker)
+            try:
+                asyncio.run(_traffic(settings, progress, duration_s, rate, customers, seed))
+            except KeyboardInterrupt:
+                _say("\nstopping: draining what was published ...")
+            produced = progress.produced
             final = worker.wait_drained(produced, timeout_s=120)
         finally:
             worker.stop()
