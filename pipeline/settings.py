@@ -46,7 +46,10 @@ class Settings:
     fetch_max_wait_ms: int = 100  # how long a fetch may wait for records (Faust's own: 1,500)
     # Stream semantics (event time)
     dedupe_horizon_s: float = 24 * 3600.0
-    # Models: the trainer publishes snapshots to cem.models at most this often
+    # Models: where the trainer runs: "worker" (the worker holding cem.model.training) or "process"
+    # (`cem trainer`, a process of its own; the workers leave the topic alone)
+    trainer: str = "worker"
+    # ... and it publishes snapshots to cem.models at most this often
     model_publish_interval_s: float = 5.0
     # ... and checkpoint the trainer's own state (tens of MB: a horizon of labels waiting) this often
     trainer_checkpoint_interval_s: float = 60.0

@@ -124,3 +124,38 @@ def inet_listeners(pid: int) -> set[int]:
                 found.add(int(fields[9]))
     return found
 
+
+
+def test_a_trainer_of_its_own_trains_the_models_the_workers_score_with(broker, engine, tmp_path):
+    """Property: with ``CEM_TRAINER=process`` the worker leaves ``cem.model.training`` alone and
+    ``cem trainer`` learns from it: its snapshots reach the worker (hot-swapped), its quality rows
+    reach the shared engine, and the worker's own event loop trains nothing."""
+    from processors.synthetic import DEFAULT_START_MS
+    from schemas.contract import MODEL_CHURN, MODEL_SENTIMENT
+
+    events = list(JourneyGenerator(customers=200, seed=5, start_ms=DEFAULT_START_MS, churn_within_days=6).events(4_000))
+    options = dict(trainer="process", model_publish_interval_s=0.5, churn_horizon_s=2 * 86400.0)
+    started: list[WorkerProcess] = []
+
+    def start(name: str, command: str) -> WorkerProcess:
+        (tmp_path / name).mkdir()
+        settings = engine.worker_settings(worker_settings(broker, tmp_path / name, **options))
+        started.append(WorkerProcess(settings, tmp_path / f"{name}.log", command))
+        return started[-1].start(timeout_s=90)
+
+    try:
+        worker, trainer = start("worker", "worker"), start("trainer", "trainer")
+        run(publish(broker.bootstrap, events, "avro", timestamp_from_event=True))
+        worker.wait_drained(len(events))
+        trainer.wait_until(lambda st: st["trained_through"] is not None and st["snapshots_published"] >= 1, 60,
+                           "the trainer did not learn and publish")
+        models = worker.wait_until(lambda st: st["models"]["snapshots_loaded"] >= 2 and st["models"]["sentiment"] != "sentiment-v1+0",
+                                   60, "the worker did not load the trainer's snapshots")["models"]
+        assert models["trained_through"] is None and models["snapshots_published"] == 0, "the worker trains nothing"
+        quality = "SELECT DISTINCT model FROM cem.model_metrics ORDER BY model"
+        stored = Stored(engine_url(engine.socket_path))
+        wait_for(lambda: [r[0] for r in stored.query(quality)] == [MODEL_CHURN, MODEL_SENTIMENT],
+                 "no model_metrics rows from the trainer", 30)
+    finally:
+        for process in started:
+            process.kill()

@@ -76,6 +76,8 @@ class KeepQueuedOnResume(FlowControlEvent):
 
 def create_app(settings: Settings, metrics: Metrics | None = None) -> tuple[faust.App, TouchpointWorker]:
     """The Faust app and its worker runtime, wired together (uvloop, if wanted, is installed before)."""
+    if settings.trainer not in ("worker", "process"):
+        raise ValueError(f"CEM_TRAINER must be worker or process, not {settings.trainer!r}")
     metrics = metrics or Metrics()
     app = CemApp(
         settings.app_id,
@@ -168,19 +170,20 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> tuple[faus
 
         await supervised("erasures", run())
 
-    @app.agent(training, name="training")
-    async def train_models(stream: faust.StreamT) -> None:
-        async def run() -> None:
-            await started()
-            async for events in stream.noack_take(200, 0.2):  # type: ignore[attr-defined]  # as above
-                await worker.trainer.process(list(events))
+    if settings.trainer == "worker":  # else `cem trainer` (pipeline.app.trainer) runs it
+        @app.agent(training, name="training")
+        async def train_models(stream: faust.StreamT) -> None:
+            async def run() -> None:
+                await started()
+                async for events in stream.noack_take(200, 0.2):  # type: ignore[attr-defined]  # as above
+                    await worker.trainer.process(list(events))
 
-        await supervised("training", run())
+            await supervised("training", run())
 
-    @app.timer(interval=settings.model_publish_interval_s)
-    async def publish_models() -> None:
-        if worker.started:
-            await worker.trainer.publish()
+        @app.timer(interval=settings.model_publish_interval_s)
+        async def publish_models() -> None:
+            if worker.started:
+                await worker.trainer.publish()
 
     @app.timer(interval=max(0.1, settings.sink_flush_interval_s / 4))
     async def flush_sinks() -> None:

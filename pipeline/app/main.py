@@ -101,6 +101,22 @@ def run_worker(settings: Settings) -> None:
     Worker(app, loglevel=FAUST_LOG_LEVELS.get(settings.log_level, "warn"), quiet=True).execute_from_commandline()
 
 
+def run_trainer(settings: Settings) -> None:
+    """``cem trainer`` (``pipeline.app.trainer``): blocks until stopped."""
+    from faust.worker import Worker
+
+    from pipeline.app.trainer import create_trainer_app
+
+    _quiet_client_logs(settings.log_level)
+    _install_uvloop()  # before the app exists, as for the worker
+    metrics = Metrics()
+    app, trainer = create_trainer_app(settings, metrics)
+    start_http_server(settings.metrics_port, addr=settings.metrics_host, registry=metrics.registry)
+    start_status_server(settings.web_port, trainer.status, None, host=settings.web_host, token=settings.web_token)
+    tune_gc()
+    Worker(app, loglevel=FAUST_LOG_LEVELS.get(settings.log_level, "warn"), quiet=True).execute_from_commandline()
+
+
 def _on_loop(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T], timeout_s: float = 5.0) -> T | None:
     """``coro`` run on the worker's event loop, from the HTTP thread; None if the loop does not get
     to it in time (it is planning a large fetch) or is not running yet."""

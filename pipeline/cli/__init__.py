@@ -1,4 +1,4 @@
-"""The ``cem`` command: run, worker, engine, generate, publish, query, customer, bench, model, alerts, top."""
+"""The ``cem`` command: run, worker, trainer, engine, generate, publish, query, customer, bench, model, alerts, top."""
 
 from __future__ import annotations
 
@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="the Faust worker (production), configured by CEM_* variables")
     worker.set_defaults(handler=_worker)
 
+    trainer = sub.add_parser("trainer", help="the model trainer in a process of its own (with CEM_TRAINER=process)")
+    trainer.set_defaults(handler=_trainer)
+
     engine = sub.add_parser("engine", help="the embedded ClickHouse engine, shared by the workers of one machine")
     engine.add_argument("--socket", required=True, help="the Unix socket to serve (its key is written beside it)")
     engine.set_defaults(handler=_engine)
@@ -116,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--data-dir", default=None, help="default: a fresh temporary directory")
     bench.add_argument("--workers", type=int, default=1,
                        help="worker processes; more than one share the engine through `cem engine`")
+    bench.add_argument("--trainer", choices=("worker", "process"), default="worker",
+                       help="where the model trainer runs: in the worker holding its topic, or `cem trainer`")
     bench.set_defaults(handler=_bench)
 
     from pipeline.cli.alerts import add_alerts_parser
@@ -147,6 +152,13 @@ def _worker(args: argparse.Namespace) -> int:
     from pipeline.app.main import run_worker
 
     run_worker(_settings())
+    return 0
+
+
+def _trainer(args: argparse.Namespace) -> int:
+    from pipeline.app.main import run_trainer
+
+    run_trainer(_settings())
     return 0
 
 
@@ -321,7 +333,7 @@ def _bench(args: argparse.Namespace) -> int:
 
     if args.workers < 1:
         raise CliError("--workers must be at least 1")
-    result = run_bench(args.events, args.customers, args.partitions, args.seed, args.data_dir, args.workers)
+    result = run_bench(args.events, args.customers, args.partitions, args.seed, args.data_dir, args.workers, args.trainer)
     print(json.dumps(result))
     return 0
 

@@ -36,7 +36,8 @@ from schemas.codec import AvroCodec
 from schemas.contract import TOPIC_TOUCHPOINTS
 
 
-def run_bench(events: int, customers: int, partitions: int, seed: int, data_dir: str | None, workers: int = 1) -> dict:
+def run_bench(events: int, customers: int, partitions: int, seed: int, data_dir: str | None, workers: int = 1,
+              trainer: str = "worker") -> dict:
     from processors.synthetic import JourneyGenerator
 
     directory = Path(data_dir or tempfile.mkdtemp(prefix="cem-bench-")).resolve()
@@ -58,7 +59,7 @@ def run_bench(events: int, customers: int, partitions: int, seed: int, data_dir:
         _say("measuring the raw aiokafka consume rate ...")
         consume_per_s = asyncio.run(_raw_consume_rate(broker.bootstrap, len(touchpoints), options))
         _say(f"raw consume: {consume_per_s:,.0f} records/s; starting the worker ...")
-        statuses = _run_workers(settings, directory, workers, len(touchpoints))
+        statuses = _run_workers(settings.replace(trainer=trainer), directory, workers, len(touchpoints))
     _say("")
     seconds = max(st["last_committed"] for st in statuses) - min(st["first_received"] for st in statuses)
     _say("measuring the stages in-process ...")
@@ -74,6 +75,7 @@ def run_bench(events: int, customers: int, partitions: int, seed: int, data_dir:
         "customers": customers,
         "partitions": partitions,
         "workers": workers,
+        "trainer": trainer,
         "events_per_s": round(len(touchpoints) / seconds, 1),
         "p50_ms": max(st["latency_committed"]["p50_ms"] for st in statuses),
         "p99_ms": max(st["latency_committed"]["p99_ms"] for st in statuses),
@@ -95,7 +97,7 @@ def _run_workers(settings: Settings, directory: Path, workers: int, expected: in
     """Run the workers (and, for more than one, the engine they share) until they have committed
     ``expected`` records between them; returns their last statuses."""
     timeout_s = max(120.0, expected / 500)
-    if workers == 1:
+    if workers == 1 and settings.trainer == "worker":
         worker = WorkerProcess(settings, directory / "worker.log")
         try:
             worker.start()
@@ -104,15 +106,18 @@ def _run_workers(settings: Settings, directory: Path, workers: int, expected: in
             worker.stop()
     engine = EngineProcess(settings, directory / "engine.sock", directory / "engine.log").start()
     shared = engine.worker_settings(settings)
-    processes = [WorkerProcess(shared.replace(data_dir=str(directory / f"worker-{i}"), metrics_port=free_port(),
-                                              web_port=free_port()), directory / f"worker-{i}.log")
-                 for i in range(workers)]
+    def process(name: str, command: str = "worker") -> WorkerProcess:
+        own = shared.replace(data_dir=str(directory / name), metrics_port=free_port(), web_port=free_port())
+        Path(own.data_dir).mkdir(parents=True, exist_ok=True)
+        return WorkerProcess(own, directory / f"{name}.log", command)
+
+    processes = [process(f"worker-{i}") for i in range(workers)]
+    helpers = [process("trainer", "trainer")] if settings.trainer == "process" else []
     try:
-        for worker in processes:
-            Path(worker.settings.data_dir).mkdir(parents=True, exist_ok=True)
+        for worker in processes + helpers:
             worker.launch()  # all at once: one group from the start, not a rebalance mid-run
-        for worker in processes:
-            worker.wait_until(lambda st: st.get("started"), 60.0, "the worker did not start consuming")
+        for worker in processes + helpers:
+            worker.wait_until(lambda st: st.get("started"), 60.0, f"the {worker.command} did not start")
         deadline = time.monotonic() + timeout_s
         while not _progress(statuses := [w.status() for w in processes], expected):
             if time.monotonic() > deadline:
@@ -120,7 +125,7 @@ def _run_workers(settings: Settings, directory: Path, workers: int, expected: in
             time.sleep(0.5)
         return statuses
     finally:
-        for worker in processes:
+        for worker in processes + helpers:
             worker.stop()
         engine.stop()
 

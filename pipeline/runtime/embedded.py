@@ -31,9 +31,10 @@ from schemas.contract import TOPIC_CUSTOMERS, TOPIC_TOUCHPOINTS, record_key
 class WorkerProcess:
     """A ``cem worker`` child process and its HTTP status/query endpoint."""
 
-    def __init__(self, settings: Settings, log_path: Path | None = None):
+    def __init__(self, settings: Settings, log_path: Path | None = None, command: str = "worker"):
         self.settings = settings
         self.log_path = log_path
+        self.command = command  # or "trainer": the same status endpoint, the same waits
         self.process: subprocess.Popen | None = None
 
     @property
@@ -48,7 +49,7 @@ class WorkerProcess:
     def launch(self) -> None:
         """Start the process, without waiting for it (``start`` waits)."""
         env = dict(os.environ, **self.settings.to_env())
-        self.process = spawn([sys.executable, "-m", "pipeline.cli", "worker"], self.log_path, env)
+        self.process = spawn([sys.executable, "-m", "pipeline.cli", self.command], self.log_path, env)
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -75,7 +76,7 @@ class WorkerProcess:
                 pass
             if time.monotonic() > deadline:
                 last = {k: v for k, v in (status or {}).items() if k != "totals"}
-                if status:
+                if status and "totals" in status:  # a worker's (a trainer's status has none)
                     last["received"] = received(status)
                 raise WorkerError(f"{what} within {timeout_s:.0f}s; last status {last}{self._log_tail()}")
             time.sleep(interval_s)
