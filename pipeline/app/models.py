@@ -28,6 +28,7 @@ import orjson
 from pipeline.app.logs import TopicFollower
 from pipeline.app.metrics import Metrics
 from pipeline.app.rows import model_metric_row
+from pipeline.settings import Settings
 from processors.alerts import AlertEngine
 from processors.churn import ChurnModel
 from processors.scoring import TrainingBatch
@@ -200,6 +201,14 @@ class TrainerRuntime:
         """The training partition was revoked (or the worker stops): checkpoint, then forget the state."""
         await self.publish(checkpoint=True)
         self.trainer = None
+
+    @classmethod
+    def configured(cls, settings: Settings, feed: ModelFeed, kafka: Sink[KafkaRecord], clickhouse: Sink[TableRow],
+                   metrics: Metrics) -> TrainerRuntime:
+        """The runtime as ``settings`` say (a worker's, or ``cem trainer``'s)."""
+        horizon_ms = int(settings.churn_horizon_s * 1000)
+        return cls(feed, kafka, clickhouse, metrics, settings.model_publish_interval_s,
+                   lambda: ModelTrainer.for_horizon(horizon_ms), settings.trainer_checkpoint_interval_s)
 
 
 def model_record(key: str, value: bytes) -> KafkaRecord:

@@ -26,7 +26,6 @@ from pipeline.app.metrics import KafkaObserver, Metrics
 from pipeline.app.models import ModelFeed, TrainerRuntime
 from pipeline.app.rows import storage_rejected
 from pipeline.settings import Settings
-from processors.training import ModelTrainer
 from schemas.contract import TOPIC_TRAINING
 from sinks.clickhouse import ClickHouseSink, connect
 from sinks.kafka import KafkaSink
@@ -47,10 +46,7 @@ class TrainerProcess:
             on_rejected=storage_rejected,
         )
         self.models = ModelFeed(settings.kafka_bootstrap, lambda key, model: None, options)  # its checkpoint only
-        self.runtime = TrainerRuntime(
-            self.models, self.kafka, self.clickhouse, metrics, settings.model_publish_interval_s,
-            lambda: ModelTrainer.for_horizon(int(settings.churn_horizon_s * 1000)), settings.trainer_checkpoint_interval_s,
-        )
+        self.runtime = TrainerRuntime.configured(settings, self.models, self.kafka, self.clickhouse, metrics)
         self._create_schema = settings.clickhouse_migrate
         self._starting = asyncio.Lock()
         self.started = False

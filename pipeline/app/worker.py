@@ -47,7 +47,6 @@ from processors.pseudonym import from_settings as pseudonymizer_from_settings
 from processors.scoring import TouchpointScoring, TrainingBatch
 from processors.snapshot import from_snapshot, to_snapshot
 from processors.stitching import Stitching
-from processors.training import ModelTrainer
 from schemas.codec import AvroCodec, SchemaRegistry, confluent_schema_id
 from schemas.contract import (
     MODEL_CHURN,
@@ -167,11 +166,7 @@ class TouchpointWorker:
         self.clickhouse_erasure = ClickHouseErasure(self.connection, settings.clickhouse_database)
         self.logs = LogBook(self.connection, self.clickhouse, settings.clickhouse_database, self.probe, self._new_log)
         self.models = ModelFeed(settings.kafka_bootstrap, self._swap_model, options)
-        self.trainer = TrainerRuntime(
-            self.models, self.kafka, self.clickhouse, metrics, settings.model_publish_interval_s,
-            lambda: ModelTrainer.for_horizon(int(settings.churn_horizon_s * 1000)),
-            settings.trainer_checkpoint_interval_s,
-        )
+        self.trainer = TrainerRuntime.configured(settings, self.models, self.kafka, self.clickhouse, metrics)
         self._processing = asyncio.Lock()
         self._committing: asyncio.Future | None = None
         self.first_received: float | None = None  # wall clock, for `cem bench`
