@@ -95,3 +95,20 @@ def test_a_new_log_not_read_yet_is_read_from_its_start_again_after_a_reassignmen
     assert verdict(logs).restart_at == 0
     again = asyncio.run(logs.verdict(KEY, 2))
     assert (again.epoch, again.restart_at, len(new_logs)) == (2, 0, 1)
+
+
+def test_a_probe_that_fails_leaves_the_partition_to_be_checked_again() -> None:
+    """Property: no verdict, no pass. A probe that raises (the broker away mid-restart) is a
+    LogProbeError and the partition stays unverified, so its next fetch is checked: marked verified
+    before the probe, the new log's records that followed would have been taken for the old log's."""
+    import pytest
+
+    from pipeline.app.logs import LogProbeError
+
+    async def away(key: Any, offset: int) -> Probe:
+        raise ConnectionError("the broker is restarting")
+
+    logs = LogBook(Rows([Anchor(1, 40, 7)]), Sink(), "cem", away, lambda *a: None)  # type: ignore[arg-type]
+    with pytest.raises(LogProbeError):
+        asyncio.run(logs.verdict(KEY, 1))
+    assert not logs.verified_in(KEY, 1) and logs.needs_verdict(KEY, 1, 0)

@@ -160,10 +160,23 @@ class LogBook:
     async def verdict(self, key: Key, generation: int, overrun: bool = False) -> Verdict:
         """Verify the partition's log against its anchor (see the module docstring). ``overrun``:
         the consumer's position is past the log's end, so whatever the anchor says, the position is
-        not one of this log's: it is read again from its start."""
+        not one of this log's: it is read again from its start.
+
+        The partition counts as verified only once a verdict is reached: a probe that fails (the
+        broker away, restarting) raises :class:`LogProbeError` and leaves it to be checked again, or
+        its next records would pass unchecked, the new log's among them."""
         if self._verified.get(key) != generation:
             self._anchored.discard(key)  # a new assignment anchors anew; a quiet spell's check does not
+        try:
+            verdict = await self._judge(key, generation, overrun)
+        except LogProbeError:
+            raise
+        except Exception as exc:  # the broker or ClickHouse not answering: no verdict yet
+            raise LogProbeError(f"{key[0]}/{key[1]}: no verdict: {type(exc).__name__}: {exc}") from exc
         self._verified[key] = generation
+        return verdict
+
+    async def _judge(self, key: Key, generation: int, overrun: bool) -> Verdict:
         found = self._unanchored.get(key)
         if found is not None:  # a new log found before, nothing of it read yet
             if found == generation and not overrun:
