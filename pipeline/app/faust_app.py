@@ -74,6 +74,23 @@ class KeepQueuedOnResume(FlowControlEvent):
         self._resume.set()
 
 
+def app_options(settings: Settings) -> dict[str, Any]:
+    """What every cem Faust app (the worker's, ``cem trainer``'s) is configured with alike."""
+    return dict(
+        monitor=QuietMonitor(),
+        broker=f"kafka://{settings.kafka_bootstrap}",
+        broker_credentials=faust_credentials(settings),
+        store="memory://",
+        web_enabled=False,
+        producer_acks=-1,
+        broker_commit_interval=settings.commit_interval_s,
+        broker_session_timeout=settings.session_timeout_s,
+        broker_rebalance_timeout=settings.rebalance_timeout_s,
+        broker_heartbeat_interval=settings.heartbeat_interval_s,
+        consumer_auto_offset_reset="earliest",
+    )
+
+
 def create_app(settings: Settings, metrics: Metrics | None = None) -> tuple[faust.App, TouchpointWorker]:
     """The Faust app and its worker runtime, wired together (uvloop, if wanted, is installed before)."""
     if settings.trainer not in ("worker", "process"):
@@ -83,26 +100,16 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> tuple[faus
         settings.app_id,
         batch_topics=(TOPIC_TOUCHPOINTS, TOPIC_IDENTITY),
         fetch_max_wait_ms=settings.fetch_max_wait_ms,
-        monitor=QuietMonitor(),
-        broker=f"kafka://{settings.kafka_bootstrap}",
-        broker_credentials=faust_credentials(settings),
-        store="memory://",
         datadir=str(Path(settings.data_dir) / "faust"),  # not Faust's default ./<app_id>-data in the cwd
         topic_partitions=settings.partitions,
-        web_enabled=False,
-        producer_acks=-1,
         producer_linger=0.005,
         broker_commit_every=None,
-        broker_commit_interval=settings.commit_interval_s,
         broker_max_poll_records=settings.take_max,
         stream_buffer_maxsize=8192,
         stream_wait_empty=False,
-        broker_session_timeout=settings.session_timeout_s,
-        broker_rebalance_timeout=settings.rebalance_timeout_s,
-        broker_heartbeat_interval=settings.heartbeat_interval_s,
         consumer_group_instance_id=settings.group_instance_id or None,
         table_cleanup_interval=3600.0,
-        consumer_auto_offset_reset="earliest",
+        **app_options(settings),
     )
     app.flow_control = KeepQueuedOnResume(loop=app.loop)  # before any stream or channel is created
     touchpoints = app.topic(  # and identity stitching's records between partitions, co-partitioned

@@ -20,8 +20,8 @@ from typing import Any
 
 import faust
 
-from pipeline.app.faust_app import QuietMonitor
-from pipeline.app.kafka_security import client_options, faust_credentials
+from pipeline.app.faust_app import app_options
+from pipeline.app.kafka_security import client_options
 from pipeline.app.metrics import KafkaObserver, Metrics
 from pipeline.app.models import ModelFeed, TrainerRuntime
 from pipeline.app.rows import storage_rejected
@@ -74,21 +74,8 @@ class TrainerProcess:
 
 def create_trainer_app(settings: Settings, metrics: Metrics | None = None) -> tuple[faust.App, TrainerProcess]:
     metrics = metrics or Metrics()
-    app = faust.App(
-        f"{settings.app_id}-trainer",
-        monitor=QuietMonitor(),
-        broker=f"kafka://{settings.kafka_bootstrap}",
-        broker_credentials=faust_credentials(settings),
-        store="memory://",
-        datadir=str(Path(settings.data_dir) / "faust-trainer"),
-        web_enabled=False,
-        producer_acks=-1,
-        broker_commit_interval=settings.commit_interval_s,
-        broker_session_timeout=settings.session_timeout_s,
-        broker_rebalance_timeout=settings.rebalance_timeout_s,
-        broker_heartbeat_interval=settings.heartbeat_interval_s,
-        consumer_auto_offset_reset="earliest",
-    )
+    app = faust.App(f"{settings.app_id}-trainer", datadir=str(Path(settings.data_dir) / "faust-trainer"),
+                    **app_options(settings))
     trainer = TrainerProcess(settings, metrics)
     training = app.topic(TOPIC_TRAINING, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
                          partitions=1)

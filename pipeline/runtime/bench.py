@@ -94,40 +94,41 @@ def run_bench(events: int, customers: int, partitions: int, seed: int, data_dir:
 
 
 def _run_workers(settings: Settings, directory: Path, workers: int, expected: int) -> list[dict]:
-    """Run the workers (and, for more than one, the engine they share) until they have committed
-    ``expected`` records between them; returns their last statuses."""
-    timeout_s = max(120.0, expected / 500)
-    if workers == 1 and settings.trainer == "worker":
-        worker = WorkerProcess(settings, directory / "worker.log")
-        try:
-            worker.start()
-            return [worker.wait_until(lambda st: _progress([st], expected), timeout_s, "the worker did not finish", 0.5)]
-        finally:
-            worker.stop()
-    engine = EngineProcess(settings, directory / "engine.sock", directory / "engine.log").start()
-    shared = engine.worker_settings(settings)
+    """Run the workers until they have committed ``expected`` records between them; returns their
+    last statuses. One worker with its trainer holds the engine itself; more workers, or a trainer
+    of its own, share the engine through ``cem engine``."""
+    engine = None
+    if workers > 1 or settings.trainer == "process":
+        engine = EngineProcess(settings, directory / "engine.sock", directory / "engine.log").start()
+
     def process(name: str, command: str = "worker") -> WorkerProcess:
-        own = shared.replace(data_dir=str(directory / name), metrics_port=free_port(), web_port=free_port())
+        if engine is None:
+            return WorkerProcess(settings, directory / f"{name}.log", command)
+        own = engine.worker_settings(settings).replace(data_dir=str(directory / name), metrics_port=free_port(),
+                                                       web_port=free_port())
         Path(own.data_dir).mkdir(parents=True, exist_ok=True)
         return WorkerProcess(own, directory / f"{name}.log", command)
 
-    processes = [process(f"worker-{i}") for i in range(workers)]
+    processes = [process("worker")] if workers == 1 else [process(f"worker-{i}") for i in range(workers)]
     helpers = [process("trainer", "trainer")] if settings.trainer == "process" else []
     try:
         for worker in processes + helpers:
             worker.launch()  # all at once: one group from the start, not a rebalance mid-run
         for worker in processes + helpers:
             worker.wait_until(lambda st: st.get("started"), 60.0, f"the {worker.command} did not start")
-        deadline = time.monotonic() + timeout_s
-        while not _progress(statuses := [w.status() for w in processes], expected):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the workers did not finish within {timeout_s:.0f}s")
-            time.sleep(0.5)
+        statuses: list[dict] = []
+
+        def finished(_: dict) -> bool:
+            statuses[:] = [w.status() for w in processes]
+            return _progress(statuses, expected)
+
+        processes[0].wait_until(finished, max(120.0, expected / 500), "the workers did not finish", 0.5)
         return statuses
     finally:
         for worker in processes + helpers:
             worker.stop()
-        engine.stop()
+        if engine is not None:
+            engine.stop()
 
 
 def _progress(statuses: list[dict], total: int) -> bool:
