@@ -156,6 +156,10 @@ def test_a_trainer_of_its_own_trains_the_models_the_workers_score_with(broker, e
         stored = Stored(engine_url(engine.socket_path))
         wait_for(lambda: [r[0] for r in stored.query(quality)] == [MODEL_CHURN, MODEL_SENTIMENT],
                  "no model_metrics rows from the trainer", 30)
+        # A SIGTERM stops it gracefully (its checkpoint written, its records acked), not after the
+        # stop's timeout by SIGKILL: holding records unacked until a checkpoint, it must not wait
+        # for their acks before it checkpoints.
+        assert trainer.stop(timeout_s=20) == 0
     finally:
         for process in started:
             process.kill()

@@ -88,6 +88,9 @@ def app_options(settings: Settings) -> dict[str, Any]:
         broker_rebalance_timeout=settings.rebalance_timeout_s,
         broker_heartbeat_interval=settings.heartbeat_interval_s,
         consumer_auto_offset_reset="earliest",
+        # Records are acked once what they made is durable (a commit, a trainer checkpoint), which a
+        # stop or a revocation brings about itself: waiting for the acks first would wait for ever.
+        stream_wait_empty=False,
     )
 
 
@@ -106,7 +109,6 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> tuple[faus
         broker_commit_every=None,
         broker_max_poll_records=settings.take_max,
         stream_buffer_maxsize=8192,
-        stream_wait_empty=False,
         consumer_group_instance_id=settings.group_instance_id or None,
         table_cleanup_interval=3600.0,
         **app_options(settings),
