@@ -116,6 +116,11 @@ class Settings:
     def embedded_clickhouse(self) -> bool:
         return self.clickhouse_url.startswith("chdb://")
 
+    @property
+    def shared_engine(self) -> bool:
+        """Whether the engine is another process's (``cem engine``), shared by this machine's workers."""
+        return self.clickhouse_url.startswith("engine://")
+
     def clickhouse_path(self) -> Path:
         """The chDB data directory for an embedded URL."""
         return Path(self.clickhouse_url.removeprefix("chdb://")).resolve()

@@ -4,7 +4,8 @@ chDB runs the real engine in-process, and one process only may open an engine di
 several workers on one machine against the embedded engine, one process (``cem engine``) opens it
 and serves the few statements a :class:`~sinks.clickhouse.Connection` makes (``query``, ``rows``,
 ``command``, ``insert``) to :class:`EngineConnection` clients, one statement at a time, exactly as
-they would run in-process. Each worker keeps its own sink, marks and deduplication tokens, as
+they would run in-process; and the read side (``read``: ``cem query``, ``/query``, the 360° view)
+through the read-only session the engine process was given, never the writers'. Each worker keeps its own sink, marks and deduplication tokens, as
 replicas of the worker do against a ClickHouse server in production: the engine adds nothing to
 the exactness protocol and takes nothing from it.
 
@@ -52,6 +53,24 @@ def engine_url(socket_path: Path) -> str:
     return f"{SCHEME}{socket_path}"
 
 
+def engine_socket(data_dir: Path) -> Path:
+    """Where the shared engine of a data directory listens (its chDB directory beside it)."""
+    return data_dir / "engine.sock"
+
+
+def serving(data_dir: Path) -> EngineConnection | None:
+    """A connection to the engine serving ``data_dir``, if one is listening there."""
+    path = engine_socket(data_dir)
+    if not path.is_socket():
+        return None
+    connection = EngineConnection(engine_url(path))
+    try:
+        connection.rows("SELECT 1")
+    except (ConnectionError, FileNotFoundError):  # a socket left by an engine that is gone
+        return None
+    return connection
+
+
 def socket_of(url: str) -> Path:
     return Path(url.removeprefix(SCHEME))
 
@@ -63,12 +82,14 @@ def _key_of(socket_path: Path) -> Path:
 class EngineServer:
     """Serves one engine connection (a ``chdb://`` :class:`~sinks.clickhouse.Connection`) on a Unix socket."""
 
-    def __init__(self, connection: Any, socket_path: Path):
+    def __init__(self, connection: Any, socket_path: Path,
+                 read: Callable[[str], tuple[list[str], list[tuple]]] | None = None):
         self._connection = connection
         self._socket = socket_path
         self._listener: Listener | None = None
         self._ops: dict[str, Callable[..., Any]] = {
             "query": self._query, "command": connection.command, "insert": connection.insert,
+            "read": read or self._no_reads,
         }
 
     def start(self) -> None:
@@ -124,6 +145,10 @@ class EngineServer:
         result = self._connection.query(sql, settings, **kwargs)
         return Rows(tuple(result.column_names), list(result.result_rows))
 
+    @staticmethod
+    def _no_reads(sql: str) -> tuple[list[str], list[tuple]]:
+        raise NotImplementedError("this engine serves no read side")
+
 
 class EngineConnection(Connection):
     """A :class:`~sinks.clickhouse.Connection` whose statements run in the engine process."""
@@ -161,8 +186,14 @@ class EngineConnection(Connection):
                settings: dict[str, Any]) -> None:
         self._call("insert", table, [list(c) for c in columns], list(column_names), settings)
 
+    def read(self, sql: str) -> tuple[list[str], list[tuple]]:
+        """``sql`` through the engine's read side (checked there: only reads of cem's tables);
+        a refusal is the engine's :class:`~pipeline.views.reads.QueryRefused`."""
+        columns, rows = self._call("read", sql)
+        return columns, rows
+
     def sibling(self) -> Any:
-        raise NotImplementedError("workers of a shared engine serve no read side of their own")
+        raise NotImplementedError("a worker of a shared engine reads through read(), on the engine's read-only session")
 
 
 def wait_for(url: str, timeout_s: float) -> bool:

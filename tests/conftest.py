@@ -7,6 +7,7 @@ it through the worker's ``/query`` endpoint (or ``cem query`` after the worker s
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -104,3 +105,21 @@ def expected_kpis(events: list[dict]) -> dict[str, dict[str, float]]:
     """What :func:`kpi_by_channel` must return for ``events``."""
     truth = kpi_totals(events)
     return {ch: {c: round(float(cols[c]), 2) for c in KPI_COLUMNS} for ch, cols in truth.items()}
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children start sessions of their own, so a group kill misses them)."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            parents.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        children = parents.get(todo.pop(), [])
+        found += children
+        todo += children
+    return found

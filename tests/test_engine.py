@@ -16,6 +16,8 @@ from conftest import PARTITIONS, expected_kpis, kpi_by_channel, now_ms, run, wor
 
 from pipeline.runtime.embedded import EngineProcess, WorkerProcess, publish
 from pipeline.views.client import total
+from pipeline.views.query import run_query
+from pipeline.views.reads import QueryRefused
 from processors.synthetic import JourneyGenerator
 from sinks.clickhouse import connect, is_data_error
 from sinks.engine import engine_url
@@ -98,6 +100,23 @@ def test_the_engine_answers_as_the_engine_would_in_process(engine):
     with pytest.raises(DatabaseError) as refused:
         connection.command("SELECT throwIf(1, 'refused')")
     assert "refused" in str(refused.value)
+
+
+def test_reads_of_a_shared_engine_see_cem_s_tables_and_nothing_else(broker, engine, tmp_path):
+    """Property: ``cem query`` on the directory of a running shared engine reads through the engine
+    (which holds chDB: opening it would fail), on its read-only session: cem's tables are served,
+    the host, the engine's system tables and every write are refused, and the workers' session
+    still writes after the reads."""
+    settings = worker_settings(broker, tmp_path)
+    assert run_query(settings, "SELECT count() FROM cem.touchpoints_enriched") == (["count()"], [[0]])
+    for sql in ("SELECT * FROM system.tables", "SELECT file('/etc/hostname')", "DROP TABLE cem.dead_letters",
+                "INSERT INTO cem.dead_letters SELECT * FROM cem.dead_letters", "SELECT 1; DROP TABLE cem.kpi_minute"):
+        with pytest.raises(QueryRefused):
+            run_query(settings, sql)
+    writer = connect(engine_url(engine.socket_path))
+    writer.command("CREATE TABLE IF NOT EXISTS cem.engine_writes (n UInt8) ENGINE = MergeTree ORDER BY n")
+    writer.insert("cem.engine_writes", [[7]], ["n"], {})
+    assert writer.rows("SELECT n FROM cem.engine_writes") == [(7,)]
 
 
 def test_the_engine_is_for_the_directory_s_owner_only(engine):

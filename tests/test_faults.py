@@ -23,7 +23,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import expected_kpis, kpi_by_channel, now_ms, run
+from conftest import descendants, expected_kpis, kpi_by_channel, now_ms, run
 
 from pipeline.runtime.broker import ensure_topics, free_port
 from pipeline.runtime.embedded import publish
@@ -179,24 +179,6 @@ def test_a_restarted_worker_recovers_every_customer_state_its_changelog_holds(br
 
 
 # -- a second `cem run` on the same data directory --------------------------------------------------
-def descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (children start sessions of their own, so a group kill misses them)."""
-    parents: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            parents.setdefault(ppid, []).append(int(entry))
-    found, todo = [], [pid]
-    while todo:
-        children = parents.get(todo.pop(), [])
-        found += children
-        todo += children
-    return found
-
-
 def cem(*args: str, env: dict) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True, env=env,
                           timeout=240, cwd=ROOT)
@@ -219,7 +201,10 @@ def test_a_second_cem_run_on_the_same_data_directory_stores_every_event(tmp_path
     web_port = free_port()
     env = dict(os.environ, CEM_WEB_PORT=str(web_port), CEM_METRICS_PORT=str(free_port()),
                CEM_SESSION_TIMEOUT_S="6", CEM_REBALANCE_TIMEOUT_S="2", CEM_SINK_FLUSH_INTERVAL_S="0.25")
-    common = ["--data-dir", str(tmp_path), "--broker-port", str(free_port()), "--customers", "300", "--rate", "1500"]
+    # Two workers, the trainer and the engine, whatever the machine's cores: every process of the run
+    # is killed, and the second run recovers from all of them.
+    common = ["--data-dir", str(tmp_path), "--broker-port", str(free_port()), "--customers", "300", "--rate", "1500",
+              "--workers", "2"]
     first = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", *common], env=env, cwd=ROOT,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120

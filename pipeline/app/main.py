@@ -7,7 +7,8 @@ import gc
 import logging
 import os
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any, TypeVar
 
 from prometheus_client import start_http_server
@@ -81,8 +82,7 @@ def run_worker(settings: Settings) -> None:
             "rss_mb": _rss_mb(),
         }
 
-    # /query only for the embedded engine (which nobody else can open); a server has its own SQL door.
-    query = ReadOnlyQueries(worker.connection.sibling(), settings.clickhouse_database).run if settings.embedded_clickhouse else None
+    query = _read_side(settings, worker.connection)
     pseudonymize = pseudonymizer_from_settings(settings.pseudonymize, settings.pseudonym_key)
 
     def customer(customer_id: str) -> dict:
@@ -93,12 +93,26 @@ def run_worker(settings: Settings) -> None:
 
     start_status_server(settings.web_port, status, query, host=settings.web_host, token=settings.web_token,
                         health=worker.health.live, ready=worker.health.ready, customer=customer if query else None)
-    write_run_file(settings)
+    if settings.embedded_clickhouse:  # it holds the engine: reads of the directory come here
+        write_run_file(Path(settings.data_dir), os.getpid(), settings)
     Watchdog(worker.health, exit_after_s=max(5.0, settings.stall_timeout_s / 4)).start()
     from faust.worker import Worker
 
     tune_gc()
     Worker(app, loglevel=FAUST_LOG_LEVELS.get(settings.log_level, "warn"), quiet=True).execute_from_commandline()
+
+
+def _read_side(settings: Settings, connection: Any) -> Callable[[str], tuple[list[str], list[tuple]]] | None:
+    """What ``/query`` runs: only for an embedded engine, which nobody else can open (a server has
+    its own SQL door). A shared engine checks and runs reads itself, on its read-only session; the
+    worker asks on a socket of its own, so a read never waits behind the worker's inserts."""
+    if settings.embedded_clickhouse:
+        return ReadOnlyQueries(connection.sibling(), settings.clickhouse_database).run
+    if settings.shared_engine:
+        from sinks.engine import EngineConnection
+
+        return EngineConnection(settings.clickhouse_url).read
+    return None
 
 
 def run_trainer(settings: Settings) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -57,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--broker-port", type=int, default=9092)
     run.add_argument("--partitions", type=int, default=None)
+    run.add_argument("--workers", type=int, default=None,
+                     help="worker processes (default: one per core, at most one per partition)")
+    run.add_argument("--trainer", choices=("worker", "process"), default="process",
+                     help="where the model trainer runs: a process of its own (default) or inside a worker")
     run.set_defaults(handler=_run)
 
     worker = sub.add_parser("worker", help="the Faust worker (production), configured by CEM_* variables")
@@ -175,7 +180,10 @@ def _engine(args: argparse.Namespace) -> int:
         ClickHouseSink(connection, settings.clickhouse_database).create_schema()
     except SchemaMismatch as exc:
         raise CliError(str(exc)) from None
-    server = EngineServer(connection, Path(args.socket).resolve())
+    from pipeline.views.reads import ReadOnlyQueries
+
+    reads = ReadOnlyQueries(connection.sibling(), settings.clickhouse_database)
+    server = EngineServer(connection, Path(args.socket).resolve(), read=reads.run)
     server.start()
     try:
         server.serve_forever()
@@ -209,8 +217,11 @@ def _migrate(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from pipeline.runtime.run import run_embedded
 
-    settings = _settings(data_dir=args.data_dir, partitions=args.partitions)
-    summary = run_embedded(settings, args.duration, args.rate, args.customers, args.seed, args.broker_port)
+    settings = _settings(data_dir=args.data_dir, partitions=args.partitions, trainer=args.trainer)
+    workers = args.workers or min(os.cpu_count() or 1, settings.partitions)
+    if not 1 <= workers <= settings.partitions:
+        raise CliError(f"--workers must be from 1 to the partitions ({settings.partitions})")
+    summary = run_embedded(settings, args.duration, args.rate, args.customers, args.seed, args.broker_port, workers)
     print(json.dumps(summary))
     return 0
 
@@ -307,16 +318,16 @@ def _query(args: argparse.Namespace) -> int:
 
 
 def _customer(args: argparse.Namespace) -> int:
-    from pipeline.views.client import fetch_customer, running_worker_url
+    from pipeline.views.client import fetch_held_customer, running_worker
     from pipeline.views.customer import customer_view, render_view
     from pipeline.views.query import run_query
     from processors.pseudonym import from_settings
 
     settings = _query_settings(args)
     try:
-        worker = running_worker_url(settings.clickhouse_path().parent) if settings.embedded_clickhouse else None
-        if worker is not None:  # it holds the engine, and the states the churn drivers come from
-            view = fetch_customer(worker, args.customer_id)
+        run = running_worker(settings.clickhouse_path().parent) if settings.embedded_clickhouse else None
+        if run is not None:  # its workers answer for the engine, and hold the states the churn drivers come from
+            view = fetch_held_customer(run, args.customer_id)
         else:
             pseudonymize = from_settings(settings.pseudonymize, settings.pseudonym_key)
             view = customer_view(lambda sql: run_query(settings, sql), args.customer_id,

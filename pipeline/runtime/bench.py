@@ -26,7 +26,7 @@ from aiokafka import AIOKafkaConsumer
 
 from pipeline.app.kafka_security import client_options
 from pipeline.runtime.broker import EmbeddedBroker, ensure_topics, free_port
-from pipeline.runtime.embedded import EngineProcess, WorkerProcess, publish
+from pipeline.runtime.embedded import WorkerGroup, publish
 from pipeline.runtime.run import embedded_settings
 from pipeline.runtime.stages import planner_cost, stage_costs
 from pipeline.settings import Settings
@@ -94,45 +94,19 @@ def run_bench(events: int, customers: int, partitions: int, seed: int, data_dir:
 
 
 def _run_workers(settings: Settings, directory: Path, workers: int, expected: int) -> list[dict]:
-    """Run the workers until they have committed ``expected`` records between them; returns their
-    last statuses. One worker with its trainer holds the engine itself; more workers, or a trainer
-    of its own, share the engine through ``cem engine``."""
-    engine = None
-    if workers > 1 or settings.trainer == "process":
-        engine = EngineProcess(settings, directory / "engine.sock", directory / "engine.log").start()
-
-    def process(name: str, command: str = "worker") -> WorkerProcess:
-        if engine is None:
-            return WorkerProcess(settings, directory / f"{name}.log", command)
-        own = engine.worker_settings(settings).replace(data_dir=str(directory / name), metrics_port=free_port(),
-                                                       web_port=free_port())
-        Path(own.data_dir).mkdir(parents=True, exist_ok=True)
-        return WorkerProcess(own, directory / f"{name}.log", command)
-
-    processes = [process("worker")] if workers == 1 else [process(f"worker-{i}") for i in range(workers)]
-    helpers = [process("trainer", "trainer")] if settings.trainer == "process" else []
+    """Run the workers (:class:`~pipeline.runtime.embedded.WorkerGroup`) until they have committed
+    ``expected`` records between them; returns their last statuses."""
+    group = WorkerGroup(settings, directory, workers, lambda _: (free_port(), free_port()))
     try:
-        for worker in processes + helpers:
-            worker.launch()  # all at once: one group from the start, not a rebalance mid-run
-        for worker in processes + helpers:
-            worker.wait_until(lambda st: st.get("started"), 60.0, f"the {worker.command} did not start")
-        statuses: list[dict] = []
-
-        def finished(_: dict) -> bool:
-            statuses[:] = [w.status() for w in processes]
-            return _progress(statuses, expected)
-
-        processes[0].wait_until(finished, max(120.0, expected / 500), "the workers did not finish", 0.5)
-        return statuses
+        group.start()
+        group.wait_until(lambda st: _progress(st, expected), max(120.0, expected / 500), "the workers did not finish", 0.5)
+        return group.statuses()
     finally:
-        for worker in processes + helpers:
-            worker.stop()
-        if engine is not None:
-            engine.stop()
+        group.stop()
 
 
-def _progress(statuses: list[dict], total: int) -> bool:
-    done = sum(st.get("committed_records", 0) for st in statuses)
+def _progress(status: dict, total: int) -> bool:
+    done = status.get("committed_records", 0)
     print(f"\r  committed {done:>9,} / {total:,}", end="", file=sys.stderr, flush=True)
     return done >= total
 

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.error
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,44 +21,30 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from pipeline.app import kafka_security
-from pipeline.runtime.processes import spawn, stop
+from pipeline.runtime.processes import spawn, stop, stop_all
 from pipeline.settings import Settings
-from pipeline.views.client import WorkerError, fetch_status, in_transit, query_worker, received, total
+from pipeline.views.client import WorkerError, fetch_status, in_transit, query_worker, received, total, write_run_file
 from schemas.codec import AvroCodec
 from schemas.contract import TOPIC_CUSTOMERS, TOPIC_TOUCHPOINTS, record_key
+from sinks.engine import engine_socket
 
 
-class WorkerProcess:
-    """A ``cem worker`` child process and its HTTP status/query endpoint."""
-
-    def __init__(self, settings: Settings, log_path: Path | None = None, command: str = "worker"):
-        self.settings = settings
-        self.log_path = log_path
-        self.command = command  # or "trainer": the same status endpoint, the same waits
-        self.process: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.settings.web_port}"
-
-    def start(self, timeout_s: float = 60.0) -> WorkerProcess:
-        self.launch()
-        self.wait_until(lambda st: st.get("started"), timeout_s, "the worker did not start consuming")
-        return self
-
-    def launch(self) -> None:
-        """Start the process, without waiting for it (``start`` waits)."""
-        env = dict(os.environ, **self.settings.to_env())
-        self.process = spawn([sys.executable, "-m", "pipeline.cli", self.command], self.log_path, env)
+class _Watched:
+    """Waits on a ``/status``: of one process (:class:`WorkerProcess`) or a group's, merged
+    (:class:`WorkerGroup`)."""
 
     def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        raise NotImplementedError
 
     def status(self) -> dict:
-        return fetch_status(self.url)
+        raise NotImplementedError
 
-    def query(self, sql: str) -> list[list[Any]]:
-        return query_worker(self.url, sql)[1]
+    def _exited(self) -> str:
+        """Which process exited, with its code and log tail (when not :meth:`alive`)."""
+        raise NotImplementedError
+
+    def _log_tail(self) -> str:
+        return ""
 
     def wait_until(self, predicate: Any, timeout_s: float, what: str, interval_s: float = 0.1) -> dict:
         """Poll /status until ``predicate(status)`` holds; raises with the log tail otherwise."""
@@ -66,8 +52,7 @@ class WorkerProcess:
         status: dict | None = None
         while True:
             if not self.alive():
-                assert self.process is not None, "start() the worker first"
-                raise WorkerError(f"{what}: the worker exited with code {self.process.returncode}{self._log_tail()}")
+                raise WorkerError(f"{what}: {self._exited()}")
             try:
                 status = self.status()
                 if predicate(status):
@@ -82,8 +67,8 @@ class WorkerProcess:
             time.sleep(interval_s)
 
     def wait_drained(self, expected_in: int, timeout_s: float = 60.0) -> dict:
-        """Wait until the worker has read ``expected_in`` records and made all of them durable, and
-        has then read nothing more for :data:`QUIET_S`: a record read again (a log's verdict after a
+        """Wait until the workers have read ``expected_in`` records and made all of them durable, and
+        have then read nothing more for :data:`QUIET_S`: a record read again (a log's verdict after a
         restart) counts towards ``expected_in`` too, so only quiet says nothing is left on its way."""
         quiet: dict[str, float] = {}
 
@@ -96,7 +81,43 @@ class WorkerProcess:
                 return False
             return time.monotonic() - quiet["since"] >= QUIET_S
 
-        return self.wait_until(drained, timeout_s, f"the worker did not drain {expected_in} records")
+        return self.wait_until(drained, timeout_s, f"the workers did not drain {expected_in} records")
+
+
+class WorkerProcess(_Watched):
+    """A ``cem worker`` child process and its HTTP status/query endpoint."""
+
+    def __init__(self, settings: Settings, log_path: Path | None = None, command: str = "worker"):
+        self.settings = settings
+        self.log_path = log_path
+        self.command = command  # or "trainer": the same status endpoint, the same waits
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.web_port}"
+
+    def start(self, timeout_s: float = 60.0) -> WorkerProcess:
+        self.launch()
+        self.wait_started(timeout_s)
+        return self
+
+    def launch(self) -> None:
+        """Start the process, without waiting for it (``start`` waits)."""
+        env = dict(os.environ, **self.settings.to_env())
+        self.process = spawn([sys.executable, "-m", "pipeline.cli", self.command], self.log_path, env)
+
+    def wait_started(self, timeout_s: float = 60.0) -> None:
+        self.wait_until(lambda st: st.get("started"), timeout_s, f"the {self.command} did not start consuming")
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def status(self) -> dict:
+        return fetch_status(self.url)
+
+    def query(self, sql: str) -> list[list[Any]]:
+        return query_worker(self.url, sql)[1]
 
     def stop(self, timeout_s: float = 30.0) -> int:
         """Graceful stop: SIGTERM makes the worker flush its sinks and commit."""
@@ -106,9 +127,13 @@ class WorkerProcess:
         """SIGKILL: no flush, no commit (the crash the sinks are built to survive)."""
         stop(self.process, 0, signal.SIGKILL)
 
+    def _exited(self) -> str:
+        assert self.process is not None, "start() the worker first"
+        return f"the {self.command} exited with code {self.process.returncode}{self._log_tail()}"
+
     def _log_tail(self) -> str:
         if self.log_path and self.log_path.exists():
-            return "\n--- worker log (tail) ---\n" + self.log_path.read_text(errors="replace")[-3000:]
+            return f"\n--- {self.command} log (tail) ---\n" + self.log_path.read_text(errors="replace")[-3000:]
         return ""
 
 
@@ -143,6 +168,133 @@ class EngineProcess:
 
     def stop(self, timeout_s: float = 10.0) -> int:
         return stop(self.process, timeout_s)
+
+
+class WorkerGroup(_Watched):
+    """The workers of one machine, in one consumer group, with the trainer and the engine they share
+    (``cem run --workers N``, ``cem bench --workers N``).
+
+    One worker that trains in its own loop holds the engine itself, as ``cem worker`` does alone.
+    With more workers, or the trainer in a process of its own (``settings.trainer == "process"``),
+    ``cem engine`` holds it and serves them all on ``directory/engine.sock``, and each process keeps
+    a data directory of its own (Faust's) under ``directory``. ``ports(i)`` gives process ``i`` its
+    (web, metrics) ports: the workers are 0 to N-1, the trainer N.
+
+    :meth:`status` is the group's (:func:`merged`), so the waits of one worker serve the group."""
+
+    def __init__(self, settings: Settings, directory: Path, workers: int, ports: Callable[[int], tuple[int, int]]):
+        self.directory = directory
+        self.engine: EngineProcess | None = None
+        if workers > 1 or settings.trainer == "process":
+            self.engine = EngineProcess(settings, engine_socket(directory), directory / "engine.log")
+            settings = self.engine.worker_settings(settings)
+        shared = self.engine is not None
+
+        def process(i: int, name: str, command: str = "worker") -> WorkerProcess:
+            web, metrics = ports(i)
+            own = settings.replace(web_port=web, metrics_port=metrics,
+                                   data_dir=str(directory / name) if shared else None)
+            return WorkerProcess(own, directory / f"{name}.log", command)
+
+        names = ["worker"] if workers == 1 else [f"worker-{i}" for i in range(workers)]
+        self.workers = [process(i, name) for i, name in enumerate(names)]
+        self.trainer = process(workers, "trainer", "trainer") if settings.trainer == "process" else None
+
+    @property
+    def processes(self) -> list[WorkerProcess]:
+        return self.workers + ([self.trainer] if self.trainer else [])
+
+    @property
+    def url(self) -> str:
+        return self.workers[0].url
+
+    def start(self, timeout_s: float = 60.0) -> WorkerGroup:
+        """The engine first, then every process at once (one consumer group from the start, not a
+        rebalance per worker joining); returns once each is consuming. The caller stops the group
+        whatever happens, so that a process that failed to start is not left running."""
+        if self.engine is not None:
+            self.engine.start(timeout_s)
+        for process in self.processes:
+            Path(process.settings.data_dir).mkdir(parents=True, exist_ok=True)
+            process.launch()
+        for process in self.processes:
+            process.wait_started(timeout_s)
+        if self.engine is not None:  # the workers' own directories hold no run file: say who answers
+            write_run_file(self.directory, self.workers[0].process.pid if self.workers[0].process else 0,
+                           self.workers[0].settings, [w.url for w in self.workers])
+        return self
+
+    def statuses(self) -> list[dict]:
+        return [worker.status() for worker in self.workers]
+
+    def status(self) -> dict:
+        return merged(self.statuses())
+
+    def alive(self) -> bool:
+        engine = self.engine is None or (self.engine.process is not None and self.engine.process.poll() is None)
+        return engine and all(process.alive() for process in self.processes)
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """The workers and the trainer together (they flush into the engine), then the engine."""
+        stop_all([process.process for process in self.processes], timeout_s)
+        if self.engine is not None:
+            self.engine.stop()
+
+    def _exited(self) -> str:
+        for process in self.processes:
+            if not process.alive():
+                return process._exited()
+        return f"the engine exited{self._engine_log()}"
+
+    def _log_tail(self) -> str:
+        return self.workers[0]._log_tail()
+
+    def _engine_log(self) -> str:
+        log_path = self.engine.log_path if self.engine else None
+        if log_path and log_path.exists():
+            return "\n--- engine log (tail) ---\n" + log_path.read_text(errors="replace")[-3000:]
+        return ""
+
+
+def merged(statuses: Sequence[dict]) -> dict:
+    """One ``/status`` for several workers: the counters and row counts summed, each latency
+    percentile the highest worker's (an upper bound: percentiles do not add), the first receipt the
+    earliest, the last commit the latest, started when all are.
+
+    >>> a = {"totals": {"touchpoints_received": {"": 3}}, "pending_rows": 1, "committed_records": 3,
+    ...      "latency_committed": {"p50_ms": 5.0, "p99_ms": 9.0, "samples": 3}, "started": 1.0,
+    ...      "first_received": 10.0, "last_committed": 12.0}
+    >>> b = {"totals": {"touchpoints_received": {"": 2}}, "pending_rows": 0, "committed_records": 1,
+    ...      "latency_committed": {"p50_ms": 7.0, "p99_ms": 8.0, "samples": 1}, "started": 2.0,
+    ...      "first_received": None, "last_committed": 13.0}
+    >>> st = merged([a, b])
+    >>> st["totals"], st["pending_rows"], st["committed_records"], st["latency_committed"]
+    ({'touchpoints_received': {'': 5}}, 1, 4, {'p50_ms': 7.0, 'p99_ms': 9.0, 'samples': 4})
+    >>> st["first_received"], st["last_committed"], st["started"]
+    (10.0, 13.0, 2.0)
+    """
+    group = dict(statuses[0])
+    totals: dict[str, dict[str, float]] = {}
+    for status in statuses:
+        for name, labels in status["totals"].items():
+            into = totals.setdefault(name, {})
+            for label, value in labels.items():
+                into[label] = into.get(label, 0) + value
+    group["totals"] = totals
+    for key in ("pending_rows", "committed_records", "customer_states"):
+        if key in group:
+            group[key] = sum(status.get(key) or 0 for status in statuses)
+    for key in ("latency_committed", "latency_alert"):
+        if key in group:
+            group[key] = {
+                name: sum(st[key][name] for st in statuses) if name == "samples"
+                else max((st[key][name] for st in statuses if st[key][name] is not None), default=None)
+                for name in group[key]
+            }
+    group["first_received"] = min((st["first_received"] for st in statuses if st.get("first_received")), default=None)
+    group["last_committed"] = max((st["last_committed"] for st in statuses if st.get("last_committed")), default=None)
+    group["started"] = None if not all(st.get("started") for st in statuses) else max(st["started"] for st in statuses)
+    return group
 
 
 class TouchpointPublisher:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -20,6 +21,16 @@ def spawn(argv: Sequence[str], log_path: Path | None = None, env: Mapping[str, s
     finally:
         if not isinstance(out, int):  # our log file, not DEVNULL
             out.close()  # the child holds its own descriptor
+
+
+def stop_all(processes: Sequence[subprocess.Popen | None], timeout_s: float) -> list[int]:
+    """:func:`stop` for several processes, each sent SIGTERM first, so that they stop together
+    (the workers of one group: one stopping alone would hand its partitions to the others first)."""
+    for process in processes:
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    return [stop(process, max(0.0, deadline - time.monotonic()), signal.SIGTERM) for process in processes]
 
 
 def stop(process: subprocess.Popen | None, timeout_s: float, sig: int = signal.SIGTERM) -> int:

@@ -1,9 +1,10 @@
 """``cem run``: the embedded default, supervised from this process.
 
-Starts the Tansu broker, creates the topics, starts the worker (``cem worker``, a child process that
-owns chDB), publishes synthetic traffic at ``--rate``, shows progress each second, and on Ctrl-C,
-SIGTERM or after ``--duration`` drains: waits until every published record is committed, stops the worker
-(which flushes), then prints one JSON summary line.
+Starts the Tansu broker, creates the topics, starts the workers (``cem worker``, child processes
+of one consumer group, ``--workers``: by default one per core), the trainer (``cem trainer``) and
+the engine they share (``cem engine``, which owns chDB), publishes synthetic traffic at ``--rate``,
+shows progress each second, and on Ctrl-C, SIGTERM or after ``--duration`` drains: waits until every
+published record is committed, stops the workers (which flush), then prints one JSON summary line.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from typing import Any
 
 from pipeline.app import kafka_security
 from pipeline.runtime.broker import EmbeddedBroker, ensure_topics
-from pipeline.runtime.embedded import TouchpointPublisher, WorkerProcess, publish, publish_profiles
+from pipeline.runtime.embedded import TouchpointPublisher, WorkerGroup, publish, publish_profiles
 from pipeline.settings import Settings
 from pipeline.views.client import received, running_worker_url, total
+from sinks.engine import serving
 
 PROGRESS_EVERY_S = 1.0
 IDENTITY_SHARE = 0.3  # of the generated customers: browse anonymously first, then identify (stitching)
@@ -50,13 +52,16 @@ def pseudonym_key(data_dir: Path) -> str:
 
 
 def run_embedded(
-    settings: Settings, duration_s: float | None, rate: float, customers: int, seed: int, broker_port: int
+    settings: Settings, duration_s: float | None, rate: float, customers: int, seed: int, broker_port: int,
+    workers: int = 1,
 ) -> dict:
+    """Run the embedded stack (``settings.trainer == "process"``: the trainer in a process of its
+    own) with ``workers`` workers until ``duration_s`` or a stop; returns the summary."""
     from pipeline.cli import CliError
 
     data_dir = Path(settings.data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
-    if running_worker_url(data_dir):
+    if running_worker_url(data_dir) or serving(data_dir):
         raise CliError(f"a worker is already running on {data_dir}: stop it or pass another --data-dir")
     settings = embedded_settings(settings, data_dir, broker_port)
     # SIGTERM (a supervisor, `docker stop`, `timeout`) drains and stops like Ctrl-C; by default it
@@ -67,23 +72,32 @@ def run_embedded(
     started = time.monotonic()
     with EmbeddedBroker(broker_port, log_file=data_dir / "broker.log") as broker:
         ensure_topics(broker.bootstrap, settings.partitions, kafka_security.client_options(settings))
-        worker = WorkerProcess(settings, data_dir / "worker.log")
-        _say(f"broker on {broker.bootstrap}; starting the worker (chDB under {data_dir / 'clickhouse'}) ...")
-        try:  # a worker that fails to start is stopped too, not left running on its own
-            worker.start()
-            _say(f"worker up: metrics http://127.0.0.1:{settings.metrics_port}/metrics, status {worker.url}/status")
-            progress = _Progress(worker)
+        # Ports from the configured ones up: worker i answers on web_port + i, the trainer after them.
+        group = WorkerGroup(settings, data_dir, workers,
+                            lambda i: (settings.web_port + i, settings.metrics_port + i))
+        _say(f"broker on {broker.bootstrap}; starting {_layout(group)} (chDB under {data_dir / 'clickhouse'}) ...")
+        try:  # a process that fails to start is stopped too, not left running on its own
+            group.start()
+            for process in group.processes:
+                _say(f"{process.command} up: metrics http://127.0.0.1:{process.settings.metrics_port}/metrics, "
+                     f"status {process.url}/status")
+            progress = _Progress(group)
             try:
                 asyncio.run(_traffic(settings, progress, duration_s, rate, customers, seed))
             except KeyboardInterrupt:
                 _say("\nstopping: draining what was published ...")
             produced = progress.produced
-            final = worker.wait_drained(produced, timeout_s=120)
+            final = group.wait_drained(produced, timeout_s=120)
         finally:
-            worker.stop()
+            group.stop()
     summary = _summary(final, produced, time.monotonic() - started)
     summary["clickhouse_rows"] = _row_counts(settings)
     return summary
+
+
+def _layout(group: WorkerGroup) -> str:
+    workers = f"{len(group.workers)} worker{'s' if len(group.workers) > 1 else ''}"
+    return workers + (", the trainer" if group.trainer else "") + (" and the shared engine" if group.engine else "")
 
 
 async def _traffic(settings: Settings, progress: _Progress, duration_s: float | None, rate: float, customers: int, seed: int) -> None:
@@ -138,7 +152,7 @@ async def publish_at_rate(
 class _Progress:
     """The progress line, and how many touchpoints have been published so far."""
 
-    def __init__(self, worker: WorkerProcess):
+    def __init__(self, worker: WorkerGroup):
         self.worker = worker
         self.produced = 0
         self.began = time.monotonic()

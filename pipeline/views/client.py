@@ -10,6 +10,7 @@ import os
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline.settings import Settings
@@ -72,6 +73,14 @@ def fetch_customer(url: str, customer_id: str, timeout_s: float = 30.0) -> dict:
         raise _refusal(exc) from None
 
 
+def fetch_held_customer(run: dict, customer_id: str) -> dict:
+    """The 360° view from the workers of a run file (:func:`running_worker`): the view of the worker
+    that holds the customer's state, whose view alone has the churn drivers, else the first's."""
+    views = (fetch_customer(url, customer_id) for url in run.get("workers") or [f"http://127.0.0.1:{run['web_port']}"])
+    first = next(views)
+    return first if first.get("churn") is not None else next((v for v in views if v.get("churn") is not None), first)
+
+
 def fetch_status(url: str, timeout_s: float = 5.0) -> dict:
     """A running worker's ``/status``."""
     request = urllib.request.Request(f"{url}/status", headers=_headers())
@@ -103,13 +112,12 @@ def running_worker_url(data_dir: Path) -> str | None:
     return f"http://127.0.0.1:{info['web_port']}" if info else None
 
 
-def write_run_file(settings: Settings) -> None:
-    """Tell `cem query` / `cem top` where this worker answers (embedded default)."""
-    if not settings.embedded_clickhouse:
-        return
-    data_dir = Path(settings.data_dir)
+def write_run_file(data_dir: Path, pid: int, settings: Settings, peers: Sequence[str] = ()) -> None:
+    """Tell ``cem query``, ``cem top`` and ``cem customer`` who answers for ``data_dir``: the worker
+    ``pid`` with ``settings`` (its ports), which serves the read side; ``peers``: the status URLs of
+    every worker of its group, each holding its own partitions' customers (the churn drivers)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     (data_dir / "worker.json").write_text(json.dumps({
-        "pid": os.getpid(), "web_port": settings.web_port, "metrics_port": settings.metrics_port,
-        "clickhouse_url": settings.clickhouse_url,
+        "pid": pid, "web_port": settings.web_port, "metrics_port": settings.metrics_port,
+        "clickhouse_url": settings.clickhouse_url, "workers": list(peers),
     }))

@@ -13,7 +13,13 @@ from pipeline.views.client import query_worker, running_worker_url
 
 def run_query(settings: Settings, sql: str) -> tuple[list[str], list[Any]]:
     if settings.embedded_clickhouse:
-        # chDB allows one engine per directory: if a worker holds it, ask the worker.
+        from sinks.engine import serving
+
+        # chDB allows one engine per directory: if `cem engine` or a worker holds it, ask that.
+        engine = serving(settings.clickhouse_path().parent)
+        if engine is not None:
+            columns, rows = engine.read(sql)
+            return columns, [list(row) for row in rows]
         url = running_worker_url(settings.clickhouse_path().parent)
         if url is not None:
             return query_worker(url, sql)
