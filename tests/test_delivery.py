@@ -39,7 +39,7 @@ async def test_the_lag_gauge_never_waits_on_the_consumer_thread() -> None:
 
     from faust.types import TP
 
-    from pipeline.app.faust_app import _update_lag
+    from pipeline.app.faust_app import update_lag
     from pipeline.app.metrics import Metrics
     from schemas.contract import TOPIC_TOUCHPOINTS
 
@@ -61,7 +61,7 @@ async def test_the_lag_gauge_never_waits_on_the_consumer_thread() -> None:
 
     app = mock.Mock(consumer=RejoiningConsumer())
     metrics = Metrics()
-    assert await asyncio.wait_for(_update_lag(app, metrics), 2) is True
+    assert await asyncio.wait_for(update_lag(app, metrics, TOPIC_TOUCHPOINTS), 2) is True
     assert metrics.registry.get_sample_value("cem_consumer_lag", {"topic": TOPIC_TOUCHPOINTS, "partition": "0"}) == 8
 
 

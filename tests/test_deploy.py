@@ -108,12 +108,15 @@ WORKER_ENV = {  # the worker's documented settings, with the compose values that
 }
 METRICS_PORT = 9108
 STATUS_PORT = 6066
-CEM_IMAGE_SERVICES = {"worker", "migrate", "generator"}  # compose services running the cem image
+CEM_IMAGE_SERVICES = {"worker", "trainer", "migrate", "generator"}  # compose services running the cem image
+# Long-running services of the cem image that consume Kafka, serve /healthz and /readyz and are scraped.
+CEM_PROCESSES = {"worker": "worker", "trainer": "trainer"}  # compose service -> its `cem` command
 # Who may hold which secret (compose service -> (required, optional)); every other service gets none.
-# The same policy for Kubernetes: the workers' Secret, the migration Job's Secret.
+# The same policy for Kubernetes: the workers' Secret, the keys the trainer takes of it, the migration Job's Secret.
 SERVICE_SECRETS = {
     "worker": ({"CEM_CLICKHOUSE_PASSWORD", "CEM_WEB_TOKEN"},
                {"CEM_PSEUDONYM_KEY", "CEM_KAFKA_SASL_PASSWORD", "CEM_SCHEMA_REGISTRY_PASSWORD"}),
+    "trainer": ({"CEM_CLICKHOUSE_PASSWORD", "CEM_WEB_TOKEN"}, {"CEM_KAFKA_SASL_PASSWORD"}),
     "migrate": ({"CEM_CLICKHOUSE_PASSWORD"}, set()),
     "clickhouse": ({"CLICKHOUSE_PASSWORD", "CLICKHOUSE_CEM_WRITER_PASSWORD", "CLICKHOUSE_CEM_MIGRATE_PASSWORD",
                     "CLICKHOUSE_GRAFANA_PASSWORD"}, set()),
@@ -384,7 +387,7 @@ def test_compose_matches_schema(compose):
 
 def test_compose_has_the_stack(compose):
     svc = services(compose)
-    assert {"kafka", "kafka-init", "clickhouse", "worker", "generator", "prometheus", "grafana"} <= set(svc)
+    assert {"kafka", "kafka-init", "clickhouse", "worker", "trainer", "generator", "prometheus", "grafana"} <= set(svc)
     assert svc["kafka"]["image"].startswith("apache/kafka:")
     assert svc["clickhouse"]["image"].startswith("clickhouse/clickhouse-server:")
     assert svc["prometheus"]["image"].startswith("prom/prometheus:")
@@ -448,10 +451,11 @@ def test_depends_on_targets_exist_with_sound_conditions(compose):
             # A service in a profile may not be a dependency of a service that always starts.
             if svc[target].get("profiles"):
                 assert service.get("profiles"), f"{name} depends on {target}, which only starts with a profile"
-    worker = svc["worker"]["depends_on"]
-    assert worker["kafka-init"]["condition"] == "service_completed_successfully"
-    assert worker["clickhouse"]["condition"] == "service_healthy"
-    assert worker["migrate"]["condition"] == "service_completed_successfully", "the schema exists before the workers"
+    for name in CEM_PROCESSES:
+        deps = svc[name]["depends_on"]
+        assert deps["kafka-init"]["condition"] == "service_completed_successfully", name
+        assert deps["clickhouse"]["condition"] == "service_healthy", name
+        assert deps["migrate"]["condition"] == "service_completed_successfully", f"{name}: the schema exists first"
     assert svc["migrate"]["depends_on"]["clickhouse"]["condition"] == "service_healthy"
     assert svc["kafka-init"]["depends_on"]["kafka"]["condition"] == "service_healthy"
 
@@ -550,10 +554,12 @@ def test_secrets_reach_only_the_services_that_need_them(compose):
         extra = (active | commented) - required - optional
         assert not extra, f"{name} must not receive {sorted(extra)}"
         assert not optional & active, f"{name}: optional secrets stay commented out: {sorted(optional & active)}"
-    worker_active, worker_commented = service_secret_keys(svc["worker"])
-    worker_all = worker_active | worker_commented
-    assert not worker_all & ADMIN_SECRETS, "the workers must not get the ClickHouse admin or Grafana password"
-    assert not {k for k in worker_all if k.startswith(("CLICKHOUSE_", "GF_"))}, "no other service's secret"
+    for name in CEM_PROCESSES:
+        active, commented = service_secret_keys(svc[name])
+        both = active | commented
+        assert not both & ADMIN_SECRETS, f"{name}: never the ClickHouse admin or Grafana password"
+        assert not {k for k in both if k.startswith(("CLICKHOUSE_", "GF_"))}, f"{name}: no other service's secret"
+    _, worker_commented = service_secret_keys(svc["worker"])
     assert {"CEM_PSEUDONYM_KEY", "CEM_KAFKA_SASL_PASSWORD"} <= worker_commented, \
         "document the optional worker secrets (commented out) in worker.env.example"
     grafana_all = set().union(*service_secret_keys(svc["grafana"]))
@@ -631,6 +637,34 @@ def test_worker_service(compose):
     assert worker["deploy"]["replicas"] <= partitions
     # The health check uses the token-free liveness endpoint.
     check = " ".join(worker["healthcheck"]["test"])
+    assert f"127.0.0.1:{STATUS_PORT}/healthz" in check and "/status" not in check
+    assert env["CEM_TRAINER"] == "process", "the trainer service trains the models, not a worker's event loop"
+
+
+def test_trainer_service(compose):
+    """One `cem trainer` beside the workers, wired like them, configured like them (CEM_TRAINER=process)."""
+    svc = services(compose)
+    trainer, worker = svc["trainer"], svc["worker"]
+    assert trainer["image"] == worker["image"] and trainer.get("build") == worker["build"]
+    assert trainer["command"] == ["trainer"]
+    assert is_long_running(trainer)
+    assert trainer["deploy"]["replicas"] == 1, "exactly one trainer owns the training partition"
+    block = COMPOSE_FILE.read_text().split("\n  trainer:", 1)[1].split("\n  generator:", 1)[0]
+    assert "exactly one" in " ".join(block.lower().split()), "say why the trainer is never scaled"
+    assert "container_name" not in trainer and not trainer.get("ports")
+    assert parse_duration_s(trainer["stop_grace_period"]) >= 30, "time to write its last checkpoint"
+    env, worker_env = env_of(trainer), env_of(worker)
+    assert env["CEM_TRAINER"] == worker_env["CEM_TRAINER"] == "process"
+    for key in ("CEM_KAFKA_BOOTSTRAP", "CEM_KAFKA_SECURITY_PROTOCOL", "CEM_CLICKHOUSE_URL", "CEM_CLICKHOUSE_USER",
+                "CEM_CLICKHOUSE_DATABASE", "CEM_METRICS_HOST", "CEM_METRICS_PORT", "CEM_WEB_HOST", "CEM_WEB_PORT"):
+        assert env[key] == worker_env[key], f"trainer and workers must agree on {key}"
+    assert env["CEM_CLICKHOUSE_MIGRATE"].lower() in FALSE
+    (env_file, required), = env_files_of(trainer)
+    assert env_file == ENV_DIR / "trainer.env" and required
+    settings = read_env_file(example_of(env_file))
+    assert {"CEM_CLICKHOUSE_PASSWORD", "CEM_WEB_TOKEN"} <= set(settings)
+    assert not set(settings) & set(env), "trainer.env repeats what `environment:` overrides anyway"
+    check = " ".join(trainer["healthcheck"]["test"])
     assert f"127.0.0.1:{STATUS_PORT}/healthz" in check and "/status" not in check
 
 
@@ -779,8 +813,8 @@ def test_dockerfile():
     uid = user.split(":")[0]
     assert uid.isdigit() and uid != "0", "USER by number, so runAsNonRoot can verify it"
     assert re.search(rf"useradd [^&]*--uid {uid}\b", " ".join(joined)), f"USER {uid}: no such user is created"
-    for manifest in (K8S / "deployment.yaml", K8S_MIGRATE / "job.yaml"):
-        pod = load_yaml(manifest)["spec"]["template"]["spec"]
+    for manifest in (K8S / "deployment.yaml", K8S_TRAINER, K8S_MIGRATE / "job.yaml"):
+        pod = load_yaml_all(manifest)[0]["spec"]["template"]["spec"]
         assert str(pod["securityContext"]["runAsUser"]) == uid, manifest.name
     # The servers listen beyond loopback in a container (scraping, probes); the code's default is 127.0.0.1.
     env = dockerfile_final_env()
@@ -946,14 +980,16 @@ MIGRATE_PRIVILEGES = {"SELECT", "CREATE DATABASE", "CREATE TABLE", "CREATE VIEW"
 MIGRATE_GRANTS = {"cem.*": MIGRATE_PRIVILEGES, "cem.schema_version": {"INSERT"}}
 
 
-def compose_client_of(compose: dict, user: str) -> tuple[str, str]:
-    """(compose service, variable holding the password) of the client that connects as ClickHouse ``user``."""
+def compose_clients_of(compose: dict, user: str) -> list[tuple[str, str]]:
+    """(compose service, variable holding the password) of each client that connects as ClickHouse ``user``
+    (cem_writer: the workers and the trainer)."""
     if user == "grafana":
         ds = provisioned_datasources()["cem-clickhouse"]
         assert ds["jsonData"]["username"] == "grafana"
-        return "grafana", ds["secureJsonData"]["password"].strip("${}")
-    (name,) = [n for n, svc in services(compose).items() if env_of(svc).get("CEM_CLICKHOUSE_USER") == user]
-    return name, "CEM_CLICKHOUSE_PASSWORD"
+        return [("grafana", ds["secureJsonData"]["password"].strip("${}"))]
+    names = [n for n, svc in services(compose).items() if env_of(svc).get("CEM_CLICKHOUSE_USER") == user]
+    assert names, f"no service connects as {user}"
+    return [(name, "CEM_CLICKHOUSE_PASSWORD") for name in names]
 
 
 def test_clickhouse_users_take_passwords_from_env(compose):
@@ -974,11 +1010,11 @@ def test_clickhouse_users_take_passwords_from_env(compose):
         assert not var.startswith("CEM_"), f"{var}: the server's name for it, not a worker setting"
         server_vars.add(var)
         # The client holds the same password under its own name in its own env file (same placeholder).
-        service, client_var = compose_client_of(compose, user.tag)
-        (client_file, _), = env_files_of(services(compose)[service])
-        client_env = read_env_file(example_of(client_file))
-        assert client_var in client_env, f"{user.tag}: {client_var} missing from {example_of(client_file).name}"
-        assert client_env[client_var] == server_env[var], f"{user.tag}: {client_var} and {var} are one password"
+        for service, client_var in compose_clients_of(compose, user.tag):
+            (client_file, _), = env_files_of(services(compose)[service])
+            client_env = read_env_file(example_of(client_file))
+            assert client_var in client_env, f"{user.tag}: {client_var} missing from {example_of(client_file).name}"
+            assert client_env[client_var] == server_env[var], f"{user.tag}: {client_var} and {var} are one password"
     assert len(server_vars) == len(users), "one variable per user"
     assert {"CLICKHOUSE_USER", "CLICKHOUSE_PASSWORD"} <= set(server_env), "the bootstrap admin replaces `default`"
     assert server_env["CLICKHOUSE_USER"] not in CLICKHOUSE_USERS | {"default"}
@@ -1355,10 +1391,12 @@ def test_promtool_check_rules():
 def test_prometheus_scrapes_the_workers(compose):
     config = load_yaml(PROM_CONFIG)
     assert [str((PROM_CONFIG.parent / f).resolve()) for f in config["rule_files"]] == [str(RULES_FILE.resolve())]
-    job = next(j for j in config["scrape_configs"] if j["job_name"] == "cem-worker")
-    assert job.get("metrics_path", "/metrics") == "/metrics"
-    sd = job["dns_sd_configs"][0]
-    assert sd["names"] == ["worker"] and "worker" in services(compose) and sd["port"] == METRICS_PORT
+    for name in CEM_PROCESSES:  # the workers and the trainer alike
+        job = next(j for j in config["scrape_configs"] if j["job_name"] == f"cem-{name}")
+        assert job.get("metrics_path", "/metrics") == "/metrics"
+        sd = job["dns_sd_configs"][0]
+        assert sd["names"] == [name] and name in services(compose) and sd["port"] == METRICS_PORT
+        assert int(env_of(services(compose)[name])["CEM_METRICS_PORT"]) == METRICS_PORT
     # the rules and dashboards select the workers by this job name
     assert 'job="cem-worker"' in RULES_FILE.read_text()
 
@@ -1849,13 +1887,19 @@ def test_metric_contract_matches_the_worker():
 # Kubernetes
 # ---------------------------------------------------------------------------------------------------------
 
+K8S_TRAINER = K8S / "trainer.yaml"  # the trainer's Deployment and metrics Service
+
+
 def k8s_docs() -> dict[str, list[dict]]:
     return {p.name: load_yaml_all(p) for p in sorted(K8S.glob("*.yaml"))}
 
 
-def k8s_by_kind() -> dict[str, dict]:
+def k8s_by_kind(trainer: bool = False) -> dict[str, dict]:
+    """The manifests by kind: the workers' and the shared ones, or (``trainer``) those of trainer.yaml."""
     out = {}
-    for docs in k8s_docs().values():
+    for name, docs in k8s_docs().items():
+        if (name == K8S_TRAINER.name) != trainer:
+            continue
         for doc in docs:
             assert doc["kind"] not in out, f"two {doc['kind']} manifests"
             out[doc["kind"]] = doc
@@ -1865,6 +1909,7 @@ def k8s_by_kind() -> dict[str, dict]:
 def test_k8s_manifests_parse_with_expected_kinds():
     kinds = k8s_by_kind()
     assert set(kinds) == {"Namespace", "ConfigMap", "Secret", "Deployment", "Service", "PodDisruptionBudget", "Kustomization"}
+    assert set(k8s_by_kind(trainer=True)) == {"Deployment", "Service"}
     for kind, doc in kinds.items():
         assert doc.get("apiVersion") and doc.get("metadata", {}).get("name") or kind == "Kustomization", kind
     assert (K8S / "README.md").is_file()
@@ -1877,6 +1922,7 @@ def test_k8s_kustomization():
         assert (K8S / res).is_file(), res
     applied = {doc["kind"] for res in resources for doc in load_yaml_all(K8S / res)}
     assert applied == {"Namespace", "ConfigMap", "Deployment", "Service", "PodDisruptionBudget"}
+    assert K8S_TRAINER.name in resources, "the trainer is deployed with the workers"
     assert not any("secret" in r for r in resources), "the Secret template must never be applied over the real one"
     assert kust["namespace"] == k8s_by_kind()["Namespace"]["metadata"]["name"]
     assert kust["images"][0]["newTag"] == project_version()
@@ -1914,6 +1960,7 @@ def test_k8s_configmap_has_only_non_secret_settings():
     assert WORKER_ENV - {"CEM_CLICKHOUSE_PASSWORD", "CEM_WEB_TOKEN"} <= set(cm)
     assert cm["CEM_METRICS_PORT"] == str(METRICS_PORT) and cm["CEM_WEB_PORT"] == str(STATUS_PORT)
     assert cm["CEM_CLICKHOUSE_USER"] == "cem_writer" and cm["CEM_PARTITIONS"] == str(PARTITIONS)
+    assert cm["CEM_TRAINER"] == "process", "the workers and the trainer read it: the cem-trainer Deployment trains"
     fields = settings_fields()
     assert set(cm) <= fields, f"unknown settings: {set(cm) - fields}"
 
@@ -1934,44 +1981,80 @@ def port_number(container: dict, port) -> int:
     return next(p["containerPort"] for p in container["ports"] if p["name"] == port)
 
 
-def test_k8s_deployment():
+def check_k8s_pods(dep: dict, args: list[str]) -> dict:
+    """What every cem Deployment keeps (the workers', the trainer's); its container."""
     kinds = k8s_by_kind()
-    dep = kinds["Deployment"]
     spec = dep["spec"]
     pod = spec["template"]
     labels = pod["metadata"]["labels"]
+    name = dep["metadata"]["name"]
     assert spec["selector"]["matchLabels"].items() <= labels.items()
-    assert 1 <= spec["replicas"] <= int(kinds["ConfigMap"]["data"]["CEM_PARTITIONS"])
     ann = pod["metadata"]["annotations"]
-    assert ann["prometheus.io/scrape"] == "true" and ann["prometheus.io/port"] == str(METRICS_PORT)
+    assert ann["prometheus.io/scrape"] == "true" and ann["prometheus.io/port"] == str(METRICS_PORT), name
     assert ann["prometheus.io/path"] == "/metrics"
     assert pod["spec"]["terminationGracePeriodSeconds"] >= 60
     assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
     (container,) = pod["spec"]["containers"]
     assert container["image"].split(":")[0] == kinds["Kustomization"]["images"][0]["name"]
-    assert container["args"] == ["worker"]
+    assert container["args"] == args
     # Probes on the endpoints that need no token: alive (startup, liveness) and ready (readiness).
     for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz"), ("startupProbe", "/healthz")):
         get = container[probe]["httpGet"]
-        assert get["path"] == path and port_number(container, get["port"]) == STATUS_PORT, probe
+        assert get["path"] == path and port_number(container, get["port"]) == STATUS_PORT, f"{name}: {probe}"
         assert "httpHeaders" not in get, f"{probe}: no token in the probe"
     res = container["resources"]
     assert {"cpu", "memory"} <= set(res["requests"]) and "memory" in res["limits"]
     refs = {next(iter(e)): e[next(iter(e))]["name"] for e in container["envFrom"]}
     assert refs["configMapRef"] == kinds["ConfigMap"]["metadata"]["name"]
-    assert refs["secretRef"] == kinds["Secret"]["metadata"]["name"]
     for env in container.get("env") or []:
         if is_secret_name(env["name"]):
             assert "secretKeyRef" in env.get("valueFrom", {}), f"{env['name']}: only from a Secret"
     assert {p["containerPort"] for p in container["ports"]} == {METRICS_PORT, STATUS_PORT}
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
     assert kinds["ConfigMap"]["data"]["CEM_DATA_DIR"] in mounts, "the data dir must be writable (read-only root FS)"
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    return container
 
 
-def test_k8s_deployment_mounts_the_kafka_ca_from_a_secret():
+def test_k8s_deployment():
+    kinds = k8s_by_kind()
+    dep = kinds["Deployment"]
+    assert 1 <= dep["spec"]["replicas"] <= int(kinds["ConfigMap"]["data"]["CEM_PARTITIONS"])
+    container = check_k8s_pods(dep, ["worker"])
+    refs = {next(iter(e)): e[next(iter(e))]["name"] for e in container["envFrom"]}
+    assert refs["secretRef"] == kinds["Secret"]["metadata"]["name"]
+
+
+def test_k8s_trainer_deployment():
+    """One trainer pod, never two at once (Recreate), with the workers' probes and settings, and of the
+    workers' Secret only the keys the trainer's policy allows, by name."""
+    kinds, trainer = k8s_by_kind(), k8s_by_kind(trainer=True)
+    dep = trainer["Deployment"]
+    spec = dep["spec"]
+    assert spec["replicas"] == 1 and spec["strategy"]["type"] == "Recreate", "exactly one trainer at a time"
+    assert "exactly one" in " ".join(K8S_TRAINER.read_text().lower().split()), "say why in a comment"
+    container = check_k8s_pods(dep, ["trainer"])
+    assert [next(iter(e)) for e in container["envFrom"]] == ["configMapRef"], "not the whole workers' Secret"
+    secret_env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if is_secret_name(e["name"])}
+    required, optional = SERVICE_SECRETS["trainer"]
+    assert required <= set(secret_env) <= required | optional
+    for name, ref in secret_env.items():
+        assert ref == {"name": kinds["Secret"]["metadata"]["name"], "key": name}, name
+        assert name in kinds["Secret"]["stringData"], f"{name}: not in the Secret template"
+    assert set(e["name"] for e in container["env"]) <= settings_fields()
+    labels = spec["template"]["metadata"]["labels"]
+    assert labels["app.kubernetes.io/name"] != kinds["Deployment"]["spec"]["template"]["metadata"]["labels"][
+        "app.kubernetes.io/name"], "the workers' Service and PDB must not select the trainer"
+    service = trainer["Service"]["spec"]
+    assert service["selector"].items() <= labels.items()
+    assert [p["port"] for p in service["ports"]] == [METRICS_PORT], "metrics only, not the status port"
+
+
+@pytest.mark.parametrize("trainer", [False, True], ids=["worker", "trainer"])
+def test_k8s_deployment_mounts_the_kafka_ca_from_a_secret(trainer):
     kinds = k8s_by_kind()
     cafile = Path(kinds["ConfigMap"]["data"]["CEM_KAFKA_SSL_CAFILE"])
-    pod = kinds["Deployment"]["spec"]["template"]["spec"]
+    pod = k8s_by_kind(trainer)["Deployment"]["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == str(cafile.parent)]
     assert mount.get("readOnly") is True

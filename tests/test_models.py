@@ -640,3 +640,25 @@ async def test_trainer_publishes_models_often_and_acks_only_at_a_checkpoint():
     assert [r.key for r in kafka.records[4:]] == [b"sentiment", b"churn", TRAINER.encode()] and first.acked and second.acked
     resumed = from_snapshot(kafka.records[-1].value, ModelTrainer)
     assert resumed.trained_through == 1 and resumed.sentiment.n_learned == 2
+
+
+async def test_an_idle_trainer_acks_what_it_applied_once_a_checkpoint_is_due():
+    """Property: the records applied before the training input goes quiet are acked by the next due
+    checkpoint (the publish timer's), not left waiting for more input: a trainer's health counts
+    records awaiting their ack as input waiting, so an idle trainer would otherwise look stalled."""
+    from pipeline.app.metrics import Metrics
+    from pipeline.app.models import TRAINER, TrainerRuntime
+    from processors.scoring import TrainingBatch
+
+    feed = type("Feed", (), {"trainer": lambda self: None})()
+    kafka, clickhouse = _Recorder(), _Recorder()
+    runtime = TrainerRuntime(feed, kafka, clickhouse, Metrics(), publish_interval_s=0.0, checkpoint_interval_s=3600.0)
+    event = _TrainingEvent(0, TrainingBatch(texts=[("Great help, thank you", True, 0)], watermark_ms=1))
+    await runtime.process([event])  # the models go out; the checkpoint is not due yet
+    assert runtime.waiting and not event.acked and runtime.acked == 0
+    await runtime.publish()
+    assert runtime.waiting and not event.acked, "not due: still waiting"
+    runtime._last_checkpoint -= 3600  # an hour later, no input since
+    await runtime.publish()
+    assert event.acked and not runtime.waiting and runtime.acked == 1
+    assert kafka.records[-1].key == TRAINER.encode()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import traceback
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,8 @@ from faust.sensors import Monitor
 from mode.utils.queues import FlowControlEvent
 
 from pipeline.app.delivery import CemApp
+from pipeline.app.health import Health
+from pipeline.app.health import supervised as health_supervised
 from pipeline.app.kafka_security import faust_credentials
 from pipeline.app.metrics import Metrics
 from pipeline.app.worker import CustomerStates, TouchpointWorker
@@ -140,15 +141,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> tuple[faus
                 await worker.start(tp.partition for tp in assigned if tp.topic == TOPIC_TOUCHPOINTS)
 
     async def supervised(name: str, body: Any) -> None:
-        try:
-            await body
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # not live any more: /healthz says so and the watchdog ends the process
-            worker.health.crashed = f"agent {name}: {type(exc).__name__}: {exc}"
-            metrics.live.set(0)
-            log.error("agent %s crashed:\n%s", name, traceback.format_exc())
-            raise
+        await health_supervised(worker.health, name, body, lambda: metrics.live.set(0))
 
     @app.agent(touchpoints, name="touchpoints")
     async def process_touchpoints(stream: faust.StreamT) -> None:
@@ -206,11 +199,8 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> tuple[faus
                 await worker.verify_positions()
             except Exception as exc:  # a broker that does not answer now: check again in a second
                 log.warning("verifying the source logs failed: %s", exc)
-        lagging = await _update_lag(app, metrics)
-        worker.health.observe(waiting=worker.commit.waiting, lagging=lagging)
-        live, _ = worker.health.live()
-        metrics.live.set(1 if live else 0)
-        metrics.stalled.set(worker.health.stalled_for())
+        lagging = await update_lag(app, metrics, TOPIC_TOUCHPOINTS)
+        observe_health(worker.health, metrics, waiting=worker.commit.waiting, lagging=lagging)
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]  # mode types handlers as (sender, *args, signal, **kw)
     async def on_assigned(sender: Any, assigned: Iterable[Any], **_: Any) -> None:
@@ -242,13 +232,22 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> tuple[faus
     return app, worker
 
 
-async def _update_lag(app: faust.App, metrics: Metrics) -> bool | None:
-    """Export the consumer lag per touchpoint partition; whether any partition lags (None: unknown)."""
+def observe_health(health: Health, metrics: Metrics, waiting: bool, lagging: bool | None,
+                   acked: int | None = None) -> None:
+    """One look at the process's input (each second): its health, and the gauges that show it."""
+    health.observe(waiting=waiting, lagging=lagging, acked=acked)
+    live, _ = health.live()
+    metrics.live.set(1 if live else 0)
+    metrics.stalled.set(health.stalled_for())
+
+
+async def update_lag(app: faust.App, metrics: Metrics, topic: str) -> bool | None:
+    """Export the consumer lag per partition of ``topic``; whether any partition lags (None: unknown)."""
     try:
         consumer = app.consumer
         lagging = False
         for tp in consumer.assignment():
-            if tp.topic != TOPIC_TOUCHPOINTS:
+            if tp.topic != topic:
                 continue
             # From Faust's own bookkeeping, never consumer.position(): that call queues on the
             # consumer thread and waits until the partition has a position, which during a group

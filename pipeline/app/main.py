@@ -95,7 +95,7 @@ def run_worker(settings: Settings) -> None:
                         health=worker.health.live, ready=worker.health.ready, customer=customer if query else None)
     if settings.embedded_clickhouse:  # it holds the engine: reads of the directory come here
         write_run_file(Path(settings.data_dir), os.getpid(), settings)
-    Watchdog(worker.health, exit_after_s=max(5.0, settings.stall_timeout_s / 4)).start()
+    Watchdog(worker.health, exit_after_s=_exit_after_s(settings)).start()
     from faust.worker import Worker
 
     tune_gc()
@@ -126,9 +126,16 @@ def run_trainer(settings: Settings) -> None:
     metrics = Metrics()
     app, trainer = create_trainer_app(settings, metrics)
     start_http_server(settings.metrics_port, addr=settings.metrics_host, registry=metrics.registry)
-    start_status_server(settings.web_port, trainer.status, None, host=settings.web_host, token=settings.web_token)
+    start_status_server(settings.web_port, trainer.status, None, host=settings.web_host, token=settings.web_token,
+                        health=trainer.health.live, ready=trainer.health.ready)
+    Watchdog(trainer.health, exit_after_s=_exit_after_s(settings), what="trainer").start()
     tune_gc()
     Worker(app, loglevel=FAUST_LOG_LEVELS.get(settings.log_level, "warn"), quiet=True).execute_from_commandline()
+
+
+def _exit_after_s(settings: Settings) -> float:
+    """How long a process stays up not live before its watchdog ends it (a crash, a stall)."""
+    return max(5.0, settings.stall_timeout_s / 4)
 
 
 def _on_loop(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T], timeout_s: float = 5.0) -> T | None:

@@ -134,6 +134,12 @@ class TrainerRuntime:
         self._last_publish = self._last_checkpoint = time.monotonic()
         self._drifts: dict[str, float] = {}
         self.published = 0
+        self.acked = 0  # training records acked so far: the trainer's progress (its health)
+
+    @property
+    def waiting(self) -> bool:
+        """Whether applied training records await the checkpoint that acks them."""
+        return bool(self._unacked)
 
     async def process(self, events: list[Any]) -> None:
         async with self._lock:
@@ -161,10 +167,12 @@ class TrainerRuntime:
         then ack the training records it includes."""
         async with self._lock:
             trainer = self.trainer
+            now = time.monotonic()
+            # A due checkpoint is taken even with nothing new to publish: else the records applied
+            # before the input went quiet would stay unacked until more came.
+            checkpoint = checkpoint or now - self._last_checkpoint >= self._checkpoint_interval
             if trainer is None or not (self._unpublished or checkpoint and self._unacked):
                 return
-            now = time.monotonic()
-            checkpoint = checkpoint or now - self._last_checkpoint >= self._checkpoint_interval
             keys: list[tuple[str, Any]] = list(trainer.models().items())
             if checkpoint:
                 keys.append((TRAINER, trainer))
@@ -181,6 +189,7 @@ class TrainerRuntime:
         await self._clickhouse.write(rows)
         for event in events:
             event.ack()
+        self.acked += len(events)
         self.published += 1
 
     def _export(self, trainer: ModelTrainer) -> None:
