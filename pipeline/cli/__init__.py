@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cem", description=__doc__)
     sub = parser.add_subparsers(dest="command")
 
-    run = sub.add_parser("run", help="the embedded default: broker + worker + synthetic traffic + chDB")
+    run = sub.add_parser("run", help="the embedded default: broker + workers + trainer + synthetic traffic + chDB")
     run.add_argument("--data-dir", default=None, help="where chDB keeps its data (default ./.cem)")
     run.add_argument("--duration", type=float, default=None, help="seconds to run (default: until Ctrl-C)")
     run.add_argument("--rate", type=float, default=200.0, help="synthetic touchpoints per second (0 = none)")

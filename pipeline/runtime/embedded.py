@@ -1,7 +1,9 @@
-"""The embedded default: Tansu broker + worker process + chDB, on one machine, no Docker.
+"""The embedded default: Tansu broker + workers + trainer + chDB, on one machine, no Docker.
 
-The worker runs as a child process (``cem worker``) so it owns its event loop, its signals and the
-chDB engine (one per data directory); this process talks to it over its status endpoint.
+Every part runs as a child process (``cem worker``, ``cem trainer``, ``cem engine``) with its own
+event loop and signals; chDB is opened by one of them only (one engine per data directory): the
+worker, when it is alone, or ``cem engine``, which serves it to the rest (:class:`WorkerGroup`).
+This process talks to them over their status endpoints.
 """
 
 from __future__ import annotations
