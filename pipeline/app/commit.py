@@ -23,7 +23,7 @@ from processors.customer import CustomerState, mark_written
 from processors.plan import BatchPlan
 from processors.stitching import is_forwarder
 from schemas.contract import TOPIC_ALERTS
-from sinks.base import PrioritySink, Sink
+from sinks.base import BufferedSink, PrioritySink
 from sinks.clickhouse import TableRow
 from sinks.kafka import KafkaRecord
 
@@ -33,8 +33,9 @@ Changelog = Callable[[CustomerState], KafkaRecord]
 class Commit:
     """Stages outputs, ships alerts at once, and commits (see :meth:`commit`)."""
 
-    def __init__(self, kafka: PrioritySink[KafkaRecord], clickhouse: Sink[TableRow], delivery: BatchDelivery, changelog: Changelog,
-                 metrics: Metrics, alerts: AlertOutputs, checkpoint: Callable[[], KafkaRecord | None]):
+    def __init__(self, kafka: PrioritySink[KafkaRecord], clickhouse: BufferedSink[TableRow], delivery: BatchDelivery, changelog: Changelog,
+                 metrics: Metrics, alerts: AlertOutputs, checkpoint: Callable[[], KafkaRecord | None],
+                 interval_s: float = 1.0, clock: Callable[[], float] = time.monotonic):
         self.kafka = kafka
         self.clickhouse = clickhouse
         self.delivery = delivery
@@ -48,6 +49,9 @@ class Commit:
         self._alert_deliveries: list[asyncio.Future] = []
         self._void: set[Any] = set()  # partitions whose staged acks belong to a log that is gone
         self._lock = asyncio.Lock()
+        self._interval_s = interval_s
+        self._clock = clock
+        self._began = clock()  # when the last commit took what was staged
         self.latencies: deque[float] = deque(maxlen=20_000)  # receipt -> committed, seconds
         self.alert_latencies: deque[float] = deque(maxlen=20_000)  # receipt -> alert acked, seconds
         self.committed_records = 0
@@ -84,6 +88,14 @@ class Commit:
         """Whether staged input awaits its commit."""
         return bool(self._fetches or self._events)
 
+    def due(self) -> bool:
+        """Whether to commit now: the sink holds a block's worth of rows, or input is staged and the
+        last commit *began* an interval ago. Counted from the sink's last flush, late in that
+        commit, a record staged just after the commit began would wait for all of it, then the
+        interval, then its own commit."""
+        return self.clickhouse.due(waiting=self.waiting) or (
+            self.waiting and self._clock() - self._began >= self._interval_s)
+
     async def ship_alerts(self, alerts: list[Alert], received: float) -> None:
         """Send a batch's alerts now, not at the next commit; time them when the broker acks."""
         emitted_ms = int(time.time() * 1000)
@@ -118,6 +130,7 @@ class Commit:
         4. Ack the input: Faust commits the acked offsets (its commit interval).
         """
         async with self._lock:
+            self._began = self._clock()
             fetches, self._fetches = self._fetches, []
             events, self._events = self._events, []
             alerts, self._alert_deliveries = self._alert_deliveries, []

@@ -161,7 +161,7 @@ class TouchpointWorker:
             settings.sink_flush_interval_s, on_rejected=storage_rejected,
         )
         self.commit = Commit(self.kafka, self.clickhouse, delivery, states.changelog, metrics,
-                             AlertOutputs(settings.alert_format), self._engine_checkpoint)
+                             AlertOutputs(settings.alert_format), self._engine_checkpoint, settings.sink_flush_interval_s)
         self.probe = BrokerProbe(settings.kafka_bootstrap, options)
         self.clickhouse_erasure = ClickHouseErasure(self.connection, settings.clickhouse_database)
         self.logs = LogBook(self.connection, self.clickhouse, settings.clickhouse_database, self.probe, self._new_log)
@@ -384,7 +384,7 @@ class TouchpointWorker:
             running = False
         if self._committing is not None and self._committing.done() and (error := self._committing.exception()):
             raise error  # a sink failed for good: let the worker crash and replay
-        if not running and self.clickhouse.due(waiting=self.commit.waiting):
+        if not running and self.commit.due():
             self._committing = asyncio.ensure_future(self._commit())
 
     async def _commit(self) -> None:
