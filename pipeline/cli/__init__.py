@@ -124,8 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--data-dir", default=None, help="default: a fresh temporary directory")
     bench.add_argument("--workers", type=int, default=1,
                        help="worker processes; more than one share the engine through `cem engine`")
-    bench.add_argument("--trainer", choices=("worker", "process"), default="worker",
-                       help="where the model trainer runs: in the worker holding its topic, or `cem trainer`")
+    bench.add_argument("--trainer", choices=("worker", "process"), default="process",
+                       help="where the model trainer runs: `cem trainer`, as cem run and the deployments run it "
+                            "(default), or in the worker holding its topic")
     bench.set_defaults(handler=_bench)
 
     from pipeline.cli.alerts import add_alerts_parser

@@ -2,13 +2,15 @@
 
 1. Start Tansu and pre-load N generated touchpoints (Avro) on ``cem.touchpoints``.
 2. Measure the raw aiokafka consume rate of that topic (the client's own limit, same run).
-3. Start the worker; throughput = N / (last commit to ClickHouse - first record received), i.e.
-   broker -> worker -> ClickHouse committed, group join excluded; latency = worker receipt ->
-   ClickHouse commit per record.
+3. Start the workers as ``cem run`` does (:class:`~pipeline.runtime.embedded.WorkerGroup`: by
+   default one worker, the trainer in a process of its own, the engine they share); throughput =
+   N / (last commit to ClickHouse - first record received), i.e. broker -> worker -> ClickHouse
+   committed, group join excluded; latency = worker receipt -> ClickHouse commit per record.
+4. Time each stage, and the whole planner, in-process on the same touchpoints.
 
-With ``--workers N`` (N > 1), N worker processes share the partitions (one consumer group) and
-the embedded engine, served by ``cem engine``: the machine's throughput, from the first receipt of
-any worker to the last commit of any; latency percentiles are the highest of the workers'.
+With ``--workers N`` (N > 1), N worker processes share the partitions (one consumer group): the
+machine's throughput, from the first receipt of any worker to the last commit of any; latency
+percentiles are the highest of the workers'.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from schemas.contract import TOPIC_TOUCHPOINTS
 
 
 def run_bench(events: int, customers: int, partitions: int, seed: int, data_dir: str | None, workers: int = 1,
-              trainer: str = "worker") -> dict:
+              trainer: str = "process") -> dict:
     from processors.synthetic import JourneyGenerator
 
     directory = Path(data_dir or tempfile.mkdtemp(prefix="cem-bench-")).resolve()
