@@ -27,7 +27,8 @@ from conftest import descendants, expected_kpis, kpi_by_channel, now_ms, run
 
 from pipeline.runtime.broker import ensure_topics, free_port
 from pipeline.runtime.embedded import publish
-from pipeline.views.client import total
+from pipeline.views import top
+from pipeline.views.client import received, total
 from processors.synthetic import JourneyGenerator
 
 pytestmark = pytest.mark.integration
@@ -216,6 +217,16 @@ def test_a_second_cem_run_on_the_same_data_directory_stores_every_event(tmp_path
             pass
         assert time.monotonic() < deadline and first.poll() is None, "the first run did not commit 3000 touchpoints"
         time.sleep(0.2)
+    # While it runs, the operator's views are the whole group's: `cem top` counts both workers, and
+    # `cem customer` gets every customer's churn drivers from the worker holding its state.
+    before = sum(received(status(port)) for port in (web_port, web_port + 1))
+    assert received(top.Collector(top.Target(data_dir=tmp_path)).collect().status) >= before > received(status(web_port))
+    ids = cem("query", "SELECT DISTINCT customer_id FROM cem.customer_state LIMIT 8", "--data-dir", str(tmp_path),
+              "--format", "json", env=env).stdout.splitlines()
+    for line in ids:
+        view = json.loads(cem("customer", json.loads(line)["customer_id"], "--data-dir", str(tmp_path), "--format", "json",
+                              env=env).stdout)
+        assert view["found"] and view["churn"] is not None, view["customer_id"]
     for pid in [first.pid, *descendants(first.pid)]:  # all of it: supervisor, broker, worker
         try:
             os.kill(pid, signal.SIGKILL)

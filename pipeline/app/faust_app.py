@@ -246,9 +246,9 @@ async def update_lag(app: faust.App, metrics: Metrics, topic: str) -> bool | Non
     try:
         consumer = app.consumer
         lagging = False
-        for tp in consumer.assignment():
-            if tp.topic != topic:
-                continue
+        held = [tp for tp in consumer.assignment() if tp.topic == topic]
+        metrics.keep_lag_of(topic, {str(tp.partition) for tp in held})  # another worker's now: not ours to report
+        for tp in held:
             # From Faust's own bookkeeping, never consumer.position(): that call queues on the
             # consumer thread and waits until the partition has a position, which during a group
             # rejoin stalled the thread's other calls, and the rebalance with them, for good.

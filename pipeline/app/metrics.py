@@ -62,6 +62,18 @@ class Metrics:
             self.model_drift.labels(model)
         self.live.set(1)
 
+    def keep_lag_of(self, topic: str, partitions: set[str]) -> None:
+        """Drop ``topic``'s lag of every partition but ``partitions`` (the held ones): a revoked
+        partition's last value would stay exported for ever, counted twice in a sum over workers.
+
+        >>> m = Metrics(); m.lag.labels("t", "0").set(3); m.lag.labels("t", "1").set(4); m.lag.labels("u", "0").set(5)
+        >>> m.keep_lag_of("t", {"1"}); sorted(m.lag._metrics)
+        [('t', '1'), ('u', '0')]
+        """
+        for labels in list(self.lag._metrics):  # prometheus_client keeps each label set's child there
+            if labels[0] == topic and labels[1] not in partitions:
+                self.lag.remove(*labels)
+
     def count(self, counter: Counter, tally: Tally) -> None:
         """Add a batch's tally in one call per label set: cheaper than one ``inc`` per record."""
         for labels, n in tally.items():

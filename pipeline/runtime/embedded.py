@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.error
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from aiokafka import AIOKafkaProducer
 from pipeline.app import kafka_security
 from pipeline.runtime.processes import spawn, stop, stop_all
 from pipeline.settings import Settings
-from pipeline.views.client import WorkerError, fetch_status, in_transit, query_worker, received, total, write_run_file
+from pipeline.views.client import WorkerError, fetch_status, in_transit, merged, query_worker, received, total, write_run_file
 from schemas.codec import AvroCodec
 from schemas.contract import TOPIC_CUSTOMERS, TOPIC_TOUCHPOINTS, record_key
 from sinks.engine import engine_socket
@@ -182,7 +182,8 @@ class WorkerGroup(_Watched):
     a data directory of its own (Faust's) under ``directory``. ``ports(i)`` gives process ``i`` its
     (web, metrics) ports: the workers are 0 to N-1, the trainer N.
 
-    :meth:`status` is the group's (:func:`merged`), so the waits of one worker serve the group."""
+    :meth:`status` is the group's (:func:`~pipeline.views.client.merged`), so the waits of one
+    worker serve the group."""
 
     def __init__(self, settings: Settings, directory: Path, workers: int, ports: Callable[[int], tuple[int, int]]):
         self.directory = directory
@@ -223,7 +224,7 @@ class WorkerGroup(_Watched):
             process.wait_started(timeout_s)
         if self.engine is not None:  # the workers' own directories hold no run file: say who answers
             write_run_file(self.directory, self.workers[0].process.pid if self.workers[0].process else 0,
-                           self.workers[0].settings, [w.url for w in self.workers])
+                           self.workers[0].settings, [w.settings for w in self.workers])
         return self
 
     def statuses(self) -> list[dict]:
@@ -256,47 +257,6 @@ class WorkerGroup(_Watched):
         if log_path and log_path.exists():
             return "\n--- engine log (tail) ---\n" + log_path.read_text(errors="replace")[-3000:]
         return ""
-
-
-def merged(statuses: Sequence[dict]) -> dict:
-    """One ``/status`` for several workers: the counters and row counts summed, each latency
-    percentile the highest worker's (an upper bound: percentiles do not add), the first receipt the
-    earliest, the last commit the latest, started when all are.
-
-    >>> a = {"totals": {"touchpoints_received": {"": 3}}, "pending_rows": 1, "committed_records": 3,
-    ...      "latency_committed": {"p50_ms": 5.0, "p99_ms": 9.0, "samples": 3}, "started": 1.0,
-    ...      "first_received": 10.0, "last_committed": 12.0}
-    >>> b = {"totals": {"touchpoints_received": {"": 2}}, "pending_rows": 0, "committed_records": 1,
-    ...      "latency_committed": {"p50_ms": 7.0, "p99_ms": 8.0, "samples": 1}, "started": 2.0,
-    ...      "first_received": None, "last_committed": 13.0}
-    >>> st = merged([a, b])
-    >>> st["totals"], st["pending_rows"], st["committed_records"], st["latency_committed"]
-    ({'touchpoints_received': {'': 5}}, 1, 4, {'p50_ms': 7.0, 'p99_ms': 9.0, 'samples': 4})
-    >>> st["first_received"], st["last_committed"], st["started"]
-    (10.0, 13.0, 2.0)
-    """
-    group = dict(statuses[0])
-    totals: dict[str, dict[str, float]] = {}
-    for status in statuses:
-        for name, labels in status["totals"].items():
-            into = totals.setdefault(name, {})
-            for label, value in labels.items():
-                into[label] = into.get(label, 0) + value
-    group["totals"] = totals
-    for key in ("pending_rows", "committed_records", "customer_states"):
-        if key in group:
-            group[key] = sum(status.get(key) or 0 for status in statuses)
-    for key in ("latency_committed", "latency_alert"):
-        if key in group:
-            group[key] = {
-                name: sum(st[key][name] for st in statuses) if name == "samples"
-                else max((st[key][name] for st in statuses if st[key][name] is not None), default=None)
-                for name in group[key]
-            }
-    group["first_received"] = min((st["first_received"] for st in statuses if st.get("first_received")), default=None)
-    group["last_committed"] = max((st["last_committed"] for st in statuses if st.get("last_committed")), default=None)
-    group["started"] = None if not all(st.get("started") for st in statuses) else max(st["started"] for st in statuses)
-    return group
 
 
 class TouchpointPublisher:

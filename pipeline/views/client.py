@@ -37,6 +37,47 @@ def in_transit(status: dict) -> tuple[int, int]:
     return total(totals, "touchpoints_forwarded"), int(totals.get("identity_events", {}).get("arrived", 0))
 
 
+def merged(statuses: Sequence[dict]) -> dict:
+    """One ``/status`` for several workers: the counters and row counts summed, each latency
+    percentile the highest worker's (an upper bound: percentiles do not add), the first receipt the
+    earliest, the last commit the latest, started when all are.
+
+    >>> a = {"totals": {"touchpoints_received": {"": 3}}, "pending_rows": 1, "committed_records": 3,
+    ...      "latency_committed": {"p50_ms": 5.0, "p99_ms": 9.0, "samples": 3}, "started": 1.0,
+    ...      "first_received": 10.0, "last_committed": 12.0}
+    >>> b = {"totals": {"touchpoints_received": {"": 2}}, "pending_rows": 0, "committed_records": 1,
+    ...      "latency_committed": {"p50_ms": 7.0, "p99_ms": 8.0, "samples": 1}, "started": 2.0,
+    ...      "first_received": None, "last_committed": 13.0}
+    >>> st = merged([a, b])
+    >>> st["totals"], st["pending_rows"], st["committed_records"], st["latency_committed"]
+    ({'touchpoints_received': {'': 5}}, 1, 4, {'p50_ms': 7.0, 'p99_ms': 9.0, 'samples': 4})
+    >>> st["first_received"], st["last_committed"], st["started"]
+    (10.0, 13.0, 2.0)
+    """
+    group = dict(statuses[0])
+    totals: dict[str, dict[str, float]] = {}
+    for status in statuses:
+        for name, labels in status["totals"].items():
+            into = totals.setdefault(name, {})
+            for label, value in labels.items():
+                into[label] = into.get(label, 0) + value
+    group["totals"] = totals
+    for key in ("pending_rows", "committed_records", "customer_states"):
+        if key in group:
+            group[key] = sum(status.get(key) or 0 for status in statuses)
+    for key in ("latency_committed", "latency_alert"):
+        if key in group:
+            group[key] = {
+                name: sum(st[key][name] for st in statuses) if name == "samples"
+                else max((st[key][name] for st in statuses if st[key][name] is not None), default=None)
+                for name in group[key]
+            }
+    group["first_received"] = min((st["first_received"] for st in statuses if st.get("first_received")), default=None)
+    group["last_committed"] = max((st["last_committed"] for st in statuses if st.get("last_committed")), default=None)
+    group["started"] = None if not all(st.get("started") for st in statuses) else max(st["started"] for st in statuses)
+    return group
+
+
 def _headers() -> dict[str, str]:
     """The bearer token a worker beyond loopback requires (``CEM_WEB_TOKEN``), if one is set."""
     token = Settings.from_env().web_token
@@ -76,7 +117,7 @@ def fetch_customer(url: str, customer_id: str, timeout_s: float = 30.0) -> dict:
 def fetch_held_customer(run: dict, customer_id: str) -> dict:
     """The 360° view from the workers of a run file (:func:`running_worker`): the view of the worker
     that holds the customer's state, whose view alone has the churn drivers, else the first's."""
-    views = (fetch_customer(url, customer_id) for url in run.get("workers") or [f"http://127.0.0.1:{run['web_port']}"])
+    views = (fetch_customer(url, customer_id) for url, _ in group_urls(run))
     first = next(views)
     return first if first.get("churn") is not None else next((v for v in views if v.get("churn") is not None), first)
 
@@ -112,12 +153,25 @@ def running_worker_url(data_dir: Path) -> str | None:
     return f"http://127.0.0.1:{info['web_port']}" if info else None
 
 
-def write_run_file(data_dir: Path, pid: int, settings: Settings, peers: Sequence[str] = ()) -> None:
+def write_run_file(data_dir: Path, pid: int, settings: Settings, group: Sequence[Settings] = ()) -> None:
     """Tell ``cem query``, ``cem top`` and ``cem customer`` who answers for ``data_dir``: the worker
-    ``pid`` with ``settings`` (its ports), which serves the read side; ``peers``: the status URLs of
-    every worker of its group, each holding its own partitions' customers (the churn drivers)."""
+    ``pid`` with ``settings`` (its ports), which serves the read side; ``group``: the settings of
+    every worker of its group (their ports), each holding its own partitions' customers."""
     data_dir.mkdir(parents=True, exist_ok=True)
     (data_dir / "worker.json").write_text(json.dumps({
         "pid": pid, "web_port": settings.web_port, "metrics_port": settings.metrics_port,
-        "clickhouse_url": settings.clickhouse_url, "workers": list(peers),
+        "clickhouse_url": settings.clickhouse_url,
+        "workers": [{"web_port": s.web_port, "metrics_port": s.metrics_port} for s in group],
     }))
+
+
+def group_urls(run: dict) -> list[tuple[str, str]]:
+    """The (status, metrics) URLs of every worker of a run file (:func:`running_worker`).
+
+    >>> group_urls({"web_port": 6066, "metrics_port": 9108})
+    [('http://127.0.0.1:6066', 'http://127.0.0.1:9108')]
+    >>> [s for s, _ in group_urls({"web_port": 1, "workers": [{"web_port": 1, "metrics_port": 2}, {"web_port": 3, "metrics_port": 4}]})]
+    ['http://127.0.0.1:1', 'http://127.0.0.1:3']
+    """
+    workers = run.get("workers") or [run]
+    return [(f"http://127.0.0.1:{w['web_port']}", f"http://127.0.0.1:{w.get('metrics_port')}") for w in workers]

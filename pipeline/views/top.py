@@ -4,9 +4,10 @@ Reads the worker's ``GET /status`` (counters, commit latency, pending rows), its
 (consumer lag, when the metrics URL is known) and ClickHouse (KPIs per channel over the last 15 minutes
 of *event* time, latest alerts). Two modes:
 
-* embedded (``cem run`` beside it): ``--data-dir`` (default ``CEM_DATA_DIR`` / ``./.cem``); the worker's
-  ``worker.json`` gives its status and metrics ports, and SQL goes through the worker's ``/query``
-  (chDB allows one engine per directory, held by the worker);
+* embedded (``cem run`` beside it): ``--data-dir`` (default ``CEM_DATA_DIR`` / ``./.cem``); the run
+  file ``worker.json`` gives the workers' status and metrics ports (the view is the whole group's:
+  counters and lag summed over the workers), and SQL goes through the first worker's ``/query``
+  (chDB allows one engine per directory, held by the worker or by ``cem engine``);
 * production: ``--status-url http://worker:6066 --clickhouse-url http://clickhouse:8123``
   (``--metrics-url http://worker:9108`` for the lag; credentials from ``CEM_CLICKHOUSE_USER`` /
   ``CEM_CLICKHOUSE_PASSWORD``).
@@ -28,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.views.client import group_urls, merged
+
 KPI_WINDOW_MINUTES = 15
 ALERT_ROWS = 8
 FUNNEL_REFRESH_S = 30.0  # the funnel reads every stored touchpoint: not at every refresh
@@ -47,6 +50,7 @@ class Sources:
     query: QueryFn | None = None
     label: str = ""
     error: str | None = None  # why there is no status URL
+    group: list[tuple[str, str]] = field(default_factory=list)  # every worker's (status, metrics) URLs, of cem run
 
 
 @dataclass
@@ -79,6 +83,7 @@ def resolve_sources(target: Target) -> Sources:
             sources.status_url = f"http://127.0.0.1:{info['web_port']}"
             if sources.metrics_url is None and info.get("metrics_port"):
                 sources.metrics_url = f"http://127.0.0.1:{info['metrics_port']}"
+                sources.group = group_urls(info)
     if target.clickhouse_url:
         ch_settings = settings.replace(clickhouse_url=target.clickhouse_url)
         sources.query = lambda sql: _server_query(ch_settings, sql)
@@ -330,7 +335,9 @@ class Collector:
             snap.status_error = sources.error
         else:
             try:
-                snap.status = fetch_status(sources.status_url)
+                urls = [status for status, _ in sources.group] or [sources.status_url]
+                statuses = [fetch_status(url) for url in urls]
+                snap.status = statuses[0] if len(statuses) == 1 else merged(statuses)  # the group's
             except Exception as exc:
                 snap.status_error = describe_error(exc)
         if snap.status is not None:
@@ -342,7 +349,10 @@ class Collector:
             self._previous = (now, pid, totals)
         if sources.metrics_url:
             try:
-                snap.lag = fetch_lag(sources.metrics_url)
+                snap.lag = {}
+                for url in [metrics for _, metrics in sources.group] or [sources.metrics_url]:
+                    for topic, lag in fetch_lag(url).items():  # each worker exports its own partitions'
+                        snap.lag[topic] = snap.lag.get(topic, 0.0) + lag
             except Exception as exc:
                 snap.lag_error = describe_error(exc)
         if sources.query is None:
