@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -123,3 +124,12 @@ def descendants(pid: int) -> list[int]:
         found += children
         todo += children
     return found
+
+
+def kill_all(pid: int) -> None:
+    """SIGKILL ``pid`` and every process below it (a test that failed must not leave them running)."""
+    for each in [pid, *descendants(pid)]:
+        try:
+            os.kill(each, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import descendants
+from conftest import descendants, kill_all
 
 from pipeline.cli import main
 from pipeline.runtime.broker import free_port
@@ -71,7 +71,7 @@ def test_cem_run_drains_and_stops_its_children_on_sigterm(tmp_path):
         out, _ = process.communicate(timeout=120)
     finally:
         if process.poll() is None:
-            process.kill()
+            kill_all(process.pid)
     assert process.returncode == 0
     summary = json.loads(out.strip().splitlines()[-1])
     # Every touchpoint processed once, but those with junk identifiers only (the generator's stitching traffic)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import descendants, expected_kpis, kpi_by_channel, now_ms, run
+from conftest import expected_kpis, kill_all, kpi_by_channel, now_ms, run
 
 from pipeline.runtime.broker import ensure_topics, free_port
 from pipeline.runtime.embedded import publish
@@ -208,30 +207,28 @@ def test_a_second_cem_run_on_the_same_data_directory_stores_every_event(tmp_path
               "--workers", "2"]
     first = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", *common], env=env, cwd=ROOT,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if status(web_port)["committed_records"] >= 3000:
-                break
-        except (urllib.error.URLError, ConnectionError, OSError):
-            pass
-        assert time.monotonic() < deadline and first.poll() is None, "the first run did not commit 3000 touchpoints"
-        time.sleep(0.2)
-    # While it runs, the operator's views are the whole group's: `cem top` counts both workers, and
-    # `cem customer` gets every customer's churn drivers from the worker holding its state.
-    before = sum(received(status(port)) for port in (web_port, web_port + 1))
-    assert received(top.Collector(top.Target(data_dir=tmp_path)).collect().status) >= before > received(status(web_port))
-    ids = cem("query", "SELECT DISTINCT customer_id FROM cem.customer_state LIMIT 8", "--data-dir", str(tmp_path),
-              "--format", "json", env=env).stdout.splitlines()
-    for line in ids:
-        view = json.loads(cem("customer", json.loads(line)["customer_id"], "--data-dir", str(tmp_path), "--format", "json",
-                              env=env).stdout)
-        assert view["found"] and view["churn"] is not None, view["customer_id"]
-    for pid in [first.pid, *descendants(first.pid)]:  # all of it: supervisor, broker, worker
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if status(web_port)["committed_records"] >= 3000:
+                    break
+            except (urllib.error.URLError, ConnectionError, OSError):
+                pass
+            assert time.monotonic() < deadline and first.poll() is None, "the first run did not commit 3000 touchpoints"
+            time.sleep(0.2)
+        # While it runs, the operator's views are the whole group's: `cem top` counts both workers, and
+        # `cem customer` gets every customer's churn drivers from the worker holding its state.
+        before = sum(received(status(port)) for port in (web_port, web_port + 1))
+        assert received(top.Collector(top.Target(data_dir=tmp_path)).collect().status) >= before > received(status(web_port))
+        ids = cem("query", "SELECT DISTINCT customer_id FROM cem.customer_state LIMIT 8", "--data-dir", str(tmp_path),
+                  "--format", "json", env=env).stdout.splitlines()
+        for line in ids:
+            view = json.loads(cem("customer", json.loads(line)["customer_id"], "--data-dir", str(tmp_path), "--format", "json",
+                                  env=env).stdout)
+            assert view["found"] and view["churn"] is not None, view["customer_id"]
+    finally:  # all of it, whatever happened: supervisor, broker, engine, workers, trainer
+        kill_all(first.pid)
     first.wait()
     kept = rows_in(tmp_path, env)
     assert kept[0] >= 3000 and kept[0] == kept[1]
