@@ -1453,8 +1453,13 @@ def test_alerts_have_severity_annotations_and_runbook():
         for key in ("summary", "description", "runbook_url"):
             assert ann.get(key, "").strip(), f"{name}: missing annotation {key}"
         assert "Hint:" in ann["description"], f"{name}: description should end with a first step (Hint: ...)"
-        path, _, anchor = ann["runbook_url"].partition("#")
-        assert (ROOT / path).resolve() == RUNBOOK.resolve() and anchor in anchors, f"{name}: runbook_url {ann['runbook_url']}"
+        path, _, fragment = ann["runbook_url"].partition("#")
+        assert (ROOT / path).resolve() == RUNBOOK.resolve() and fragment in anchors, f"{name}: runbook_url {ann['runbook_url']}"
+    # and the other way round: every alert section (before "# Operations") is some alert's runbook_url
+    heads = runbook_headings()
+    operations = next(i for level, title, i in heads if level == 1 and title == "Operations")
+    sections = {anchor(title) for level, title, i in heads if level == 2 and i < operations}
+    assert sections == {a["annotations"]["runbook_url"].partition("#")[2] for a in alerts}
 
 
 RUNBOOK_PROCEDURES = ("Secrets", "Rotating the web token", "Rotating the ClickHouse passwords", "Schema migrations",
@@ -1480,6 +1485,15 @@ def test_runbook_operational_procedures(compose):
     for name in ("CEM_KAFKA_SECURITY_PROTOCOL", "CEM_KAFKA_SASL_MECHANISM", "CEM_KAFKA_SASL_USERNAME",
                  "CEM_KAFKA_SASL_PASSWORD", "CEM_KAFKA_SSL_CAFILE", "KAFKA_COMMAND_CONFIG", "cem-kafka-ca"):
         assert name in kafka, f"Kafka SASL and TLS: {name}"
+    # The trainer connects as the workers' SASL user, in its own consumer group (its Faust app id).
+    user = k8s_docs()["configmap.yaml"][0]["data"]["CEM_KAFKA_SASL_USERNAME"]
+    group = f"{pytest.importorskip('pipeline.settings').Settings().app_id}-trainer"
+    assert f"`{group}`" in kafka, f"Kafka SASL and TLS: the trainer's consumer group {group}"
+    grants = [" ".join(c.split()) for c in re.findall(r"kafka-acls\.sh(?:[^\n]*\\\n)*[^\n]*", kafka)]
+    grants = [c for c in grants if "--add" in c and f"--allow-principal User:{user} " in c]
+    assert any(f"--operation Read --group {group}" in c for c in grants), f"Read on the group {group}"
+    for operation, topic in (("Read", "cem.model.training"), ("Read", "cem.models"), ("Write", "cem.models")):
+        assert any(f"--operation {operation}" in c and c.endswith(f"--topic {topic}") for c in grants), (operation, topic)
     dlq = runbook_section("Dead-letter topic: access and retention")
     assert "kafka-configs.sh" in dlq and "--entity-name cem.touchpoints.dlq" in dlq
     acls = [" ".join(c.split()) for c in re.findall(r"kafka-acls\.sh(?:[^\n]*\\\n)*[^\n]*", dlq)]
@@ -1506,6 +1520,12 @@ def test_alerts_cover_the_failure_modes():
     assert "offset" in exprs["CemThroughputDrop"] and reads("CemThroughputDrop", "cem_touchpoints_processed_total")
     assert reads("CemModelQualityDrop", "cem_model_quality") and reads("CemModelDrift", "cem_model_drift_total")
     assert exprs["CemWorkerDown"].startswith("up{") and "absent(" in exprs["CemNoHealthyWorkers"]
+    # The trainer: its target down, no target at all, not live, and no snapshot while training records arrive.
+    assert exprs["CemTrainerDown"] == 'up{job="cem-trainer"} == 0'
+    assert exprs["CemNoTrainer"] == 'absent(up{job="cem-trainer"})'
+    assert exprs["CemTrainerNotLive"] == 'cem_worker_live{job="cem-trainer"} == 0'
+    assert reads("CemModelsStale", "cem_kafka_produced_total")
+    assert 'topic="cem.models"' in exprs["CemModelsStale"] and 'topic="cem.model.training"' in exprs["CemModelsStale"]
     # Multiwindow burn rate on the committed-latency SLO: both a long and a short window per condition.
     for name, windows in (("CemLatencySLOBurnFast", {"1h", "5m", "6h", "30m"}),
                           ("CemLatencySLOBurnSlow", {"1d", "2h", "3d", "6h"})):
@@ -1514,6 +1534,34 @@ def test_alerts_cover_the_failure_modes():
     for window in ("5m", "30m", "1h", "2h", "6h", "1d", "3d"):
         expr = recorded[f"cem:latency_slo_errors:ratio_rate{window}"]
         assert 'stage="committed"' in expr and 'le=~"5|5.0"' in expr and f"[{window}]" in expr
+
+
+# Series that the workers and the trainer both export (cem_worker_* gauges, the lag, up): told apart by job only.
+SHARED_SERIES = {"up", "cem_worker_live", "cem_worker_stalled_seconds", "cem_worker_last_batch_timestamp_seconds",
+                 "cem_worker_last_commit_timestamp_seconds", "cem_consumer_lag"}
+
+
+def test_worker_and_trainer_alerts_select_their_job():
+    """An alert about the workers (CemWorker*, CemNoHealthyWorkers) or the trainer (CemTrainer*, CemNoTrainer)
+    reads the shared series of its own job only, and no recording rule (they sum the jobs together): a trainer
+    that is not live must not fire CemWorkerNotLive, its lag must not make CemWorkerStalled fire."""
+    selector = re.compile(r"\b(%s)\b(\{[^}]*\})?" % "|".join(sorted(SHARED_SERIES, key=len, reverse=True)))
+    kinds = {"worker": re.compile(r"CemWorker|CemNoHealthyWorkers"), "trainer": re.compile(r"CemTrainer|CemNoTrainer")}
+    seen = set()
+    for alert in alerting_rules():
+        name, expr = alert["alert"], " ".join(alert["expr"].split())
+        kind = next((k for k, pattern in kinds.items() if pattern.match(name)), None)
+        if kind is None:
+            continue
+        seen.add(kind)
+        assert not promql_metric_names(expr) & recording_rule_names(), f"{name}: a recording rule mixes the jobs"
+        for metric, labels in selector.findall(expr):
+            matchers = set(re.findall(r'job\s*(!?=)\s*"([^"]*)"', labels or ""))
+            if kind == "trainer":
+                assert matchers == {("=", "cem-trainer")}, f"{name}: {metric}{labels} must select job=\"cem-trainer\""
+            else:
+                assert matchers in ({("=", "cem-worker")}, {("!=", "cem-trainer")}), f"{name}: {metric}{labels} reads the trainer"
+    assert seen == set(kinds)
 
 
 def test_rule_metric_names_are_known():
@@ -1546,6 +1594,84 @@ PROMTOOL_TESTS = [
             {"eval_time": "6m", "alertname": "CemWorkerDown",
              "exp_alerts": [{"exp_labels": {"severity": "warning", "job": "cem-worker", "instance": "w1:9108"}}]},
             {"eval_time": "6m", "alertname": "CemNoHealthyWorkers", "exp_alerts": []},
+        ],
+    },
+    {  # the trainer's target down; the workers up
+        "interval": "1m",
+        "input_series": [
+            {"series": 'up{job="cem-trainer",instance="t1:9108"}', "values": "1 1 0x10"},
+            {"series": f"up{{{w()}}}", "values": "1x12"},
+        ],
+        "alert_rule_test": [
+            {"eval_time": "4m", "alertname": "CemTrainerDown", "exp_alerts": []},
+            {"eval_time": "8m", "alertname": "CemTrainerDown",
+             "exp_alerts": [{"exp_labels": {"severity": "warning", "job": "cem-trainer", "instance": "t1:9108"}}]},
+            {"eval_time": "8m", "alertname": "CemNoTrainer", "exp_alerts": []},
+            {"eval_time": "8m", "alertname": "CemWorkerDown", "exp_alerts": []},
+            {"eval_time": "8m", "alertname": "CemNoHealthyWorkers", "exp_alerts": []},
+        ],
+    },
+    {  # no trainer target at all (not deployed); the workers up
+        "interval": "1m",
+        "input_series": [{"series": f"up{{{w()}}}", "values": "1x10"}],
+        "alert_rule_test": [
+            {"eval_time": "3m", "alertname": "CemNoTrainer", "exp_alerts": []},
+            {"eval_time": "6m", "alertname": "CemNoTrainer",
+             "exp_alerts": [{"exp_labels": {"severity": "warning", "job": "cem-trainer"}}]},
+            {"eval_time": "6m", "alertname": "CemTrainerDown", "exp_alerts": []},
+        ],
+    },
+    {  # the trainer is not live: its own alert, not the workers'; a worker that is not live: the workers'
+        "interval": "1m",
+        "input_series": [
+            {"series": 'cem_worker_live{job="cem-trainer",instance="t1:9108"}', "values": "1 1 0x5"},
+            {"series": 'cem_worker_stalled_seconds{job="cem-trainer",instance="t1:9108"}', "values": "0 0 190x5"},
+            {"series": f"cem_worker_live{{{w('w1:9108')}}}", "values": "1x7"},
+            {"series": f"cem_worker_live{{{w('w2:9108')}}}", "values": "1 1 1 1 1 0 0 0"},
+        ],
+        "alert_rule_test": [
+            {"eval_time": "5m", "alertname": "CemTrainerNotLive",
+             "exp_alerts": [{"exp_labels": {"severity": "warning", "job": "cem-trainer", "instance": "t1:9108"}}]},
+            {"eval_time": "5m", "alertname": "CemWorkerNotLive", "exp_alerts": []},
+            {"eval_time": "6m", "alertname": "CemWorkerNotLive",
+             "exp_alerts": [{"exp_labels": {"severity": "critical", "job": "cem-worker", "instance": "w2:9108"}}]},
+        ],
+    },
+    {  # the workers are idle (no input) while the trainer lags on cem.model.training: not CemWorkerStalled
+        "interval": "1m",
+        "input_series": [
+            {"series": 'cem_consumer_lag{topic="cem.model.training",partition="0",job="cem-trainer",instance="t1:9108"}',
+             "values": "100x20"},
+            {"series": 'cem_worker_last_batch_timestamp_seconds{job="cem-trainer",instance="t1:9108"}', "values": "0x20"},
+            {"series": f"cem_worker_last_batch_timestamp_seconds{{{w()}}}", "values": "0x20"},
+            {"series": f'cem_consumer_lag{{topic="cem.touchpoints",partition="3",{w()}}}', "values": "0x20"},
+        ],
+        "alert_rule_test": [
+            {"eval_time": "15m", "alertname": "CemWorkerStalled", "exp_alerts": []},
+        ],
+    },
+    {  # training records keep coming; the trainer publishes for 20 minutes, then stops
+        "interval": "1m",
+        "input_series": [
+            {"series": f'cem_kafka_produced_total{{topic="cem.model.training",{w()}}}', "values": "0+10x60"},
+            {"series": f'cem_kafka_produced_total{{topic="cem.models",{w()}}}', "values": "0+1x60"},  # alert engines
+            {"series": 'cem_kafka_produced_total{topic="cem.models",job="cem-trainer",instance="t1:9108"}',
+             "values": "0+24x20 480x40"},
+        ],
+        "alert_rule_test": [
+            {"eval_time": "20m", "alertname": "CemModelsStale", "exp_alerts": []},
+            {"eval_time": "40m", "alertname": "CemModelsStale", "exp_alerts": []},
+            {"eval_time": "50m", "alertname": "CemModelsStale", "exp_alerts": [{"exp_labels": {"severity": "warning"}}]},
+        ],
+    },
+    {  # no training records (quiet input): an idle trainer publishes nothing, and that is fine
+        "interval": "1m",
+        "input_series": [
+            {"series": f'cem_kafka_produced_total{{topic="cem.model.training",{w()}}}', "values": "100x60"},
+            {"series": 'cem_kafka_produced_total{topic="cem.models",job="cem-trainer",instance="t1:9108"}', "values": "480x60"},
+        ],
+        "alert_rule_test": [
+            {"eval_time": "50m", "alertname": "CemModelsStale", "exp_alerts": []},
         ],
     },
     {  # every replica down, and no target at all
