@@ -103,6 +103,13 @@ class Result:
     claims: list[Claim] = field(default_factory=list)
 
 
+# The members the per-record path reads, as module globals: on Python 3.11 every ``Kind.X`` goes
+# through the enum metaclass's ``__getattr__`` hook, several times the cost of a global.
+_PROCESSED, _REPLAYED, _DUPLICATE = Kind.PROCESSED, Kind.REPLAYED, Kind.DUPLICATE
+_NEW, _SETTLED, _SEEN = Outcome.NEW, Outcome.SETTLED, Outcome.DUPLICATE
+_DECODE, _VALIDATE, _STATE = Stage.DECODE, Stage.VALIDATE, Stage.STATE
+
+
 class Ingestor:
     """Turns input records into results; holds the codec, the dedupe horizon and the privacy steps.
 
@@ -137,7 +144,7 @@ class Ingestor:
         self.erased = erased  # the suppression list: customers (as the state knows them) erased
 
     def handle(self, record: SourceRecord, state_for: Callable[[str], CustomerState]) -> Result:
-        stage = Stage.DECODE
+        stage = _DECODE
         channel = "unknown"
         try:
             value = record.value
@@ -146,7 +153,7 @@ class Ingestor:
             if len(value) > MAX_RECORD_BYTES:
                 return _dead(record, Reason.OVERSIZE, Stage.DECODE, f"{len(value)} bytes > {MAX_RECORD_BYTES}")
             decoded = self.codec.decode(value)
-            stage = Stage.VALIDATE
+            stage = _VALIDATE
             channel = _channel_of(decoded)
             typed = value[:1] in _AVRO_MARKERS  # decoded by Avro against the schema: types guaranteed
             touchpoint = validate(decoded, reference_ms=record.timestamp_ms, typed=typed)
@@ -163,11 +170,11 @@ class Ingestor:
             rewritten = self._protect(touchpoint, internal) or sent_ids  # identifiers never stay in clear
             if touchpoint.customer_id in self.erased:
                 return Result(Kind.SUPPRESSED, touchpoint.channel)
-            stage = Stage.STATE
+            stage = _STATE
             state = state_for(touchpoint.customer_id)
             if internal and (owner := owner_at(state, log_position(record.epoch, record.offset))) is not None:
                 if touchpoint.event_id in state.seen:  # a redelivery of what the identifier took itself
-                    return Result(Kind.DUPLICATE, touchpoint.channel, state=state)
+                    return Result(_DUPLICATE, touchpoint.channel, state=state)
                 return self._forward_to_owner(record, touchpoint, state, *owner)
             # A copy the pipeline forwarded is a duplicate whenever the state still knows its id: sent
             # again after a crash, it may come any time after the customer's later events.
@@ -180,11 +187,11 @@ class Ingestor:
             return _dead(record, exc.reason, stage, exc.detail, channel)
         except Exception as exc:  # a bug or an input nobody foresaw: this record's problem, not the batch's
             return _dead(record, Reason.PROCESSING_ERROR, stage, describe(exc), channel)
-        if outcome is Outcome.DUPLICATE:
-            return Result(Kind.DUPLICATE, touchpoint.channel, state=state)
-        if outcome is Outcome.SETTLED:  # decided before the restart, its outputs (if any) durable
-            return Result(Kind.REPLAYED, touchpoint.channel, state=state)
-        kind = Kind.PROCESSED if outcome is Outcome.NEW else Kind.REPLAYED
+        if outcome is _SEEN:
+            return Result(_DUPLICATE, touchpoint.channel, state=state)
+        if outcome is _SETTLED:  # decided before the restart, its outputs (if any) durable
+            return Result(_REPLAYED, touchpoint.channel, state=state)
+        kind = _PROCESSED if outcome is _NEW else _REPLAYED
         assert enriched is not None
         sent: list[Claim] = []
         if internal:
@@ -193,7 +200,7 @@ class Ingestor:
             enriched.identified_by = _identified_by(record)
             if found and self.stitching is not None:
                 sent = claims(state, found, self.stitching.rules, touchpoint.occurred_at, record.partition,
-                              again=kind is Kind.REPLAYED)
+                              again=kind is _REPLAYED)
         return Result(kind, touchpoint.channel, enriched=enriched, state=state, rewritten=rewritten, claims=sent)
 
     def _identify(self, tp: Touchpoint) -> list[Identifier]:
