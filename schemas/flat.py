@@ -161,18 +161,26 @@ def zigzag(n: int) -> bytes:
     True
     """
     z = (n << 1) ^ (n >> 63)
-    if z < 0x80:
-        return _SMALL[z]
+    return _SMALL[z] if z < 0x80 else _uvarint(z)
+
+
+def _uvarint(z: int) -> bytes:
+    """An unsigned varint of two bytes or more (``z >= 0x80``): the common lengths unrolled."""
     if z < 0x4000:
         return bytes(((z & 0x7F) | 0x80, z >> 7))
+    if z < 0x20_0000:  # log offsets, lengths
+        return bytes(((z & 0x7F) | 0x80, ((z >> 7) & 0x7F) | 0x80, z >> 14))
     if 0x8_0000_0000 <= z < 0x400_0000_0000:  # epoch milliseconds (to 2039): six bytes
         return bytes(((z & 0x7F) | 0x80, ((z >> 7) & 0x7F) | 0x80, ((z >> 14) & 0x7F) | 0x80,
                       ((z >> 21) & 0x7F) | 0x80, ((z >> 28) & 0x7F) | 0x80, z >> 35))
-    return _zigzag_loop(n)
+    return _uvarint_loop(z)
 
 
 def _zigzag_loop(n: int) -> bytes:
-    z = (n << 1) ^ (n >> 63)
+    return _uvarint_loop((n << 1) ^ (n >> 63))
+
+
+def _uvarint_loop(z: int) -> bytes:
     out = bytearray()
     while z >= 0x80:
         out.append((z & 0x7F) | 0x80)
@@ -183,6 +191,7 @@ def _zigzag_loop(n: int) -> bytes:
 
 _SMALL = [bytes((i,)) for i in range(0x80)]
 _pack_double = struct.Struct("<d").pack
+_pack_branch_double = struct.Struct("<Bd").pack  # a union's branch index (< 64, one byte) and a double
 
 
 def _string(value: str) -> bytes:
@@ -209,19 +218,20 @@ def _map_of_strings(value: Mapping[str, str]) -> bytes:
 _MAPS: dict[tuple[tuple[str, str], ...], bytes] = {}
 
 
+# Each snippet appends one value ``v`` to ``out`` (``append`` is its bound ``append``).
 _W_LONG = """\
 z = (v << 1) ^ (v >> 63)
-if z < 0x80: out.append(z)
-else: out += zigzag(v)
+if z < 0x80: append(z)
+else: out += _uvarint(z)
 """
 _W_STRING = """\
 d = v.encode()
-if len(d) < 0x40: out.append(len(d) << 1)
-else: out += zigzag(len(d))
+if len(d) < 0x40: append(len(d) << 1)
+else: out += _uvarint(len(d) << 1)
 out += d
 """
 _W_DOUBLE = "out += _pack_double(v)\n"
-_W_BOOLEAN = "out.append(1 if v else 0)\n"
+_W_BOOLEAN = "append(1 if v else 0)\n"
 _W_MAP_OF_STRINGS = "out += _map_of_strings(v)\n"
 _PRIMITIVE_WRITERS = {"int": _W_LONG, "long": _W_LONG, "double": _W_DOUBLE, "string": _W_STRING, "boolean": _W_BOOLEAN}
 
@@ -234,7 +244,9 @@ def _value_writer(schema: Any) -> str:
     if isinstance(schema, list):  # ["null", X]: branch 0 is null, branch 1 the value
         if len(schema) != 2 or schema[0] != "null":
             raise Unsupported(f"unsupported union {schema}")
-        return "if v is None: out.append(0)\nelse:\n    out.append(2)\n" + _indent(_value_writer(schema[1]), 4)
+        if schema[1] == "double":  # the branch and the value in one pack
+            return "if v is None: append(0)\nelse: out += _pack_branch_double(2, v)\n"
+        return "if v is None: append(0)\nelse:\n    append(2)\n" + _indent(_value_writer(schema[1]), 4)
     if isinstance(schema, str) and schema in _PRIMITIVE_WRITERS:
         return _PRIMITIVE_WRITERS[schema]
     raise Unsupported(f"no flat writer for {schema!r}")
@@ -246,11 +258,12 @@ class FlatRecordWriter:
 
     def __init__(self, fields: Sequence[Mapping[str, Any]]):
         lines = ["def write(values):", f"    ({''.join(f'v{k}, ' for k in range(len(fields)))}) = values",
-                 "    out = bytearray()"]
+                 "    out = bytearray()", "    append = out.append"]
         for k, f in enumerate(fields):
             lines.append(f"    v = v{k}")
             lines.append(_indent(_value_writer(f["type"]), 4).rstrip("\n"))
         lines.append("    return bytes(out)")
-        namespace: dict[str, Any] = {"zigzag": zigzag, "_pack_double": _pack_double, "_map_of_strings": _map_of_strings}
+        namespace: dict[str, Any] = {"_uvarint": _uvarint, "_pack_double": _pack_double,
+                                     "_pack_branch_double": _pack_branch_double, "_map_of_strings": _map_of_strings}
         exec(compile("\n".join(lines), f"<flat writer of {len(fields)} fields>", "exec"), namespace)  # noqa: S102 - shape only
         self.write: Callable[[Sequence[Any]], bytes] = namespace["write"]
