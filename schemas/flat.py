@@ -42,7 +42,34 @@ class Unsupported(ValueError):
 
 
 def _varint(buf: bytes, i: int) -> tuple[int, int]:
-    """The unsigned varint at ``i`` (its first byte already known to continue), and what follows."""
+    """The unsigned varint at ``i`` (its first byte already known to continue), and what follows.
+
+    Up to six bytes (epoch milliseconds) unrolled; longer ones, rare, in a loop.
+    """
+    result = buf[i] & 0x7F
+    b = buf[i + 1]
+    if b < 0x80:
+        return result | b << 7, i + 2
+    result |= (b & 0x7F) << 7
+    b = buf[i + 2]
+    if b < 0x80:
+        return result | b << 14, i + 3
+    result |= (b & 0x7F) << 14
+    b = buf[i + 3]
+    if b < 0x80:
+        return result | b << 21, i + 4
+    result |= (b & 0x7F) << 21
+    b = buf[i + 4]
+    if b < 0x80:
+        return result | b << 28, i + 5
+    result |= (b & 0x7F) << 28
+    b = buf[i + 5]
+    if b < 0x80:
+        return result | b << 35, i + 6
+    return _long_varint(buf, i)
+
+
+def _long_varint(buf: bytes, i: int) -> tuple[int, int]:
     result = shift = 0
     while True:
         b = buf[i]
@@ -167,13 +194,17 @@ def zigzag(n: int) -> bytes:
 def _uvarint(z: int) -> bytes:
     """An unsigned varint of two bytes or more (``z >= 0x80``): the common lengths unrolled."""
     if z < 0x4000:
-        return bytes(((z & 0x7F) | 0x80, z >> 7))
+        return _pack2((z & 0x7F) | 0x80, z >> 7)
     if z < 0x20_0000:  # log offsets, lengths
-        return bytes(((z & 0x7F) | 0x80, ((z >> 7) & 0x7F) | 0x80, z >> 14))
+        return _pack3((z & 0x7F) | 0x80, ((z >> 7) & 0x7F) | 0x80, z >> 14)
     if 0x8_0000_0000 <= z < 0x400_0000_0000:  # epoch milliseconds (to 2039): six bytes
-        return bytes(((z & 0x7F) | 0x80, ((z >> 7) & 0x7F) | 0x80, ((z >> 14) & 0x7F) | 0x80,
-                      ((z >> 21) & 0x7F) | 0x80, ((z >> 28) & 0x7F) | 0x80, z >> 35))
+        return _pack6((z & 0x7F) | 0x80, ((z >> 7) & 0x7F) | 0x80, ((z >> 14) & 0x7F) | 0x80,
+                      ((z >> 21) & 0x7F) | 0x80, ((z >> 28) & 0x7F) | 0x80, z >> 35)
     return _uvarint_loop(z)
+
+
+# Bytes from a few ints: a Struct's pack takes them as arguments, bytes() needs a tuple built first.
+_pack2, _pack3, _pack6 = (struct.Struct(f"{n}B").pack for n in (2, 3, 6))
 
 
 def _zigzag_loop(n: int) -> bytes:
