@@ -421,7 +421,9 @@ class AlertEngine:
     def _advance_watermark(self) -> None:
         marks = [second for _, second in self._partition_top.values() if second is not None]
         floor = max(marks) - self.config.idle_partition_ms
-        watermark = min([t for t in marks if t >= floor])
+        watermark = min(marks)
+        if watermark < floor:  # an idle partition: it does not hold the others back
+            watermark = min([t for t in marks if t >= floor])
         if watermark > self._max_seen:  # never moves back
             self._max_seen = watermark
 

@@ -96,6 +96,8 @@ _RECENT_BY_TYPE = {
     "call": ("contacts_14d",),
     "add_to_cart": ("carts_28d",),
 }
+_COUNTED_ALWAYS = ("events_7d", "events_28d")
+_COUNTED_BY_TYPE = {kind: (*_COUNTED_ALWAYS, *names) for kind, names in _RECENT_BY_TYPE.items()}  # all a type counts in
 _MIN_WATCHED_MS = 7 * DAY_MS  # see CustomerState.recent_rates
 _GAP_ALPHA = 0.2  # weight of the newest gap in the moving average of gaps between touchpoints
 
@@ -351,7 +353,10 @@ def apply(
     move_on(state, source_partition, position)
     if len(state.seen) >= max(_PRUNE_MIN, 2 * state.seen_live):  # amortised; frees memory, decides nothing
         prune_seen(state, dedupe_horizon_ms)
-    return Outcome.NEW, _enriched(state, tp, source_partition, source_offset, received_at, recency_s, resolve_s, switched)
+    return _NEW, _enriched(state, tp, source_partition, source_offset, received_at, recency_s, resolve_s, switched)
+
+
+_NEW = Outcome.NEW  # a global: on Python 3.11 reading an enum member goes through a slow metaclass hook
 
 
 def read_before(state: CustomerState, partition: int, position: int) -> bool:
@@ -367,8 +372,11 @@ def read_before(state: CustomerState, partition: int, position: int) -> bool:
 
 def move_on(state: CustomerState, partition: int, position: int) -> None:
     """The state has read its log to ``position``, whose outputs this process stages now."""
-    state.position, state.partition = max(state.position, position), partition
-    state.staged_position = max(state.staged_position, position)
+    if position > state.position:
+        state.position = position
+    state.partition = partition
+    if position > state.staged_position:
+        state.staged_position = position
 
 
 _PRUNE_MIN = 8  # a customer's dedupe memory is pruned when it doubles, and never below this size
@@ -509,10 +517,12 @@ def _fold(state: CustomerState, tp: Touchpoint) -> tuple[float | None, bool]:
         state.churned_at = t if state.churned_at is None else min(state.churned_at, t)
 
     resolve_s = _fold_complaint(state, tp)
-    for score in ("csat", "nps", "ces"):
-        value = getattr(tp, score)
-        if value is not None:
-            setattr(state, f"last_{score}", value)
+    if tp.csat is not None:
+        state.last_csat = tp.csat
+    if tp.nps is not None:
+        state.last_nps = tp.nps
+    if tp.ces is not None:
+        state.last_ces = tp.ces
     state.journey_stage = derive_stage(state, tp)
     return resolve_s, _fold_session(state, tp)
 
@@ -528,9 +538,8 @@ def _fold_recent(state: CustomerState, tp: Touchpoint) -> None:
             state.gap_ms_avg = gap if state.gap_ms_avg is None else state.gap_ms_avg + _GAP_ALPHA * (gap - state.gap_ms_avg)
             for name, value in recent.items():
                 recent[name] = value * math.exp(-gap / RECENT_WINDOWS_MS[name])
-    names = _RECENT_BY_TYPE.get(tp.type, ())
     late = state.events_total and t < state.last_seen
-    for name in ("events_7d", "events_28d", *names):
+    for name in _COUNTED_BY_TYPE.get(tp.type, _COUNTED_ALWAYS):
         weight = math.exp((t - state.last_seen) / RECENT_WINDOWS_MS[name]) if late else 1.0
         recent[name] = recent.get(name, 0.0) + weight
 
