@@ -69,7 +69,7 @@ class SourceRecord:
     @property
     def forwarded(self) -> bool:
         """A touchpoint the pipeline itself sent on to the state that takes it (processors.stitching)."""
-        return self.topic == TOPIC_IDENTITY or self.header(HEADER_IDENTIFIED_BY) is not None
+        return self.topic == TOPIC_IDENTITY or (bool(self.headers) and self.header(HEADER_IDENTIFIED_BY) is not None)
 
 
 @dataclass(slots=True)

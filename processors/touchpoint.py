@@ -130,11 +130,13 @@ def validate(record: Mapping[str, Any], reference_ms: int, typed: bool = False) 
 def _validate_typed(record: Mapping[str, Any], reference_ms: int) -> Touchpoint:
     """The contract rules a schema cannot express: non-empty ids, lengths, ranges, event-time bounds."""
     event_id, customer_id, occurred_at = record["event_id"], record["customer_id"], record["occurred_at"]
-    _check_id("event_id", event_id)
+    if len(event_id) > MAX_ID_CHARS or not event_id.strip():
+        _check_id("event_id", event_id)
     if customer_id is not None or not _has_identifier(record):
         if customer_id is None:
             raise Rejected(Reason.MISSING_FIELD, _NO_SUBJECT)
-        _check_id("customer_id", customer_id)
+        if len(customer_id) > MAX_ID_CHARS or not customer_id.strip():
+            _check_id("customer_id", customer_id)
     _check_event_time(occurred_at)
     _check_future(occurred_at, reference_ms)
     for name, limit in _OPTIONAL_STRING_LIMITS:
@@ -160,7 +162,7 @@ def _validate_typed(record: Mapping[str, Any], reference_ms: int) -> Touchpoint:
 
 _NO_SUBJECT = "customer_id is required, or one of anonymous_id, email, phone"
 # The same limits as pairs and triples: the typed path, run on every record, checks inline and
-# calls the rule (for its wording) only when it fails.
+# calls the rule (for its wording) only when it fails, as it does for the ids.
 _OPTIONAL_STRING_LIMITS = tuple(_OPTIONAL_STRINGS.items())
 _SCORE_LIMITS = tuple((name, low, high) for name, (low, high) in SCORE_RANGES.items())
 
