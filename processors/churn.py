@@ -377,7 +377,7 @@ def prior_contributions(features: Features) -> dict[str, float]:
     for name, weight in _PRIOR_WEIGHTS.items():
         value = features.get(name)
         if value.__class__ is float and value:
-            terms[name] = weight * min(value, 30.0)
+            terms[name] = weight * (30.0 if value > 30.0 else value)  # min(value, 30.0) without a call (NaN stays NaN)
     months = _tenure_months(features)
     if months is not None and months != _PRIOR_TENURE_PIVOT_MONTHS:
         # New customers churn more: + up to 1.3 at zero months, - past a year, in log-months.

@@ -99,6 +99,7 @@ _RECENT_BY_TYPE = {
 _COUNTED_ALWAYS = ("events_7d", "events_28d")
 _COUNTED_BY_TYPE = {kind: (*_COUNTED_ALWAYS, *names) for kind, names in _RECENT_BY_TYPE.items()}  # all a type counts in
 _MIN_WATCHED_MS = 7 * DAY_MS  # see CustomerState.recent_rates
+_NO_RATES = dict.fromkeys(RECENT_WINDOWS_MS, 0.0)
 _GAP_ALPHA = 0.2  # weight of the newest gap in the moving average of gaps between touchpoints
 
 
@@ -220,14 +221,14 @@ class CustomerState:
         """
         watched = max(_MIN_WATCHED_MS, now_ms - self.first_seen) if self.events_total else _MIN_WATCHED_MS
         idle = max(0, now_ms - self.last_seen)
-        rates = {}
-        for name, window in RECENT_WINDOWS_MS.items():
-            value = self.recent.get(name, 0.0)
-            if value:
+        rates = dict(_NO_RATES)  # every name, in its order; most customers have counted in a few
+        for name, value in self.recent.items():
+            window = RECENT_WINDOWS_MS.get(name)
+            if value and window is not None:
                 value /= -math.expm1(-watched / window)
                 if idle:
                     value *= math.exp(-idle / window)
-            rates[name] = value
+                rates[name] = value
         return rates
 
 
