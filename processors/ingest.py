@@ -155,8 +155,8 @@ class Ingestor:
             decoded = self.codec.decode(value)
             stage = _VALIDATE
             channel = _channel_of(decoded)
-            typed = value[:1] in _AVRO_MARKERS  # decoded by Avro against the schema: types guaranteed
-            touchpoint = validate(decoded, reference_ms=record.timestamp_ms, typed=typed)
+            typed = value[0] in _AVRO_MARKERS  # decoded by Avro against the schema: types guaranteed
+            touchpoint = validate(decoded, record.timestamp_ms, typed)
             internal = record.topic == TOPIC_IDENTITY  # the pipeline's own, protected at the edge
             sent_ids = bool(touchpoint.anonymous_id or touchpoint.email or touchpoint.phone)
             found = self._identify(touchpoint) if sent_ids else []
@@ -197,11 +197,13 @@ class Ingestor:
         if internal:
             enriched.identified_by = touchpoint.customer_id  # an identifier's own (anonymous) history
         else:
-            enriched.identified_by = _identified_by(record)
+            if record.headers:  # else none: a producer's own record
+                enriched.identified_by = _identified_by(record)
             if found and self.stitching is not None:
                 sent = claims(state, found, self.stitching.rules, touchpoint.occurred_at, record.partition,
                               again=kind is _REPLAYED)
-        return Result(kind, touchpoint.channel, enriched=enriched, state=state, rewritten=rewritten, claims=sent)
+        # Positional (enriched, dead_letter, state, rewritten, forward, claims): keywords cost more.
+        return Result(kind, touchpoint.channel, enriched, None, state, rewritten, None, sent)
 
     def _identify(self, tp: Touchpoint) -> list[Identifier]:
         """The touchpoint's identifiers, pseudonymised in place; dropped when stitching is off."""
@@ -246,7 +248,7 @@ class Ingestor:
 
 
 _FOREVER = 1 << 62  # a dedupe horizon no event time reaches
-_AVRO_MARKERS = (SINGLE_OBJECT_MAGIC[:1], CONFLUENT_MAGIC)
+_AVRO_MARKERS = frozenset((SINGLE_OBJECT_MAGIC[0], CONFLUENT_MAGIC[0]))  # first bytes
 
 
 def _forwarded(by: CustomerState, record: SourceRecord, forward: Forward) -> Result:
