@@ -30,7 +30,7 @@ from processors.customer import (
 )
 from processors.identity import Identifier
 from processors.stitching import Claim, Forward, Stitching, claims, forwarder_key, owner_at, subject_of
-from processors.touchpoint import Touchpoint, validate
+from processors.touchpoint import TOUCHPOINT_FIELDS, Touchpoint, validate, validate_values
 from schemas.codec import CONFLUENT_MAGIC, SINGLE_OBJECT_MAGIC, AvroCodec
 from schemas.contract import (
     CHANNELS,
@@ -138,6 +138,7 @@ class Ingestor:
     ):
         self.stitching = stitching  # None: identifiers are not used (no key to pseudonymise them with)
         self.codec = codec
+        self._by_values = codec.current_fields == TOUCHPOINT_FIELDS  # see AvroCodec.decode_values
         self.dedupe_horizon_ms = dedupe_horizon_ms
         self.redact = redact
         self.pseudonymize = pseudonymize
@@ -152,11 +153,17 @@ class Ingestor:
                 return _dead(record, Reason.UNDECODABLE, Stage.DECODE, "empty record value")
             if len(value) > MAX_RECORD_BYTES:
                 return _dead(record, Reason.OVERSIZE, Stage.DECODE, f"{len(value)} bytes > {MAX_RECORD_BYTES}")
-            decoded = self.codec.decode(value)
-            stage = _VALIDATE
-            channel = _channel_of(decoded)
-            typed = value[0] in _AVRO_MARKERS  # decoded by Avro against the schema: types guaranteed
-            touchpoint = validate(decoded, record.timestamp_ms, typed)
+            values = self.codec.decode_values(value) if self._by_values else None
+            if values is not None:  # the current schema: its values, typed and in the touchpoint's order
+                stage = _VALIDATE
+                channel = _channel_name(values[_CHANNEL])
+                touchpoint = validate_values(values, record.timestamp_ms)
+            else:
+                decoded = self.codec.decode(value)
+                stage = _VALIDATE
+                channel = _channel_of(decoded)
+                typed = value[0] in _AVRO_MARKERS  # decoded by Avro against the schema: types guaranteed
+                touchpoint = validate(decoded, record.timestamp_ms, typed)
             internal = record.topic == TOPIC_IDENTITY  # the pipeline's own, protected at the edge
             sent_ids = bool(touchpoint.anonymous_id or touchpoint.email or touchpoint.phone)
             found = self._identify(touchpoint) if sent_ids else []
@@ -288,12 +295,16 @@ def describe(exc: BaseException) -> str:
 
 
 def _channel_of(decoded: dict[str, Any]) -> str:
+    return _channel_name(decoded.get("channel"))
+
+
+def _channel_name(channel: Any) -> str:
     # A label of Prometheus series: only the contract's channels, or a producer could mint series.
-    channel = decoded.get("channel")
     return channel if isinstance(channel, str) and channel in _KNOWN_CHANNELS else "unknown"
 
 
 _KNOWN_CHANNELS = frozenset(CHANNELS)
+_CHANNEL = TOUCHPOINT_FIELDS.index("channel")
 
 
 def _dead(record: SourceRecord, reason: Reason, stage: Stage, detail: str, channel: str = "unknown") -> Result:

@@ -15,6 +15,8 @@ the rest of the body); on everything else the two agree (``tests/test_flat.py``)
 ...                            {"name": "m", "type": {"type": "map", "values": "string"}}])
 >>> reader.read(bytes.fromhex("050204c3a902026b027600"))
 {'n': -3, 's': 'é', 'm': {'k': 'v'}}
+>>> reader.read_values(bytes.fromhex("050204c3a902026b027600"))
+(-3, 'é', {'k': 'v'})
 >>> reader.read(bytes.fromhex("0502"))
 Traceback (most recent call last):
 ...
@@ -170,12 +172,16 @@ class FlatRecordReader:
                   "        raise BadAvro(f'the body ends inside field {NAMES[field]!r}') from None",
                   "    except UnicodeDecodeError as exc:",
                   "        raise BadAvro(f'invalid UTF-8 in field {NAMES[field]!r}: {exc.reason}') from None",
-                  "    if i != end: raise BadAvro(f'{end - i} bytes after the record')",
-                  "    return {" + ", ".join(f"{name!r}: v{k}" for k, name in enumerate(names)) + "}"]
+                  "    if i != end: raise BadAvro(f'{end - i} bytes after the record')"]
+        as_dict = "    return {" + ", ".join(f"{name!r}: v{k}" for k, name in enumerate(names)) + "}"
+        # The same reader, returning the values in field order: no dict to build and to read back.
+        as_values = ["def read_values(buf):", *lines[1:], "    return (" + "".join(f"v{k}, " for k in range(len(names))) + ")"]
         namespace: dict[str, Any] = {"BadAvro": BadAvro, "_varint": _varint, "_unpack_double": _unpack_double,
                                      "_unpack_float": _unpack_float, "struct": struct, "NAMES": names, **constants}
-        exec(compile("\n".join(lines), f"<flat reader of {len(names)} fields>", "exec"), namespace)  # noqa: S102 - shape only, see the module docstring
+        source = "\n".join([*lines, as_dict, *as_values])
+        exec(compile(source, f"<flat reader of {len(names)} fields>", "exec"), namespace)  # noqa: S102 - shape only, see the module docstring
         self.read: Callable[[bytes], dict[str, Any]] = namespace["read"]
+        self.read_values: Callable[[bytes], tuple[Any, ...]] = namespace["read_values"]
 
 
 # -- writing ------------------------------------------------------------------------------------
