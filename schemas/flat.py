@@ -130,7 +130,8 @@ def _map_reader() -> str:
     return ("m = {}\nwhile True:\n" + _indent(_LONG + "count = v", 4)
             + "    if count == 0: break\n"
             + "    if count < 0:\n" + _indent(_LONG + "count = -count", 8)
-            + "    for _ in range(count):\n" + _indent(_STRING + "key = v\n" + _STRING + "m[key] = v", 8)
+            + "    while count:  # not range(): a map holds a pair or two, and a range per map costs as much\n"
+            + _indent(_STRING + "key = v\n" + _STRING + "m[key] = v\ncount -= 1", 8)
             + "v = m\n")
 
 
