@@ -34,6 +34,7 @@ State lives in two places:
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import heapq
 import math
@@ -420,8 +421,9 @@ class AlertEngine:
 
     def _advance_watermark(self) -> None:
         marks = [second for _, second in self._partition_top.values() if second is not None]
-        floor = max(marks) - self.config.idle_partition_ms
-        watermark = min(t for t in marks if t >= floor)
+        marks.sort()
+        # The lowest mark of the partitions not idle (within idle_partition_ms of the leader's).
+        watermark = marks[bisect.bisect_left(marks, marks[-1] - self.config.idle_partition_ms)]
         if watermark > self._max_seen:  # never moves back
             self._max_seen = watermark
 

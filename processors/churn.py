@@ -103,12 +103,8 @@ def profile_features(profile: Mapping[str, str], prefix: str = "crm_") -> Featur
 # Features from the customer state
 # ---------------------------------------------------------------------------------------------------
 
-# Imputed when a survey score was never given (scale midpoints); a *_missing flag says so.
-_SCORE_DEFAULTS = {"csat": 3.0, "nps": 5.0, "ces": 4.0}
-
-
 def _days(ms: float) -> float:
-    return max(0.0, ms) / DAY_MS
+    return ms / DAY_MS if ms > 0 else 0.0
 
 
 def churn_features(state: CustomerState, now_ms: int) -> Features:
@@ -163,12 +159,15 @@ def churn_features(state: CustomerState, now_ms: int) -> Features:
         "journey_stage": state.journey_stage,
     }
     x.update(_sentiment_features(state))
-    for score, default in _SCORE_DEFAULTS.items():
-        value = getattr(state, f"last_{score}")
+    # A survey score never given is imputed (the scale's midpoint) and flagged *_missing.
+    for score, default, missing, value in (("csat", 3.0, "csat_missing", state.last_csat),
+                                           ("nps", 5.0, "nps_missing", state.last_nps),
+                                           ("ces", 4.0, "ces_missing", state.last_ces)):
         x[score] = default if value is None else float(value)
-        x[f"{score}_missing"] = 1.0 if value is None else 0.0
+        x[missing] = 1.0 if value is None else 0.0
     x.update(_channel_mix(state.channel_events))
-    x.update(_profile_features_of(tuple(state.profile.items())))
+    if state.profile:
+        x.update(_profile_features_of(tuple(state.profile.items())))
     return x
 
 
@@ -191,10 +190,14 @@ def _sentiment_features(state: CustomerState) -> Features:
 def _channel_mix(channel_events: Mapping[str, int]) -> Features:
     # Every known channel, always: a share that is absent and a share of 0 must look the same.
     total = sum(channel_events.values()) or 1
-    mix: Features = {f"share_{c}": 0.0 for c in CHANNELS}
+    mix: Features = dict(_NO_SHARES)
     for channel, n in channel_events.items():
-        mix[f"share_{channel}"] = n / total
+        mix[_SHARE_NAMES.get(channel) or f"share_{channel}"] = n / total
     return mix
+
+
+_SHARE_NAMES = {c: f"share_{c}" for c in CHANNELS}  # names made once, not at every rescore
+_NO_SHARES: Features = dict.fromkeys(_SHARE_NAMES.values(), 0.0)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -374,13 +377,14 @@ def prior_contributions(features: Features) -> dict[str, float]:
     for name, weight in _PRIOR_WEIGHTS.items():
         value = features.get(name)
         if value.__class__ is float and value:
-            terms[name] = weight * min(value, 30.0)
+            terms[name] = weight * (30.0 if value > 30.0 else value)  # min(value, 30.0) without a call (NaN stays NaN)
     months = _tenure_months(features)
     if months is not None and months != _PRIOR_TENURE_PIVOT_MONTHS:
         # New customers churn more: + up to 1.3 at zero months, - past a year, in log-months.
         terms["crm_tenure"] = _PRIOR_TENURE_WEIGHT * (math.log1p(_PRIOR_TENURE_PIVOT_MONTHS) - math.log1p(months))
-    for score, pivot, weight in (("nps", 7.0, 0.25), ("csat", 3.0, 0.6), ("ces", -4.0, 0.3)):
-        if not features.get(f"{score}_missing", 1.0):
+    for score, missing, pivot, weight in (("nps", "nps_missing", 7.0, 0.25), ("csat", "csat_missing", 3.0, 0.6),
+                                          ("ces", "ces_missing", -4.0, 0.3)):
+        if not features.get(missing, 1.0):
             # Below the pivot (detractors, dissatisfied) or, for effort, above it.
             gap = pivot - float(features[score]) if pivot > 0 else float(features[score]) + pivot
             if gap > 0:

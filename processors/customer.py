@@ -96,7 +96,10 @@ _RECENT_BY_TYPE = {
     "call": ("contacts_14d",),
     "add_to_cart": ("carts_28d",),
 }
+_COUNTED_ALWAYS = ("events_7d", "events_28d")
+_COUNTED_BY_TYPE = {kind: (*_COUNTED_ALWAYS, *names) for kind, names in _RECENT_BY_TYPE.items()}  # all a type counts in
 _MIN_WATCHED_MS = 7 * DAY_MS  # see CustomerState.recent_rates
+_NO_RATES = dict.fromkeys(RECENT_WINDOWS_MS, 0.0)
 _GAP_ALPHA = 0.2  # weight of the newest gap in the moving average of gaps between touchpoints
 
 
@@ -218,14 +221,14 @@ class CustomerState:
         """
         watched = max(_MIN_WATCHED_MS, now_ms - self.first_seen) if self.events_total else _MIN_WATCHED_MS
         idle = max(0, now_ms - self.last_seen)
-        rates = {}
-        for name, window in RECENT_WINDOWS_MS.items():
-            value = self.recent.get(name, 0.0)
-            if value:
+        rates = dict(_NO_RATES)  # every name, in its order; most customers have counted in a few
+        for name, value in self.recent.items():
+            window = RECENT_WINDOWS_MS.get(name)
+            if value and window is not None:
                 value /= -math.expm1(-watched / window)
                 if idle:
                     value *= math.exp(-idle / window)
-            rates[name] = value
+                rates[name] = value
         return rates
 
 
@@ -351,7 +354,10 @@ def apply(
     move_on(state, source_partition, position)
     if len(state.seen) >= max(_PRUNE_MIN, 2 * state.seen_live):  # amortised; frees memory, decides nothing
         prune_seen(state, dedupe_horizon_ms)
-    return Outcome.NEW, _enriched(state, tp, source_partition, source_offset, received_at, recency_s, resolve_s, switched)
+    return _NEW, _enriched(state, tp, source_partition, source_offset, received_at, recency_s, resolve_s, switched)
+
+
+_NEW = Outcome.NEW  # a global: on Python 3.11 reading an enum member goes through a slow metaclass hook
 
 
 def read_before(state: CustomerState, partition: int, position: int) -> bool:
@@ -367,8 +373,11 @@ def read_before(state: CustomerState, partition: int, position: int) -> bool:
 
 def move_on(state: CustomerState, partition: int, position: int) -> None:
     """The state has read its log to ``position``, whose outputs this process stages now."""
-    state.position, state.partition = max(state.position, position), partition
-    state.staged_position = max(state.staged_position, position)
+    if position > state.position:
+        state.position = position
+    state.partition = partition
+    if position > state.staged_position:
+        state.staged_position = position
 
 
 _PRUNE_MIN = 8  # a customer's dedupe memory is pruned when it doubles, and never below this size
@@ -509,10 +518,12 @@ def _fold(state: CustomerState, tp: Touchpoint) -> tuple[float | None, bool]:
         state.churned_at = t if state.churned_at is None else min(state.churned_at, t)
 
     resolve_s = _fold_complaint(state, tp)
-    for score in ("csat", "nps", "ces"):
-        value = getattr(tp, score)
-        if value is not None:
-            setattr(state, f"last_{score}", value)
+    if tp.csat is not None:
+        state.last_csat = tp.csat
+    if tp.nps is not None:
+        state.last_nps = tp.nps
+    if tp.ces is not None:
+        state.last_ces = tp.ces
     state.journey_stage = derive_stage(state, tp)
     return resolve_s, _fold_session(state, tp)
 
@@ -528,9 +539,8 @@ def _fold_recent(state: CustomerState, tp: Touchpoint) -> None:
             state.gap_ms_avg = gap if state.gap_ms_avg is None else state.gap_ms_avg + _GAP_ALPHA * (gap - state.gap_ms_avg)
             for name, value in recent.items():
                 recent[name] = value * math.exp(-gap / RECENT_WINDOWS_MS[name])
-    names = _RECENT_BY_TYPE.get(tp.type, ())
     late = state.events_total and t < state.last_seen
-    for name in ("events_7d", "events_28d", *names):
+    for name in _COUNTED_BY_TYPE.get(tp.type, _COUNTED_ALWAYS):
         weight = math.exp((t - state.last_seen) / RECENT_WINDOWS_MS[name]) if late else 1.0
         recent[name] = recent.get(name, 0.0) + weight
 
@@ -569,23 +579,26 @@ def _enriched(
     resolve_s: float | None,
     switched: bool,
 ) -> Enriched:
+    # Positional, in the fields' order: on every touchpoint, and 18 keyword arguments would cost
+    # more than the construction itself.
     return Enriched(
-        touchpoint=tp,
-        source_partition=partition,
-        source_offset=offset,
-        received_at=received_at,
-        journey_stage=tp.journey_stage or state.journey_stage,
-        first_seen=state.first_seen,
-        recency_s=recency_s,
-        events_total=state.events_total,
-        channel_events=state.channel_events.get(tp.channel, 0),
-        revenue_to_date=state.revenue,
-        orders=state.orders,
-        open_complaints=len(state.open_cases),
-        resolve_s=resolve_s,
-        last_csat=state.last_csat,
-        last_nps=state.last_nps,
-        last_ces=state.last_ces,
-        channel_switch=switched,
-        churn_risk=state.churn_risk,
+        tp,
+        partition,
+        offset,
+        received_at,
+        tp.journey_stage or state.journey_stage,
+        state.first_seen,
+        recency_s,
+        state.events_total,
+        state.channel_events.get(tp.channel, 0),  # channel_events
+        state.revenue,  # revenue_to_date
+        state.orders,
+        len(state.open_cases),  # open_complaints
+        resolve_s,
+        state.last_csat,
+        state.last_nps,
+        state.last_ces,
+        switched,  # channel_switch
+        None,  # sentiment: scored later
+        state.churn_risk,
     )

@@ -30,7 +30,7 @@ from processors.customer import (
 )
 from processors.identity import Identifier
 from processors.stitching import Claim, Forward, Stitching, claims, forwarder_key, owner_at, subject_of
-from processors.touchpoint import Touchpoint, validate
+from processors.touchpoint import TOUCHPOINT_FIELDS, Touchpoint, validate, validate_values
 from schemas.codec import CONFLUENT_MAGIC, SINGLE_OBJECT_MAGIC, AvroCodec
 from schemas.contract import (
     CHANNELS,
@@ -69,7 +69,7 @@ class SourceRecord:
     @property
     def forwarded(self) -> bool:
         """A touchpoint the pipeline itself sent on to the state that takes it (processors.stitching)."""
-        return self.topic == TOPIC_IDENTITY or self.header(HEADER_IDENTIFIED_BY) is not None
+        return self.topic == TOPIC_IDENTITY or (bool(self.headers) and self.header(HEADER_IDENTIFIED_BY) is not None)
 
 
 @dataclass(slots=True)
@@ -103,6 +103,13 @@ class Result:
     claims: list[Claim] = field(default_factory=list)
 
 
+# The members the per-record path reads, as module globals: on Python 3.11 every ``Kind.X`` goes
+# through the enum metaclass's ``__getattr__`` hook, several times the cost of a global.
+_PROCESSED, _REPLAYED, _DUPLICATE = Kind.PROCESSED, Kind.REPLAYED, Kind.DUPLICATE
+_NEW, _SETTLED, _SEEN = Outcome.NEW, Outcome.SETTLED, Outcome.DUPLICATE
+_DECODE, _VALIDATE, _STATE = Stage.DECODE, Stage.VALIDATE, Stage.STATE
+
+
 class Ingestor:
     """Turns input records into results; holds the codec, the dedupe horizon and the privacy steps.
 
@@ -131,13 +138,14 @@ class Ingestor:
     ):
         self.stitching = stitching  # None: identifiers are not used (no key to pseudonymise them with)
         self.codec = codec
+        self._by_values = codec.current_fields == TOUCHPOINT_FIELDS  # see AvroCodec.decode_values
         self.dedupe_horizon_ms = dedupe_horizon_ms
         self.redact = redact
         self.pseudonymize = pseudonymize
         self.erased = erased  # the suppression list: customers (as the state knows them) erased
 
     def handle(self, record: SourceRecord, state_for: Callable[[str], CustomerState]) -> Result:
-        stage = Stage.DECODE
+        stage = _DECODE
         channel = "unknown"
         try:
             value = record.value
@@ -145,11 +153,17 @@ class Ingestor:
                 return _dead(record, Reason.UNDECODABLE, Stage.DECODE, "empty record value")
             if len(value) > MAX_RECORD_BYTES:
                 return _dead(record, Reason.OVERSIZE, Stage.DECODE, f"{len(value)} bytes > {MAX_RECORD_BYTES}")
-            decoded = self.codec.decode(value)
-            stage = Stage.VALIDATE
-            channel = _channel_of(decoded)
-            typed = value[:1] in _AVRO_MARKERS  # decoded by Avro against the schema: types guaranteed
-            touchpoint = validate(decoded, reference_ms=record.timestamp_ms, typed=typed)
+            values = self.codec.decode_values(value) if self._by_values else None
+            if values is not None:  # the current schema: its values, typed and in the touchpoint's order
+                stage = _VALIDATE
+                channel = _channel_name(values[_CHANNEL])
+                touchpoint = validate_values(values, record.timestamp_ms)
+            else:
+                decoded = self.codec.decode(value)
+                stage = _VALIDATE
+                channel = _channel_of(decoded)
+                typed = value[0] in _AVRO_MARKERS  # decoded by Avro against the schema: types guaranteed
+                touchpoint = validate(decoded, record.timestamp_ms, typed)
             internal = record.topic == TOPIC_IDENTITY  # the pipeline's own, protected at the edge
             sent_ids = bool(touchpoint.anonymous_id or touchpoint.email or touchpoint.phone)
             found = self._identify(touchpoint) if sent_ids else []
@@ -163,11 +177,11 @@ class Ingestor:
             rewritten = self._protect(touchpoint, internal) or sent_ids  # identifiers never stay in clear
             if touchpoint.customer_id in self.erased:
                 return Result(Kind.SUPPRESSED, touchpoint.channel)
-            stage = Stage.STATE
+            stage = _STATE
             state = state_for(touchpoint.customer_id)
             if internal and (owner := owner_at(state, log_position(record.epoch, record.offset))) is not None:
                 if touchpoint.event_id in state.seen:  # a redelivery of what the identifier took itself
-                    return Result(Kind.DUPLICATE, touchpoint.channel, state=state)
+                    return Result(_DUPLICATE, touchpoint.channel, state=state)
                 return self._forward_to_owner(record, touchpoint, state, *owner)
             # A copy the pipeline forwarded is a duplicate whenever the state still knows its id: sent
             # again after a crash, it may come any time after the customer's later events.
@@ -180,21 +194,23 @@ class Ingestor:
             return _dead(record, exc.reason, stage, exc.detail, channel)
         except Exception as exc:  # a bug or an input nobody foresaw: this record's problem, not the batch's
             return _dead(record, Reason.PROCESSING_ERROR, stage, describe(exc), channel)
-        if outcome is Outcome.DUPLICATE:
-            return Result(Kind.DUPLICATE, touchpoint.channel, state=state)
-        if outcome is Outcome.SETTLED:  # decided before the restart, its outputs (if any) durable
-            return Result(Kind.REPLAYED, touchpoint.channel, state=state)
-        kind = Kind.PROCESSED if outcome is Outcome.NEW else Kind.REPLAYED
+        if outcome is _SEEN:
+            return Result(_DUPLICATE, touchpoint.channel, state=state)
+        if outcome is _SETTLED:  # decided before the restart, its outputs (if any) durable
+            return Result(_REPLAYED, touchpoint.channel, state=state)
+        kind = _PROCESSED if outcome is _NEW else _REPLAYED
         assert enriched is not None
         sent: list[Claim] = []
         if internal:
             enriched.identified_by = touchpoint.customer_id  # an identifier's own (anonymous) history
         else:
-            enriched.identified_by = _identified_by(record)
+            if record.headers:  # else none: a producer's own record
+                enriched.identified_by = _identified_by(record)
             if found and self.stitching is not None:
                 sent = claims(state, found, self.stitching.rules, touchpoint.occurred_at, record.partition,
-                              again=kind is Kind.REPLAYED)
-        return Result(kind, touchpoint.channel, enriched=enriched, state=state, rewritten=rewritten, claims=sent)
+                              again=kind is _REPLAYED)
+        # Positional (enriched, dead_letter, state, rewritten, forward, claims): keywords cost more.
+        return Result(kind, touchpoint.channel, enriched, None, state, rewritten, None, sent)
 
     def _identify(self, tp: Touchpoint) -> list[Identifier]:
         """The touchpoint's identifiers, pseudonymised in place; dropped when stitching is off."""
@@ -239,7 +255,7 @@ class Ingestor:
 
 
 _FOREVER = 1 << 62  # a dedupe horizon no event time reaches
-_AVRO_MARKERS = (SINGLE_OBJECT_MAGIC[:1], CONFLUENT_MAGIC)
+_AVRO_MARKERS = frozenset((SINGLE_OBJECT_MAGIC[0], CONFLUENT_MAGIC[0]))  # first bytes
 
 
 def _forwarded(by: CustomerState, record: SourceRecord, forward: Forward) -> Result:
@@ -279,12 +295,16 @@ def describe(exc: BaseException) -> str:
 
 
 def _channel_of(decoded: dict[str, Any]) -> str:
+    return _channel_name(decoded.get("channel"))
+
+
+def _channel_name(channel: Any) -> str:
     # A label of Prometheus series: only the contract's channels, or a producer could mint series.
-    channel = decoded.get("channel")
     return channel if isinstance(channel, str) and channel in _KNOWN_CHANNELS else "unknown"
 
 
 _KNOWN_CHANNELS = frozenset(CHANNELS)
+_CHANNEL = TOUCHPOINT_FIELDS.index("channel")
 
 
 def _dead(record: SourceRecord, reason: Reason, stage: Stage, detail: str, channel: str = "unknown") -> Result:

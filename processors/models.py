@@ -9,6 +9,7 @@ wants that number. ``tests/test_model_checks.py`` runs the same checks against e
 
 from __future__ import annotations
 
+import functools
 from typing import Protocol, TypeVar, runtime_checkable
 
 X = TypeVar("X", contravariant=True)
@@ -38,6 +39,7 @@ class OnlineModel(Protocol[X]):
         ...
 
 
+@functools.lru_cache(maxsize=256)  # asked at every score; changes only as a model learns
 def model_version(name: str, format_version: int, labels: int) -> str:
     """What ``version`` says: which model, which format of it, how many stream labels it learned.
 

@@ -39,6 +39,12 @@ Out = TypeVar("Out")
 Out_co = TypeVar("Out_co", covariant=True)  # a protocol's return-only type variable
 
 
+# Read on every record, as module globals: on Python 3.11 every ``Kind.X`` goes through the enum
+# metaclass's ``__getattr__`` hook, several times the cost of a global.
+_PROCESSED, _DEAD_LETTER = Kind.PROCESSED, Kind.DEAD_LETTER
+_SCORE, _ENCODE = Stage.SCORE, Stage.ENCODE
+
+
 class Outputs(Protocol[Out_co]):
     """How one record's outputs are shipped (Kafka records, ClickHouse rows): built by the wiring.
 
@@ -81,13 +87,10 @@ class Tallies:
     identity: Counter[str] = field(default_factory=Counter)  # claims by verdict, merges, their failures
 
     def add(self, result: Result) -> None:
-        channel = result.channel
+        channel, kind = result.channel, result.kind
         self.received[channel] += 1
-        self.by_kind[result.kind][channel] += 1
-        if result.kind is Kind.DEAD_LETTER:
-            assert result.dead_letter is not None
-            self.dead[(result.dead_letter.reason.value, result.dead_letter.stage.value)] += 1
-        elif result.kind is Kind.PROCESSED:
+        self.by_kind[kind][channel] += 1
+        if kind is _PROCESSED:
             assert result.enriched is not None
             tp = result.enriched.touchpoint
             if tp.nps is not None:
@@ -95,6 +98,9 @@ class Tallies:
             if tp.csat is not None:
                 self.csat[(channel, "true" if csat_satisfied(tp.csat) else "false")] += 1
             self.revenue[channel] += signed_revenue(tp.type, tp.amount)
+        elif kind is _DEAD_LETTER:
+            assert result.dead_letter is not None
+            self.dead[(result.dead_letter.reason.value, result.dead_letter.stage.value)] += 1
 
     def reclassify(self, result: Result, dead: DeadLetter) -> None:
         """A record counted as processed or replayed failed in a later step: count it dead instead."""
@@ -145,27 +151,39 @@ class BatchPlanner(Generic[Out]):
         plan.tallies.add(result)
         if record.forwarded:
             plan.tallies.identity["arrived"] += 1  # one fewer on its way
-        if result.kind is Kind.DUPLICATE or result.kind is Kind.SUPPRESSED:
+        kind = result.kind
+        if kind is not _PROCESSED:
+            self._other(record, result, plan)
             return
-        if result.kind is Kind.FORWARDED:
+        self._enriched(record, result, True, plan)
+
+    def _other(self, record: SourceRecord, result: Result, plan: BatchPlan[Out]) -> None:
+        """A record that is not a new touchpoint: replayed, forwarded, dead-lettered, or dropped."""
+        kind = result.kind
+        if kind is Kind.DUPLICATE or kind is Kind.SUPPRESSED:
+            return
+        if kind is Kind.FORWARDED:
             assert result.forward is not None
             self._ship(plan, record, Stage.ENCODE, self.outputs.forward, record, result.forward)
             if result.state is not None:
                 self._changed(plan, result.state, record)  # a linked identifier's read position moved on
             return
-        if result.kind is Kind.DEAD_LETTER:
+        if kind is Kind.DEAD_LETTER:
             assert result.dead_letter is not None
             plan.outputs.append(self._dead_letter(result.dead_letter))
             return
+        if result.enriched is not None:  # a replay whose outputs may have died with the crash
+            self._enriched(record, result, False, plan)
+        # else settled before a restart: nothing to output again
+
+    def _enriched(self, record: SourceRecord, result: Result, new: bool, plan: BatchPlan[Out]) -> None:
+        """A touchpoint the state took (``new``) or a replay of one: scored, shipped, its state changed."""
         enriched, state = result.enriched, result.state
-        if enriched is None and result.kind is Kind.REPLAYED:
-            return  # settled before a restart: nothing to output again
         assert enriched is not None and state is not None
-        new = result.kind is Kind.PROCESSED
-        stage = Stage.SCORE
+        stage = _SCORE
         try:
             alerts = self.scoring.score(enriched, state, new, plan.training)
-            stage = Stage.ENCODE
+            stage = _ENCODE
             shipped = self.outputs.enriched(record, enriched, result.rewritten)
         except Exception as exc:  # this record's problem, not the batch's: a dead letter, and on we go
             dead = DeadLetter(record, Reason.PROCESSING_ERROR, stage, describe(exc))

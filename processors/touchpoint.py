@@ -11,8 +11,8 @@ is the Kafka record timestamp, never the wall clock, so a replay rejects exactly
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from typing import Any
 
@@ -128,37 +128,48 @@ def validate(record: Mapping[str, Any], reference_ms: int, typed: bool = False) 
 
 
 def _validate_typed(record: Mapping[str, Any], reference_ms: int) -> Touchpoint:
-    """The contract rules a schema cannot express: non-empty ids, lengths, ranges, event-time bounds."""
-    event_id, customer_id, occurred_at = record["event_id"], record["customer_id"], record["occurred_at"]
-    _check_id("event_id", event_id)
-    if customer_id is not None or not _has_identifier(record):
+    return validate_values([record[name] for name in TOUCHPOINT_FIELDS], reference_ms)
+
+
+def validate_values(values: Sequence[Any], reference_ms: int) -> Touchpoint:
+    """:func:`validate` with ``typed=True`` of a record as its values in ``TOUCHPOINT_FIELDS`` order
+    (what a reader compiled for the schema returns): the contract rules a schema cannot express,
+    non-empty ids, lengths, ranges, event-time bounds."""
+    (event_id, customer_id, occurred_at, channel, type_, session_id, case_id, text, csat, nps, ces, amount,
+     currency, journey_stage, attributes, anonymous_id, email, phone) = values
+    if len(event_id) > MAX_ID_CHARS or not event_id.strip():
+        _check_id("event_id", event_id)
+    if customer_id is not None or not (anonymous_id or email or phone):
         if customer_id is None:
             raise Rejected(Reason.MISSING_FIELD, _NO_SUBJECT)
-        _check_id("customer_id", customer_id)
+        if len(customer_id) > MAX_ID_CHARS or not customer_id.strip():
+            _check_id("customer_id", customer_id)
     _check_event_time(occurred_at)
     _check_future(occurred_at, reference_ms)
-    for name, limit in _OPTIONAL_STRINGS.items():
-        value = record[name]
-        if value:
+    for index, name, limit in _OPTIONAL_STRING_LIMITS:
+        value = values[index]
+        if value and len(value) > limit:
             _check_length(name, value, limit)
-    for name, (low, high) in SCORE_RANGES.items():
-        value = record[name]
-        if value is not None:
+    for index, name, low, high in _SCORE_LIMITS:
+        value = values[index]
+        if value is not None and not low <= value <= high:
             _check_range(name, value, low, high)
-    amount = record["amount"]
     if amount is not None:
         _check_amount(amount)
-    attributes = record["attributes"]
     _check_attributes(attributes)
     return Touchpoint(
-        event_id, customer_id, occurred_at, record["channel"], record["type"], record["session_id"] or None,
-        record["case_id"] or None, record["text"] or None, record["csat"], record["nps"], record["ces"], amount,
-        record["currency"] or None, record["journey_stage"] or None, attributes,
-        record["anonymous_id"] or None, record["email"] or None, record["phone"] or None,
+        event_id, customer_id, occurred_at, channel, type_, session_id or None, case_id or None, text or None,
+        csat, nps, ces, amount, currency or None, journey_stage or None, attributes,
+        anonymous_id or None, email or None, phone or None,
     )
 
 
+TOUCHPOINT_FIELDS = tuple(f.name for f in fields(Touchpoint))  # the order of cem.TouchpointEvent's fields
 _NO_SUBJECT = "customer_id is required, or one of anonymous_id, email, phone"
+# The limits with the field's position: the typed path, run on every record, checks inline and
+# calls the rule (for its wording) only when it fails, as it does for the ids.
+_OPTIONAL_STRING_LIMITS = tuple((TOUCHPOINT_FIELDS.index(name), name, limit) for name, limit in _OPTIONAL_STRINGS.items())
+_SCORE_LIMITS = tuple((TOUCHPOINT_FIELDS.index(name), name, low, high) for name, (low, high) in SCORE_RANGES.items())
 
 
 def _has_identifier(record: Mapping[str, Any]) -> bool:
@@ -313,4 +324,5 @@ def _check_attributes(attributes: Mapping[str, str]) -> None:
         raise Rejected(Reason.TOO_LONG, f"attributes has {len(attributes)} entries (limit {MAX_ATTRIBUTES})")
     for key, value in attributes.items():
         _check_length("an attribute name", key, MAX_ATTRIBUTE_KEY_CHARS)
-        _check_length(f"attribute {key[:MAX_ATTRIBUTE_KEY_CHARS]!r}", value, MAX_ATTRIBUTE_VALUE_CHARS)
+        if len(value) > MAX_ATTRIBUTE_VALUE_CHARS:  # the name is made only for the rejection
+            _check_length(f"attribute {key[:MAX_ATTRIBUTE_KEY_CHARS]!r}", value, MAX_ATTRIBUTE_VALUE_CHARS)

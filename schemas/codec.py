@@ -11,7 +11,7 @@ import io
 import json
 import re
 import struct
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -261,7 +261,9 @@ class AvroCodec:
         self.registry = registry or SchemaRegistry.from_config()
         self._reader = self.registry.reader
         self._reader_fp = fingerprint(self._reader)
-        self._flat = _flat_reader(self._reader)
+        flat = _flat_reader(self._reader)
+        self._flat = flat.read if flat is not None else None
+        self._flat_values = flat.read_values if flat is not None else None
         self._same = {self._reader_fp: None}  # writer == reader: no schema resolution needed
         # The id encode() writes: the one that names the current schema, if any does.
         self._confluent_id = next((i for i, w in self.registry.by_confluent_id.items() if w is self._reader), 2)
@@ -297,6 +299,28 @@ class AvroCodec:
             return self._read_avro(payload[5:], writer, writer is self._reader)
         return read_json(payload)
 
+    @property
+    def current_fields(self) -> tuple[str, ...]:
+        """The current schema's field names, in its order: what :meth:`decode_values` returns."""
+        return tuple(f["name"] for f in self._reader["fields"])
+
+    def decode_values(self, payload: bytes) -> tuple[Any, ...] | None:
+        """The values of a record written with the current schema, in :attr:`current_fields` order,
+        read as :meth:`decode` reads it (same rejections); None for any other payload (decode it)."""
+        if self._flat_values is None:
+            return None
+        if payload[:2] == SINGLE_OBJECT_MAGIC and payload[2:10] == self._reader_fp:
+            body = payload[10:]
+        elif payload[:1] == CONFLUENT_MAGIC and len(payload) >= 5 and \
+                self.registry.by_confluent_id.get(struct.unpack(">I", payload[1:5])[0]) is self._reader:
+            body = payload[5:]
+        else:
+            return None
+        try:
+            return self._flat_values(body)
+        except BadAvro as exc:
+            raise Rejected(Reason.UNDECODABLE, f"invalid Avro body: {exc}"[:300]) from None
+
     def current_body(self, payload: bytes) -> bytes | None:
         """The Avro body of a record written with the current (reader) schema, else None."""
         if payload[:2] == SINGLE_OBJECT_MAGIC and payload[2:10] == self._reader_fp:
@@ -325,10 +349,10 @@ class AvroCodec:
         return cast("dict[str, Any]", record)
 
 
-def _flat_reader(schema: dict[str, Any]) -> Callable[[bytes], dict[str, Any]] | None:
+def _flat_reader(schema: dict[str, Any]) -> FlatRecordReader | None:
     """The compiled reader of a flat record schema; None for any other (fastavro reads those)."""
     try:
-        return FlatRecordReader(schema["fields"]).read
+        return FlatRecordReader(schema["fields"])
     except Unsupported:
         return None
 

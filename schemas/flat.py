@@ -15,6 +15,8 @@ the rest of the body); on everything else the two agree (``tests/test_flat.py``)
 ...                            {"name": "m", "type": {"type": "map", "values": "string"}}])
 >>> reader.read(bytes.fromhex("050204c3a902026b027600"))
 {'n': -3, 's': 'é', 'm': {'k': 'v'}}
+>>> reader.read_values(bytes.fromhex("050204c3a902026b027600"))
+(-3, 'é', {'k': 'v'})
 >>> reader.read(bytes.fromhex("0502"))
 Traceback (most recent call last):
 ...
@@ -42,7 +44,34 @@ class Unsupported(ValueError):
 
 
 def _varint(buf: bytes, i: int) -> tuple[int, int]:
-    """The unsigned varint at ``i`` (its first byte already known to continue), and what follows."""
+    """The unsigned varint at ``i`` (its first byte already known to continue), and what follows.
+
+    Up to six bytes (epoch milliseconds) unrolled; longer ones, rare, in a loop.
+    """
+    result = buf[i] & 0x7F
+    b = buf[i + 1]
+    if b < 0x80:
+        return result | b << 7, i + 2
+    result |= (b & 0x7F) << 7
+    b = buf[i + 2]
+    if b < 0x80:
+        return result | b << 14, i + 3
+    result |= (b & 0x7F) << 14
+    b = buf[i + 3]
+    if b < 0x80:
+        return result | b << 21, i + 4
+    result |= (b & 0x7F) << 21
+    b = buf[i + 4]
+    if b < 0x80:
+        return result | b << 28, i + 5
+    result |= (b & 0x7F) << 28
+    b = buf[i + 5]
+    if b < 0x80:
+        return result | b << 35, i + 6
+    return _long_varint(buf, i)
+
+
+def _long_varint(buf: bytes, i: int) -> tuple[int, int]:
     result = shift = 0
     while True:
         b = buf[i]
@@ -101,7 +130,8 @@ def _map_reader() -> str:
     return ("m = {}\nwhile True:\n" + _indent(_LONG + "count = v", 4)
             + "    if count == 0: break\n"
             + "    if count < 0:\n" + _indent(_LONG + "count = -count", 8)
-            + "    for _ in range(count):\n" + _indent(_STRING + "key = v\n" + _STRING + "m[key] = v", 8)
+            + "    while count:  # not range(): a map holds a pair or two, and a range per map costs as much\n"
+            + _indent(_STRING + "key = v\n" + _STRING + "m[key] = v\ncount -= 1", 8)
             + "v = m\n")
 
 
@@ -143,12 +173,16 @@ class FlatRecordReader:
                   "        raise BadAvro(f'the body ends inside field {NAMES[field]!r}') from None",
                   "    except UnicodeDecodeError as exc:",
                   "        raise BadAvro(f'invalid UTF-8 in field {NAMES[field]!r}: {exc.reason}') from None",
-                  "    if i != end: raise BadAvro(f'{end - i} bytes after the record')",
-                  "    return {" + ", ".join(f"{name!r}: v{k}" for k, name in enumerate(names)) + "}"]
+                  "    if i != end: raise BadAvro(f'{end - i} bytes after the record')"]
+        as_dict = "    return {" + ", ".join(f"{name!r}: v{k}" for k, name in enumerate(names)) + "}"
+        # The same reader, returning the values in field order: no dict to build and to read back.
+        as_values = ["def read_values(buf):", *lines[1:], "    return (" + "".join(f"v{k}, " for k in range(len(names))) + ")"]
         namespace: dict[str, Any] = {"BadAvro": BadAvro, "_varint": _varint, "_unpack_double": _unpack_double,
                                      "_unpack_float": _unpack_float, "struct": struct, "NAMES": names, **constants}
-        exec(compile("\n".join(lines), f"<flat reader of {len(names)} fields>", "exec"), namespace)  # noqa: S102 - shape only, see the module docstring
+        source = "\n".join([*lines, as_dict, *as_values])
+        exec(compile(source, f"<flat reader of {len(names)} fields>", "exec"), namespace)  # noqa: S102 - shape only, see the module docstring
         self.read: Callable[[bytes], dict[str, Any]] = namespace["read"]
+        self.read_values: Callable[[bytes], tuple[Any, ...]] = namespace["read_values"]
 
 
 # -- writing ------------------------------------------------------------------------------------
@@ -161,18 +195,30 @@ def zigzag(n: int) -> bytes:
     True
     """
     z = (n << 1) ^ (n >> 63)
-    if z < 0x80:
-        return _SMALL[z]
+    return _SMALL[z] if z < 0x80 else _uvarint(z)
+
+
+def _uvarint(z: int) -> bytes:
+    """An unsigned varint of two bytes or more (``z >= 0x80``): the common lengths unrolled."""
     if z < 0x4000:
-        return bytes(((z & 0x7F) | 0x80, z >> 7))
+        return _pack2((z & 0x7F) | 0x80, z >> 7)
+    if z < 0x20_0000:  # log offsets, lengths
+        return _pack3((z & 0x7F) | 0x80, ((z >> 7) & 0x7F) | 0x80, z >> 14)
     if 0x8_0000_0000 <= z < 0x400_0000_0000:  # epoch milliseconds (to 2039): six bytes
-        return bytes(((z & 0x7F) | 0x80, ((z >> 7) & 0x7F) | 0x80, ((z >> 14) & 0x7F) | 0x80,
-                      ((z >> 21) & 0x7F) | 0x80, ((z >> 28) & 0x7F) | 0x80, z >> 35))
-    return _zigzag_loop(n)
+        return _pack6((z & 0x7F) | 0x80, ((z >> 7) & 0x7F) | 0x80, ((z >> 14) & 0x7F) | 0x80,
+                      ((z >> 21) & 0x7F) | 0x80, ((z >> 28) & 0x7F) | 0x80, z >> 35)
+    return _uvarint_loop(z)
+
+
+# Bytes from a few ints: a Struct's pack takes them as arguments, bytes() needs a tuple built first.
+_pack2, _pack3, _pack6 = (struct.Struct(f"{n}B").pack for n in (2, 3, 6))
 
 
 def _zigzag_loop(n: int) -> bytes:
-    z = (n << 1) ^ (n >> 63)
+    return _uvarint_loop((n << 1) ^ (n >> 63))
+
+
+def _uvarint_loop(z: int) -> bytes:
     out = bytearray()
     while z >= 0x80:
         out.append((z & 0x7F) | 0x80)
@@ -183,6 +229,7 @@ def _zigzag_loop(n: int) -> bytes:
 
 _SMALL = [bytes((i,)) for i in range(0x80)]
 _pack_double = struct.Struct("<d").pack
+_pack_branch_double = struct.Struct("<Bd").pack  # a union's branch index (< 64, one byte) and a double
 
 
 def _string(value: str) -> bytes:
@@ -209,19 +256,20 @@ def _map_of_strings(value: Mapping[str, str]) -> bytes:
 _MAPS: dict[tuple[tuple[str, str], ...], bytes] = {}
 
 
+# Each snippet appends one value ``v`` to ``out`` (``append`` is its bound ``append``).
 _W_LONG = """\
 z = (v << 1) ^ (v >> 63)
-if z < 0x80: out.append(z)
-else: out += zigzag(v)
+if z < 0x80: append(z)
+else: out += _uvarint(z)
 """
 _W_STRING = """\
 d = v.encode()
-if len(d) < 0x40: out.append(len(d) << 1)
-else: out += zigzag(len(d))
+if len(d) < 0x40: append(len(d) << 1)
+else: out += _uvarint(len(d) << 1)
 out += d
 """
 _W_DOUBLE = "out += _pack_double(v)\n"
-_W_BOOLEAN = "out.append(1 if v else 0)\n"
+_W_BOOLEAN = "append(1 if v else 0)\n"
 _W_MAP_OF_STRINGS = "out += _map_of_strings(v)\n"
 _PRIMITIVE_WRITERS = {"int": _W_LONG, "long": _W_LONG, "double": _W_DOUBLE, "string": _W_STRING, "boolean": _W_BOOLEAN}
 
@@ -234,7 +282,9 @@ def _value_writer(schema: Any) -> str:
     if isinstance(schema, list):  # ["null", X]: branch 0 is null, branch 1 the value
         if len(schema) != 2 or schema[0] != "null":
             raise Unsupported(f"unsupported union {schema}")
-        return "if v is None: out.append(0)\nelse:\n    out.append(2)\n" + _indent(_value_writer(schema[1]), 4)
+        if schema[1] == "double":  # the branch and the value in one pack
+            return "if v is None: append(0)\nelse: out += _pack_branch_double(2, v)\n"
+        return "if v is None: append(0)\nelse:\n    append(2)\n" + _indent(_value_writer(schema[1]), 4)
     if isinstance(schema, str) and schema in _PRIMITIVE_WRITERS:
         return _PRIMITIVE_WRITERS[schema]
     raise Unsupported(f"no flat writer for {schema!r}")
@@ -246,11 +296,12 @@ class FlatRecordWriter:
 
     def __init__(self, fields: Sequence[Mapping[str, Any]]):
         lines = ["def write(values):", f"    ({''.join(f'v{k}, ' for k in range(len(fields)))}) = values",
-                 "    out = bytearray()"]
+                 "    out = bytearray()", "    append = out.append"]
         for k, f in enumerate(fields):
             lines.append(f"    v = v{k}")
             lines.append(_indent(_value_writer(f["type"]), 4).rstrip("\n"))
         lines.append("    return bytes(out)")
-        namespace: dict[str, Any] = {"zigzag": zigzag, "_pack_double": _pack_double, "_map_of_strings": _map_of_strings}
+        namespace: dict[str, Any] = {"_uvarint": _uvarint, "_pack_double": _pack_double,
+                                     "_pack_branch_double": _pack_branch_double, "_map_of_strings": _map_of_strings}
         exec(compile("\n".join(lines), f"<flat writer of {len(fields)} fields>", "exec"), namespace)  # noqa: S102 - shape only
         self.write: Callable[[Sequence[Any]], bytes] = namespace["write"]
