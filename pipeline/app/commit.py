@@ -107,6 +107,9 @@ class Commit:
         for future in deliveries:
             future.add_done_callback(lambda f: self._alert_acked(f, received))
         self._alert_deliveries += deliveries
+        # Let the producer put them on the wire now: under a backlog the next fetch is planned
+        # without the loop ever suspending, and the alerts would wait for it in the accumulator.
+        await asyncio.sleep(0)
 
     def _alert_acked(self, future: asyncio.Future, received: float) -> None:
         if not future.cancelled() and future.exception() is None:
