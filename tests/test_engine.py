@@ -133,7 +133,12 @@ def test_the_engine_is_for_the_directory_s_owner_only(engine):
 
 def inet_listeners(pid: int) -> set[int]:
     """Inodes of the TCP/UDP sockets ``pid`` listens on (or is bound to, for UDP)."""
-    mine = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+    mine = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            mine.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except FileNotFoundError:  # closed since the listing (the engine's own threads open and close files)
+            continue
     inodes = {int(link[8:-1]) for link in mine if link.startswith("socket:[")}
     found: set[int] = set()
     for table, listening in (("tcp", "0A"), ("tcp6", "0A"), ("udp", "07"), ("udp6", "07")):
