@@ -40,7 +40,8 @@ def in_transit(status: dict) -> tuple[int, int]:
 def merged(statuses: Sequence[dict]) -> dict:
     """One ``/status`` for several workers: the counters and row counts summed, each latency
     percentile the highest worker's (an upper bound: percentiles do not add), the first receipt the
-    earliest, the last commit the latest, started when all are.
+    earliest, the last commit the latest, started when all are; customer states the largest count
+    (each worker also holds standby replicas of the others' states, so a lower bound).
 
     >>> a = {"totals": {"touchpoints_received": {"": 3}}, "pending_rows": 1, "committed_records": 3,
     ...      "latency_committed": {"p50_ms": 5.0, "p99_ms": 9.0, "samples": 3}, "started": 1.0,
@@ -62,9 +63,11 @@ def merged(statuses: Sequence[dict]) -> dict:
             for label, value in labels.items():
                 into[label] = into.get(label, 0) + value
     group["totals"] = totals
-    for key in ("pending_rows", "committed_records", "customer_states"):
+    for key in ("pending_rows", "committed_records"):
         if key in group:
             group[key] = sum(status.get(key) or 0 for status in statuses)
+    if "customer_states" in group:  # each worker's count has its standby replicas' states: not a sum
+        group["customer_states"] = max(status.get("customer_states") or 0 for status in statuses)
     for key in ("latency_committed", "latency_alert"):
         if key in group:
             group[key] = {
