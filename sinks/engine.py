@@ -64,11 +64,7 @@ def serving(data_dir: Path) -> EngineConnection | None:
     if not path.is_socket():
         return None
     connection = EngineConnection(engine_url(path))
-    try:
-        connection.rows("SELECT 1")
-    except (ConnectionError, FileNotFoundError):  # a socket left by an engine that is gone
-        return None
-    return connection
+    return connection if answers(connection) else None  # not: a socket left by an engine that is gone
 
 
 def socket_of(url: str) -> Path:
@@ -200,10 +196,16 @@ def wait_for(url: str, timeout_s: float) -> bool:
     """Whether the engine at ``url`` answers a statement within ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     connection = EngineConnection(url)
-    while True:
-        try:
-            return connection.rows("SELECT 1") == [(1,)]
-        except (ConnectionError, FileNotFoundError):  # not listening yet, or its key not written yet
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.05)
+    while not answers(connection):  # not listening yet, or its key not written yet
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def answers(connection: EngineConnection) -> bool:
+    """Whether an engine listens on the connection's socket, with the key beside it."""
+    try:
+        return connection.rows("SELECT 1") == [(1,)]
+    except (ConnectionError, FileNotFoundError):
+        return False

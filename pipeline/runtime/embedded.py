@@ -134,9 +134,14 @@ class WorkerProcess(_Watched):
         return f"the {self.command} exited with code {self.process.returncode}{self._log_tail()}"
 
     def _log_tail(self) -> str:
-        if self.log_path and self.log_path.exists():
-            return f"\n--- {self.command} log (tail) ---\n" + self.log_path.read_text(errors="replace")[-3000:]
-        return ""
+        return log_tail(self.log_path, self.command)
+
+
+def log_tail(log_path: Path | None, name: str) -> str:
+    """The end of a child's log, to show with the error its exit or a timeout raises."""
+    if log_path and log_path.exists():
+        return f"\n--- {name} log (tail) ---\n" + log_path.read_text(errors="replace")[-3000:]
+    return ""
 
 
 QUIET_S = 1.0  # the worker fetches continuously: a record still to read would arrive well within this
@@ -247,16 +252,10 @@ class WorkerGroup(_Watched):
         for process in self.processes:
             if not process.alive():
                 return process._exited()
-        return f"the engine exited{self._engine_log()}"
+        return f"the engine exited{log_tail(self.engine.log_path if self.engine else None, 'engine')}"
 
     def _log_tail(self) -> str:
         return self.workers[0]._log_tail()
-
-    def _engine_log(self) -> str:
-        log_path = self.engine.log_path if self.engine else None
-        if log_path and log_path.exists():
-            return "\n--- engine log (tail) ---\n" + log_path.read_text(errors="replace")[-3000:]
-        return ""
 
 
 class TouchpointPublisher:
