@@ -1,6 +1,10 @@
 """Avro schemas (``*.avsc``) and the wire codecs: the one source of truth for field names."""
 
-from schemas.codec import (
+from schemas.compiled import search_path
+
+__path__ = search_path(__name__, __path__)  # the compiled modules, where they match the sources
+
+from schemas.codec import (  # noqa: E402 - after the search path is set
     CONFLUENT_MAGIC,
     SINGLE_OBJECT_MAGIC,
     AvroCodec,
@@ -9,7 +13,7 @@ from schemas.codec import (
     fingerprint,
     load_schema,
 )
-from schemas.contract import Rejected
+from schemas.contract import Rejected  # noqa: E402
 
 __all__ = [
     "AvroCodec",

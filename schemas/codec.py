@@ -349,6 +349,12 @@ class AvroCodec:
         return cast("dict[str, Any]", record)
 
 
+def flat_codecs() -> list[FlatRecordReader | FlatRecordWriter]:
+    """The codecs compiled for the bundled schemas that every worker builds: the current
+    touchpoint's reader, the enriched tail's writer (``deploy/compile.py`` compiles them ahead)."""
+    return [FlatRecordReader(SchemaRegistry.from_config().reader["fields"]), EnrichedEncoder()._tail]
+
+
 def _flat_reader(schema: dict[str, Any]) -> FlatRecordReader | None:
     """The compiled reader of a flat record schema; None for any other (fastavro reads those)."""
     try:

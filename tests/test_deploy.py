@@ -125,7 +125,8 @@ SERVICE_SECRETS = {
 }
 ADMIN_SECRETS = {"CLICKHOUSE_PASSWORD", "GF_SECURITY_ADMIN_PASSWORD"}
 # Variables of deployment scripts that share the CEM_ prefix without being worker settings.
-NON_SETTING_CEM_VARS = {"CEM_TOPIC_PARTITIONS", "CEM_TOPIC_REPLICATION_FACTOR"}
+NON_SETTING_CEM_VARS = {"CEM_TOPIC_PARTITIONS", "CEM_TOPIC_REPLICATION_FACTOR",
+                        "CEM_COMPILED_DIR", "CEM_PURE_PYTHON"}  # read by schemas.compiled, before any setting
 KAFKA_PROTOCOLS = {"PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"}
 KAFKA_SASL_MECHANISMS = {"PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"}
 FALSE = {"0", "false", "no", "off"}

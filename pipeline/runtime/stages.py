@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import orjson
+
 from pipeline.app.outputs import ShippedOutputs
 from processors.customer import CustomerState, apply
 from processors.ingest import SourceRecord
@@ -22,6 +24,7 @@ from processors.privacy import Redactor
 from processors.scoring import TouchpointScoring, TrainingBatch
 from processors.touchpoint import validate
 from schemas.codec import AvroCodec
+from schemas.contract import TOPIC_TOUCHPOINTS
 
 
 def stage_costs(records: Sequence[SourceRecord], sample: int = 20_000) -> dict[str, float]:
@@ -75,6 +78,40 @@ def planner_cost(touchpoints: Sequence[Mapping[str, Any]], partitions: int, batc
     began = time.perf_counter()
     loop.run(batch=batch)
     return round((time.perf_counter() - began) / max(1, len(touchpoints)) * 1e6, 1)
+
+
+def output_digest(touchpoints: Sequence[Mapping[str, Any]], partitions: int = 4, batch: int = 500,
+                  damaged_every: int = 0) -> str:
+    """SHA-256 of everything the planner ships for ``touchpoints`` as the worker configures it: every
+    output record and row, the changed states and where they live, the alerts, the training examples
+    and the tallies, batch by batch. With ``damaged_every``, every n-th record's bytes are cut or
+    flipped, so the dead-letter paths count too. One refactoring, or a build, must not move it."""
+    import hashlib
+
+    from pipeline.runtime.loopback import Loopback
+
+    digest = hashlib.sha256()
+
+    class Digested(Loopback):
+        def _commit(self, plan: Any) -> None:
+            for shipped in plan.outputs:
+                r = shipped.record
+                digest.update(repr((r.topic, r.key, r.value, r.partition, r.headers, r.timestamp_ms, shipped.row)).encode())
+            for customer_id, state in plan.changed.items():
+                digest.update(repr((customer_id, plan.placed.get(customer_id))).encode() + orjson.dumps(state))
+            digest.update(repr((plan.alerts, plan.training, plan.tallies, plan.sweep_error)).encode())
+            super()._commit(plan)
+
+    planner = Loopback.with_stitching(b"cem digest: a pseudonym key", partitions=partitions, redactor=Redactor()).planner
+    loop = Digested(planner, partitions)
+    loop.publish(touchpoints)
+    if damaged_every:
+        for n, record in enumerate(loop.of(TOPIC_TOUCHPOINTS)[::damaged_every]):
+            value = record.value or b""
+            loop.append(TOPIC_TOUCHPOINTS, record.key or b"", value[: n % len(value)] if n % 2 else
+                        value[:n % len(value)] + bytes([value[n % len(value)] ^ 0x5A]) + value[n % len(value) + 1:])
+    loop.run(batch=batch)
+    return digest.hexdigest()
 
 
 def _timed(costs: dict[str, float], stage: str, run: Callable[[], list]) -> list:
