@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import pytest
 
@@ -662,3 +663,28 @@ async def test_an_idle_trainer_acks_what_it_applied_once_a_checkpoint_is_due():
     await runtime.publish()
     assert event.acked and not runtime.waiting and runtime.acked == 1
     assert kafka.records[-1].key == TRAINER.encode()
+
+
+def test_bag_of_words_is_rivers_vectoriser():
+    """Property: the model's own vectorising (``bag_of_words``) gives what River's BagOfWords, as the
+    model configures it, gives, counts and order alike, on the 3,000 labelled UCI sentences, the
+    seed corpus and arbitrary text; so scores and learning are River's."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from processors.sentiment import bag_of_words
+
+    river = SentimentModel().vectoriser.transform_one
+    uci = Path(__file__).resolve().parents[2] / "shared" / "data" / "sentiment" / "uci"
+    texts = [line.rsplit("\t", 1)[0] for path in sorted(uci.glob("*_labelled.txt"))
+             for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    texts += [text for text, _ in seed_corpus()]
+    assert len(texts) > 3000
+    assert all(list(bag_of_words(t).items()) == list(river(t).items()) for t in texts)
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.text(max_size=200))
+    def same(text: str) -> None:
+        assert list(bag_of_words(text).items()) == list(river(text).items())
+
+    same()
