@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,11 +45,7 @@ DIRECTIVES = {
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--clean", action="store_true", help="remove the build and stop")
     args = parser.parse_args(argv)
-    if args.clean:
-        shutil.rmtree(BUILD, ignore_errors=True)
-        return 0
     try:
         from Cython.Build import cythonize
         from setuptools import Distribution, Extension
@@ -76,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _generated_codecs() -> Path:
     """The factories of the bundled schemas' flat codecs, as a module (rewritten only if it changed,
-    so that an unchanged one is not compiled again)."""
+    so that an unchanged one is not compiled again; a half-written one is never used, as the
+    manifest comes last)."""
     from schemas.codec import flat_codecs
     from schemas.flat import factory_source
 
@@ -84,9 +79,7 @@ def _generated_codecs() -> Path:
     source = factory_source(flat_codecs())
     if not path.exists() or path.read_text() != source:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False) as out:
-            out.write(source)
-        Path(out.name).replace(path)
+        path.write_text(source)
     return path
 
 

@@ -224,7 +224,7 @@ class EnrichedEncoder:
         full = schema_json("enriched")
         assert full["fields"][0]["name"] == "event", "the event must stay the first field of the enriched schema"
         self.tail_fields = [f for f in full["fields"] if f["name"] != "event"]
-        self._tail = FlatRecordWriter(self.tail_fields)
+        self.tail_writer = FlatRecordWriter(self.tail_fields)
         self._event = load_schema("touchpoint", raw=True)
         self._prefix = SINGLE_OBJECT_MAGIC + fingerprint(load_schema("enriched"))
 
@@ -239,7 +239,7 @@ class EnrichedEncoder:
             out = io.BytesIO()
             fastavro.schemaless_writer(out, self._event, event)
             event_body = out.getvalue()
-        return b"".join((self._prefix, event_body, self._tail.write(tail)))
+        return b"".join((self._prefix, event_body, self.tail_writer.write(tail)))
 
 
 class AvroCodec:
@@ -261,7 +261,7 @@ class AvroCodec:
         self.registry = registry or SchemaRegistry.from_config()
         self._reader = self.registry.reader
         self._reader_fp = fingerprint(self._reader)
-        flat = _flat_reader(self._reader)
+        self.flat_reader = flat = _flat_reader(self._reader)  # None: fastavro reads the current schema too
         self._flat = flat.read if flat is not None else None
         self._flat_values = flat.read_values if flat is not None else None
         self._same = {self._reader_fp: None}  # writer == reader: no schema resolution needed
@@ -350,9 +350,10 @@ class AvroCodec:
 
 
 def flat_codecs() -> list[FlatRecordReader | FlatRecordWriter]:
-    """The codecs compiled for the bundled schemas that every worker builds: the current
-    touchpoint's reader, the enriched tail's writer (``deploy/compile.py`` compiles them ahead)."""
-    return [FlatRecordReader(SchemaRegistry.from_config().reader["fields"]), EnrichedEncoder()._tail]
+    """The flat codecs every worker builds, as it builds them: the current touchpoint schema's reader
+    and the enriched tail's writer (``deploy/compile.py`` compiles them ahead)."""
+    reader = AvroCodec().flat_reader
+    return [*([reader] if reader is not None else []), EnrichedEncoder().tail_writer]
 
 
 def _flat_reader(schema: dict[str, Any]) -> FlatRecordReader | None:

@@ -107,11 +107,16 @@ def output_digest(touchpoints: Sequence[Mapping[str, Any]], partitions: int = 4,
     loop.publish(touchpoints)
     if damaged_every:
         for n, record in enumerate(loop.of(TOPIC_TOUCHPOINTS)[::damaged_every]):
-            value = record.value or b""
-            loop.append(TOPIC_TOUCHPOINTS, record.key or b"", value[: n % len(value)] if n % 2 else
-                        value[:n % len(value)] + bytes([value[n % len(value)] ^ 0x5A]) + value[n % len(value) + 1:])
+            loop.append(TOPIC_TOUCHPOINTS, record.key or b"", _damaged(record.value or b"", n))
     loop.run(batch=batch)
     return digest.hexdigest()
+
+
+def _damaged(value: bytes, n: int) -> bytes:
+    """``value`` cut at ``n`` (odd ``n``) or with its byte there flipped (even ``n``), ``n`` taken
+    modulo its length."""
+    at = n % len(value)
+    return value[:at] if n % 2 else value[:at] + bytes([value[at] ^ 0x5A]) + value[at + 1:]
 
 
 def _timed(costs: dict[str, float], stage: str, run: Callable[[], list]) -> list:
