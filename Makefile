@@ -20,7 +20,7 @@ run: compile
 	$(BIN)/cem run $(ARGS)
 
 test: lint compile  # lint and types first (seconds), then the suite, doctests included
-	PY_IGNORE_IMPORTMISMATCH=1 $(BIN)/python -m pytest -q $(ARGS)  # see tests/conftest.py
+	$(BIN)/python -m pytest -q $(ARGS)
 
 compile: $(BIN)/cem  # the hot path as C extensions (deploy/compile.py): ~1 min the first time, then only what changed
 	$(BIN)/python deploy/compile.py
