@@ -54,3 +54,29 @@ def test_a_commit_is_due_an_interval_after_the_last_one_began_however_long_it_to
     assert not commit.due()
     clickhouse.sink_due = True
     assert commit.due(), "the sink's own rule"
+
+
+def test_the_end_of_a_burst_is_committed_once_the_input_goes_quiet_and_a_trickle_at_most_twice_an_interval():
+    """Property: staged input waits for the interval only while more input keeps coming. Once none
+    has been staged for a quarter interval, and half an interval has passed since the last commit
+    began, it is committed (the last records of a burst waited up to a whole interval for nothing);
+    a record staged sooner than half an interval after a commit began still waits, so input that
+    trickles in makes at most two commits an interval."""
+    now = [100.0]
+    commit = Commit(Buffer(), Buffer(), delivery=None, changelog=lambda state: state,  # type: ignore[arg-type]
+                    metrics=Metrics(), alerts=AlertOutputs("json"), checkpoint=lambda: None, interval_s=1.0,
+                    clock=lambda: now[0])
+    asyncio.run(commit.commit())  # began at 100.0
+    now[0] = 100.6
+    commit.stage_events([], [])  # the last input of a burst
+    now[0] = 100.8
+    assert not commit.due(), "input staged 0.2 s ago: more may follow"
+    now[0] = 100.85
+    assert commit.due(), "quiet for a quarter interval"
+    asyncio.run(commit.commit())  # began at 100.85
+    now[0] = 100.9
+    commit.stage_events([], [])  # a trickle: one record now and then
+    now[0] = 101.3
+    assert not commit.due(), "quiet, but the last commit began less than half an interval ago"
+    now[0] = 101.35
+    assert commit.due()

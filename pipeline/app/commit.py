@@ -52,6 +52,7 @@ class Commit:
         self._interval_s = interval_s
         self._clock = clock
         self._began = clock()  # when the last commit took what was staged
+        self._staged_at = self._began  # when input was last staged
         self.latencies: deque[float] = deque(maxlen=20_000)  # receipt -> committed, seconds
         self.alert_latencies: deque[float] = deque(maxlen=20_000)  # receipt -> alert acked, seconds
         self.committed_records = 0
@@ -68,12 +69,14 @@ class Commit:
             kafka_add(training)
         self._changed.update(plan.changed)
         self._fetches.append(fetch)
+        self._staged_at = self._clock()
 
     def stage_events(self, events: list[Any], changed: Iterable[CustomerState]) -> None:
         """Input of the per-message agents (CRM profiles): acked by the next commit like the rest."""
         for state in changed:
             self._changed[state.customer_id] = state
         self._events.append((events, time.time()))
+        self._staged_at = self._clock()
 
     def forget(self, customer_id: str) -> None:
         """An erased customer: its state is not to be written again."""
@@ -89,12 +92,18 @@ class Commit:
         return bool(self._fetches or self._events)
 
     def due(self) -> bool:
-        """Whether to commit now: the sink holds a block's worth of rows, or input is staged and the
-        last commit *began* an interval ago. Counted from the sink's last flush, late in that
+        """Whether to commit now: the sink holds a block's worth of rows; or input is staged and the
+        last commit *began* an interval ago (counted from the sink's last flush, late in that
         commit, a record staged just after the commit began would wait for all of it, then the
-        interval, then its own commit."""
-        return self.clickhouse.due(waiting=self.waiting) or (
-            self.waiting and self._clock() - self._began >= self._interval_s)
+        interval, then its own commit); or the input went quiet a quarter interval ago, half an
+        interval after the last commit began: the end of a burst is not kept waiting for the
+        interval, and a trickle of input still makes at most two commits an interval."""
+        if not self.waiting:
+            return self.clickhouse.due(waiting=False)
+        now = self._clock()
+        since_began, interval = now - self._began, self._interval_s
+        return self.clickhouse.due(waiting=True) or since_began >= interval or (
+            since_began >= interval / 2 and now - self._staged_at >= interval / 4)
 
     async def ship_alerts(self, alerts: list[Alert], received: float) -> None:
         """Send a batch's alerts now, not at the next commit; time them when the broker acks."""

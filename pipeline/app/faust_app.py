@@ -187,7 +187,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> tuple[faus
             if worker.started:
                 await worker.trainer.publish()
 
-    @app.timer(interval=max(0.1, settings.sink_flush_interval_s / 4))
+    @app.timer(interval=max(0.05, settings.sink_flush_interval_s / 8))  # finds a quiet input soon (Commit.due)
     async def flush_sinks() -> None:
         if worker.started:
             await worker.flush_if_due()
