@@ -172,10 +172,11 @@ def _install_uvloop() -> None:
 
 # The worker holds hundreds of thousands of long-lived containers (customer states, dedupe ids, the
 # labeler's pending examples); CPython's default thresholds (700, 10, 10) ran a full collection
-# over all of them every ~2 s, each 150-300 ms with the event loop stopped: the alert-latency tail
-# (measured at 1,600 events/s: p99 310-345 ms with the defaults, 119 ms with these). Fewer, larger
-# young collections; full ones rarely. Objects alive at start (code, models) are frozen out of it.
-GC_THRESHOLDS = (50_000, 20, 100)
+# over all of them every ~2 s, with the event loop stopped: the alert-latency tail. A young
+# collection's cost follows the objects it walks, scattered over the heap, not their number: one of
+# 200,000 takes about what one of 50,000 did at a quarter of the rate (benchmarks/README.md). Full
+# collections rarely. Objects alive at start (code, models) are frozen out of it.
+GC_THRESHOLDS = (200_000, 20, 100)
 
 
 def tune_gc() -> None:
