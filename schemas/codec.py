@@ -352,8 +352,7 @@ class AvroCodec:
 def flat_codecs() -> list[FlatRecordReader | FlatRecordWriter]:
     """The flat codecs every worker builds, as it builds them: the current touchpoint schema's reader
     and the enriched tail's writer (``deploy/compile.py`` compiles them ahead)."""
-    reader = AvroCodec().flat_reader
-    return [*([reader] if reader is not None else []), EnrichedEncoder().tail_writer]
+    return [codec for codec in (AvroCodec().flat_reader, EnrichedEncoder().tail_writer) if codec is not None]
 
 
 def _flat_reader(schema: dict[str, Any]) -> FlatRecordReader | None:

@@ -672,12 +672,12 @@ def test_bag_of_words_is_rivers_vectoriser():
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
+    from processors.evaluation import read_labeled
     from processors.sentiment import bag_of_words
 
     river = SentimentModel().vectoriser.transform_one
     uci = Path(__file__).resolve().parents[2] / "shared" / "data" / "sentiment" / "uci"
-    texts = [line.rsplit("\t", 1)[0] for path in sorted(uci.glob("*_labelled.txt"))
-             for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    texts = [text for path in sorted(uci.glob("*_labelled.txt")) for text, _ in read_labeled("sentiment", path, 0, 1).examples]
     texts += [text for text, _ in seed_corpus()]
     assert len(texts) > 3000
     assert all(list(bag_of_words(t).items()) == list(river(t).items()) for t in texts)

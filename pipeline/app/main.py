@@ -173,8 +173,8 @@ def _install_uvloop() -> None:
 # The worker holds hundreds of thousands of long-lived containers (customer states, dedupe ids, the
 # labeler's pending examples); CPython's default thresholds (700, 10, 10) ran a full collection
 # over all of them every ~2 s, with the event loop stopped: the alert-latency tail. A young
-# collection's cost follows the objects it walks, scattered over the heap, not their number: one of
-# 200,000 takes about what one of 50,000 did at a quarter of the rate (benchmarks/README.md). Full
+# collection's cost follows how scattered the objects it walks are more than how many there are, so
+# fewer, larger young collections stop the loop for less in all (benchmarks/README.md); full
 # collections rarely. Objects alive at start (code, models) are frozen out of it.
 GC_THRESHOLDS = (200_000, 20, 100)
 
